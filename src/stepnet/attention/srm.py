@@ -1,0 +1,34 @@
+"""Style-based Recalibration Module (Lee et al., ICCV 2019)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import StepSize, as_channel_gate
+from .registry import register_attention
+
+
+@register_attention("srm")
+class StyleRecalibration(StepSize):
+    """h = sigmoid(BN(w_mean * mean(fx) + w_std * std(fx))), shape [B, C, 1, 1].
+
+    std is sqrt(unbiased variance + eps) over the spatial positions; the per-channel mixing weights
+    ``cfc`` [C, 2] start at 0. All SRM parameters are reported by :meth:`no_weight_decay`, as in the
+    original training recipe. Extra parameters: 4C.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__(channels)
+        self.eps = eps
+        self.cfc = nn.Parameter(torch.zeros(channels, 2))
+        self.bn = nn.BatchNorm1d(channels)
+
+    def forward(self, x: Tensor, fx: Tensor) -> Tensor:
+        flat = fx.flatten(2)
+        mean = flat.mean(dim=-1)
+        std = (flat.var(dim=-1, unbiased=True) + self.eps).sqrt()
+        z = mean * self.cfc[:, 0] + std * self.cfc[:, 1]
+        return as_channel_gate(torch.sigmoid(self.bn(z)))
+
+    def no_weight_decay(self) -> set[str]:
+        return {name for name, _ in self.named_parameters()}

@@ -1,0 +1,1 @@
+"""The ``stepnet`` command line."""

@@ -1,0 +1,142 @@
+"""Residual blocks as Euler steps: ``x_next = shortcut(x) + fx * h``.
+
+Every block has ``attention`` (its step-size module), ``step`` (the parameter-free
+:class:`EulerStep`), and the bookkeeping analysis code needs: ``stage``, ``index`` (in forward
+order over the whole network) and ``changes_shape``.
+
+Post-activation blocks use torchvision's names (``conv1``, ``bn1``, ..., ``downsample``) so
+torchvision state dicts load unchanged; the stride sits on the 3x3 conv (ResNet v1.5).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor, nn
+
+from ..attention import StepSize
+from .layers import EulerStep
+
+NormLayer = Callable[[int], nn.Module]
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
+
+
+class ResidualBlock(nn.Module):
+    """Base of all blocks. Subclasses set the layers and implement ``forward``."""
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int, attention: StepSize) -> None:
+        super().__init__()
+        self.out_planes = planes * self.expansion
+        self.changes_shape = stride != 1 or in_planes != self.out_planes
+        self.attention = attention
+        self.step = EulerStep()
+        self.stage = -1
+        self.index = -1
+
+    def euler_step(self, x: Tensor, fx: Tensor) -> Tensor:
+        """``x + fx * h`` with h from the attention module (skipped when h = 1)."""
+        h = None if self.attention.is_identity else self.attention(x, fx)
+        return self.step(x, fx, h)
+
+
+class BasicBlock(ResidualBlock):
+    """Post-activation basic block: relu(shortcut(x) + bn2(conv2(relu(bn1(conv1(x))))) * h)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int, attention: StepSize,
+                 norm: NormLayer = nn.BatchNorm2d) -> None:
+        super().__init__(in_planes, planes, stride, attention)
+        self.conv1 = conv3x3(in_planes, planes, stride)
+        self.bn1 = norm(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = norm(planes)
+        self.downsample = (nn.Sequential(conv1x1(in_planes, planes, stride), nn.BatchNorm2d(planes))
+                           if self.changes_shape else None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        fx = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.relu(self.euler_step(shortcut, fx))
+
+
+class Bottleneck(ResidualBlock):
+    """Post-activation bottleneck (1x1, 3x3 with the stride, 1x1 x4), torchvision's layout."""
+
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int, attention: StepSize,
+                 norm: NormLayer = nn.BatchNorm2d) -> None:
+        super().__init__(in_planes, planes, stride, attention)
+        out = self.out_planes
+        self.conv1 = conv1x1(in_planes, planes)
+        self.bn1 = norm(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn2 = norm(planes)
+        self.conv3 = conv1x1(planes, out)
+        self.bn3 = norm(out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = (nn.Sequential(conv1x1(in_planes, out, stride), nn.BatchNorm2d(out))
+                           if self.changes_shape else None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        fx = self.relu(self.bn1(self.conv1(x)))
+        fx = self.relu(self.bn2(self.conv2(fx)))
+        fx = self.bn3(self.conv3(fx))
+        return self.relu(self.euler_step(shortcut, fx))
+
+
+class PreActBasicBlock(ResidualBlock):
+    """Pre-activation basic block (He et al., ECCV 2016): the projection shortcut, when the
+    shape changes, takes the pre-activated input relu(bn1(x))."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int, attention: StepSize,
+                 norm: NormLayer = nn.BatchNorm2d) -> None:
+        super().__init__(in_planes, planes, stride, attention)
+        self.bn1 = norm(in_planes)
+        self.conv1 = conv3x3(in_planes, planes, stride)
+        self.bn2 = norm(planes)
+        self.conv2 = conv3x3(planes, planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = conv1x1(in_planes, planes, stride) if self.changes_shape else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        pre = self.relu(self.bn1(x))
+        shortcut = x if self.shortcut is None else self.shortcut(pre)
+        fx = self.conv2(self.relu(self.bn2(self.conv1(pre))))
+        return self.euler_step(shortcut, fx)
+
+
+class PreActBottleneck(ResidualBlock):
+    """Pre-activation bottleneck: BN-ReLU-conv1x1, BN-ReLU-conv3x3 (stride), BN-ReLU-conv1x1 x4."""
+
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int, attention: StepSize,
+                 norm: NormLayer = nn.BatchNorm2d) -> None:
+        super().__init__(in_planes, planes, stride, attention)
+        out = self.out_planes
+        self.bn1 = norm(in_planes)
+        self.conv1 = conv1x1(in_planes, planes)
+        self.bn2 = norm(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn3 = norm(planes)
+        self.conv3 = conv1x1(planes, out)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = conv1x1(in_planes, out, stride) if self.changes_shape else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        pre = self.relu(self.bn1(x))
+        shortcut = x if self.shortcut is None else self.shortcut(pre)
+        fx = self.conv1(pre)
+        fx = self.conv2(self.relu(self.bn2(fx)))
+        fx = self.conv3(self.relu(self.bn3(fx)))
+        return self.euler_step(shortcut, fx)

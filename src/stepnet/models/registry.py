@@ -1,0 +1,39 @@
+"""Name -> builder registry of backbones."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Function decorator: register a builder under its function name."""
+    if fn.__name__ in _MODELS:
+        raise ValueError(f"model {fn.__name__!r} is already registered")
+    _MODELS[fn.__name__] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`, sorted."""
+    return sorted(_MODELS)
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build the registered model ``name``.
+
+    Common keywords: ``num_classes``, ``attention`` (a name from
+    :func:`stepnet.attention.list_attention`), ``attention_options`` (dict passed to the module),
+    ``attention_blocks`` (block indices or a boolean mask; None = every block), ``norm``
+    (``"bn"`` or ``"iebn"``), ``in_chans``.
+
+    >>> model = create_model("resnet164", num_classes=100, attention="stepnet")
+    """
+    try:
+        builder = _MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}") from None
+    return builder(**kwargs)
