@@ -9,12 +9,16 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from .base import ResidualNetwork
 from .blocks import BasicBlock, Bottleneck
 from .layers import AttentionFactory, check_input, norm_layer
 from .registry import register_model
+
+# check_input is a leaf under torch.fx tracing; fx.wrap patches this module's global name.
+torch.fx.wrap("check_input")
 
 
 class ResNet(ResidualNetwork):

@@ -78,9 +78,11 @@ class AttentionFactory:
         return create_attention(self.name, channels, **options)
 
 
-@torch.fx.wrap
 def check_input(x: Tensor, in_chans: int) -> Tensor:
-    """Raise ``ValueError`` unless x is [B, in_chans, H, W]. A leaf under torch.fx tracing."""
+    """Raise ``ValueError`` unless x is [B, in_chans, H, W].
+
+    Modules that call it declare ``torch.fx.wrap("check_input")`` so tracing keeps it as a leaf.
+    """
     if x.dim() != 4 or x.shape[1] != in_chans:
         raise ValueError(
             f"expected input of shape [batch, {in_chans}, height, width], got {tuple(x.shape)}"
