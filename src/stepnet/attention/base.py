@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
 
 
@@ -44,9 +45,41 @@ class StepSize(nn.Module):
         return f"channels={self.channels}"
 
 
-def global_avg_pool(t: Tensor) -> Tensor:
-    """[B, C, H, W] -> [B, C]: mean over the spatial positions."""
-    return t.mean(dim=(2, 3))
+class _GlobalAvgPool(torch.autograd.Function):
+    """Spatial mean whose backward returns a broadcast view instead of a new [B, C, H, W] tensor.
+
+    autograd's own ``mean`` backward writes a full-size gradient that is then added into the
+    input's other gradients -- a full memory pass per block that made StepNet (which pools both
+    x and fx) 3x slower per block than it needs to be on CPU (see benchmarks/overhead.py).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(t: Tensor, keepdim: bool) -> Tensor:
+        return t.mean(dim=(2, 3), keepdim=keepdim)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        ctx.shape, ctx.keepdim = inputs[0].shape, inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
+        if not ctx.keepdim:
+            grad = grad[..., None, None]
+        return (grad / (ctx.shape[2] * ctx.shape[3])).expand(ctx.shape), None
+
+    @staticmethod
+    def jvp(ctx, tangent: Tensor, _keepdim: None) -> Tensor:  # noqa: ANN001
+        return tangent.mean(dim=(2, 3), keepdim=ctx.keepdim)
+
+
+def global_avg_pool(t: Tensor, keepdim: bool = False) -> Tensor:
+    """[B, C, H, W] -> [B, C] (or [B, C, 1, 1] with ``keepdim``): mean over spatial positions.
+
+    Differentiable in reverse and forward mode; its backward allocates no full-size tensor.
+    """
+    return _GlobalAvgPool.apply(t, keepdim)
 
 
 def as_channel_gate(z: Tensor) -> Tensor:

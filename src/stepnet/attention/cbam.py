@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import StepSize, as_channel_gate
+from .base import StepSize, as_channel_gate, global_avg_pool
 from .registry import register_attention
 
 
@@ -33,7 +33,7 @@ class CBAM(StepSize):
     def channel_gate(self, fx: Tensor) -> Tensor:
         """[B, C, H, W] -> [B, C, 1, 1]."""
         mlp = lambda z: self.fc2(torch.relu(self.fc1(z)))  # noqa: E731
-        return as_channel_gate(torch.sigmoid(mlp(fx.mean(dim=(2, 3))) + mlp(fx.amax(dim=(2, 3)))))
+        return as_channel_gate(torch.sigmoid(mlp(global_avg_pool(fx)) + mlp(fx.amax(dim=(2, 3)))))
 
     def spatial_gate(self, g: Tensor) -> Tensor:
         """[B, C, H, W] -> [B, 1, H, W]."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import StepSize
+from .base import StepSize, global_avg_pool
 from .registry import register_attention
 
 
@@ -23,7 +23,7 @@ class InstanceEnhancement(StepSize):
         self.weight, self.bias = ie_parameters(1, channels, 1, 1)
 
     def forward(self, x: Tensor, fx: Tensor) -> Tensor:
-        return torch.sigmoid(self.weight * fx.mean(dim=(2, 3), keepdim=True) + self.bias)
+        return torch.sigmoid(self.weight * global_avg_pool(fx, keepdim=True) + self.bias)
 
 
 class IEBatchNorm2d(nn.Module):
@@ -43,7 +43,7 @@ class IEBatchNorm2d(nn.Module):
         self.ie_weight, self.ie_bias = ie_parameters(1, num_features, 1, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        gate = torch.sigmoid(self.ie_weight * x.mean(dim=(2, 3), keepdim=True) + self.ie_bias)
+        gate = torch.sigmoid(self.ie_weight * global_avg_pool(x, keepdim=True) + self.ie_bias)
         return self.bn(x) * (self.weight * gate) + self.bias
 
     def extra_repr(self) -> str:
