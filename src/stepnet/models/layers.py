@@ -6,10 +6,49 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from ..attention import IEBatchNorm2d, StepSize, create_attention, get_attention_class
 
 NORMS = ("bn", "iebn")
+
+
+class _EulerStepFunction(torch.autograd.Function):
+    """``x + fx * h`` with a lean backward: autograd's ``addcmul`` backward materialises an extra
+    full-size ``fx * value`` before its reduction; here grad_h = sum(grad * fx) over the
+    broadcast dimensions, and grad_x is ``grad`` itself."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, fx: Tensor, h: Tensor) -> Tensor:
+        return torch.addcmul(x, fx, h)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        x, fx, h = inputs
+        ctx.x_shape = x.shape
+        ctx.save_for_backward(fx, h)
+        ctx.save_for_forward(fx, h)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # noqa: ANN001
+        fx, h = ctx.saved_tensors
+        need_x, need_fx, need_h = ctx.needs_input_grad
+        grad_x = grad.sum_to_size(ctx.x_shape) if need_x else None
+        grad_fx = (grad * h).sum_to_size(fx.shape) if need_fx else None
+        grad_h = (grad * fx).sum_to_size(h.shape) if need_h else None
+        return grad_x, grad_fx, grad_h
+
+    @staticmethod
+    def jvp(ctx, tx: Tensor | None, tfx: Tensor | None, th: Tensor | None) -> Tensor:  # noqa: ANN001
+        fx, h = ctx.saved_tensors
+        out = torch.zeros_like(torch.addcmul(fx, fx, h)) if tx is None else tx
+        if tfx is not None:
+            out = torch.addcmul(out, tfx, h)
+        if th is not None:
+            out = torch.addcmul(out, fx, th)
+        return out
 
 
 class EulerStep(nn.Module):
@@ -22,7 +61,9 @@ class EulerStep(nn.Module):
     def forward(self, x: Tensor, fx: Tensor, h: Tensor | None) -> Tensor:
         if h is None:
             return x + fx
-        return torch.addcmul(x, fx, h)
+        if is_fx_symbolic_tracing():  # symbolic tracing records the plain op (same values)
+            return torch.addcmul(x, fx, h)
+        return _EulerStepFunction.apply(x, fx, h)
 
 
 def norm_layer(norm: str) -> Callable[[int], nn.Module]:
