@@ -10,7 +10,7 @@ import torch
 from torch.nn import functional as F
 
 from stepnet import create_attention, list_attention
-from stepnet.attention import IEBatchNorm2d, dct_filters
+from stepnet.attention import IEBatchNorm1d, IEBatchNorm2d, dct_filters
 from tests.helpers import randomize_batchnorm, randomize_parameters
 
 
@@ -113,8 +113,21 @@ def test_iebn_definition_and_initial_scale():
         norm.bn.running_var[None, :, None, None] + 1e-5)
     torch.testing.assert_close(norm(x), normed / (1 + math.e))  # gamma 1, beta 0, sigmoid(-1)
     randomize_parameters(norm)
-    gate = torch.sigmoid(norm.ie_weight * x.mean(dim=(2, 3), keepdim=True) + norm.ie_bias)
-    torch.testing.assert_close(norm(x), normed * norm.weight * gate + norm.bias)
+    per_channel = lambda t: t[None, :, None, None]  # noqa: E731
+    gate = torch.sigmoid(per_channel(norm.ie_weight) * x.mean(dim=(2, 3), keepdim=True)
+                         + per_channel(norm.ie_bias))
+    torch.testing.assert_close(norm(x), normed * per_channel(norm.weight) * gate
+                               + per_channel(norm.bias))
+
+
+def test_iebn_1d_on_descriptors():
+    norm = IEBatchNorm1d(16).eval()
+    randomize_batchnorm(norm)
+    randomize_parameters(norm)
+    z = torch.randn(5, 16)
+    normed = (z - norm.bn.running_mean) / torch.sqrt(norm.bn.running_var + 1e-5)
+    gate = torch.sigmoid(norm.ie_weight * z + norm.ie_bias)
+    torch.testing.assert_close(norm(z), normed * norm.weight * gate + norm.bias)
 
 
 def test_stepnet_default_is_learned_finite_difference_of_adjacent_states():

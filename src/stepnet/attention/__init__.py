@@ -9,7 +9,7 @@ from .cbam import CBAM
 from .eca import EfficientChannelAttention
 from .fca import FrequencyChannelAttention, dct_filters
 from .identity import NoAttention
-from .ie import IEBatchNorm2d, InstanceEnhancement
+from .ie import IEBatchNorm1d, IEBatchNorm2d, InstanceEnhancement
 from .registry import (attention_options, create_attention, get_attention_class,
                        list_attention, register_attention)
 from .se import SqueezeExcitation
@@ -19,7 +19,7 @@ from .srm import StyleRecalibration
 from .stepnet import STEPNET_INPUTS, STEPNET_STRUCTURES, StepNetAdaptor
 
 __all__ = [
-    "CBAM", "EfficientChannelAttention", "FrequencyChannelAttention", "IEBatchNorm2d",
+    "CBAM", "EfficientChannelAttention", "FrequencyChannelAttention", "IEBatchNorm1d", "IEBatchNorm2d",
     "InstanceEnhancement", "NoAttention", "STEPNET_INPUTS", "STEPNET_STRUCTURES",
     "SpatialGroupEnhance", "SqueezeExcitation", "StepNetAdaptor", "StepSize",
     "StyleRecalibration", "SwitchableExcitation", "attention_options", "create_attention",

@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import StepSize, global_avg_pool
+from .base import StepSize, as_channel_gate, global_avg_pool
 from .registry import register_attention
 
 
-def ie_parameters(*shape: int) -> tuple[nn.Parameter, nn.Parameter]:
-    """IE's (weight, bias) of the given shape, at their initial values 0 and -1."""
-    return nn.Parameter(torch.zeros(shape)), nn.Parameter(torch.full(shape, -1.0))
+def ie_parameters(channels: int) -> tuple[nn.Parameter, nn.Parameter]:
+    """IE's per-channel (weight, bias), each [C], at their initial values 0 and -1."""
+    return nn.Parameter(torch.zeros(channels)), nn.Parameter(torch.full((channels,), -1.0))
 
 
 @register_attention("ie")
@@ -20,31 +20,62 @@ class InstanceEnhancement(StepSize):
 
     def __init__(self, channels: int) -> None:
         super().__init__(channels)
-        self.weight, self.bias = ie_parameters(1, channels, 1, 1)
+        self.weight, self.bias = ie_parameters(channels)
 
     def forward(self, x: Tensor, fx: Tensor) -> Tensor:
-        return torch.sigmoid(self.weight * global_avg_pool(fx, keepdim=True) + self.bias)
+        return as_channel_gate(torch.sigmoid(torch.addcmul(self.bias, self.weight,
+                                                           global_avg_pool(fx))))
 
 
-class IEBatchNorm2d(nn.Module):
-    """IEBN: ``BN(x) * (gamma * sigmoid(w * GAP(x) + b)) + beta`` for x: [B, C, H, W].
+class _IEBatchNorm(nn.Module):
+    """``BN(x) * (gamma * sigmoid(w * GAP(x) + b)) + beta`` over channel dim 1 of x.
 
-    BN without its own affine, followed by gamma (init 1) and beta (init 0) modulated per
-    instance by the IE gate (w = 0, b = -1). Drop-in for ``nn.BatchNorm2d``: 4C parameters
-    (BatchNorm2d has 2C).
+    BN without its own affine, then gamma (init 1) and beta (init 0) modulated per instance by
+    the IE gate (w = 0, b = -1); GAP averages every dimension after the channels (none for
+    [B, C] inputs). 4C parameters, where a BatchNorm has 2C.
     """
+
+    _batch_norm: type[nn.modules.batchnorm._BatchNorm]
+    _input_dims: int  # fixed per class: shapes must not depend on the input under fx tracing
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()
         self.num_features = num_features
-        self.bn = nn.BatchNorm2d(num_features, eps=eps, momentum=momentum, affine=False)
-        self.weight = nn.Parameter(torch.ones(1, num_features, 1, 1))
-        self.bias = nn.Parameter(torch.zeros(1, num_features, 1, 1))
-        self.ie_weight, self.ie_bias = ie_parameters(1, num_features, 1, 1)
+        self.bn = self._batch_norm(num_features, eps=eps, momentum=momentum, affine=False)
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.ie_weight, self.ie_bias = ie_parameters(num_features)
+
+    def _per_channel(self, t: Tensor) -> Tensor:
+        """[C] -> broadcastable over the [B, C, *rest] inputs of this class."""
+        return t.reshape((-1,) + (1,) * (self._input_dims - 2)) if self._input_dims > 2 else t
+
+    def _descriptor(self, x: Tensor) -> Tensor:
+        return x
 
     def forward(self, x: Tensor) -> Tensor:
-        gate = torch.sigmoid(self.ie_weight * global_avg_pool(x, keepdim=True) + self.ie_bias)
-        return self.bn(x) * (self.weight * gate) + self.bias
+        gate = torch.sigmoid(torch.addcmul(self._per_channel(self.ie_bias),
+                                           self._per_channel(self.ie_weight),
+                                           self._descriptor(x)))
+        return torch.addcmul(self._per_channel(self.bias), self.bn(x),
+                             gate * self._per_channel(self.weight))
 
     def extra_repr(self) -> str:
         return f"{self.num_features}"
+
+
+class IEBatchNorm2d(_IEBatchNorm):
+    """IEBN for [B, C, H, W]: drop-in for ``nn.BatchNorm2d``; GAP over H, W."""
+
+    _batch_norm = nn.BatchNorm2d
+    _input_dims = 4
+
+    def _descriptor(self, x: Tensor) -> Tensor:
+        return global_avg_pool(x, keepdim=True)
+
+
+class IEBatchNorm1d(_IEBatchNorm):
+    """IEBN for [B, C] (the descriptor is x itself) -- e.g. pooled channel descriptors."""
+
+    _batch_norm = nn.BatchNorm1d
+    _input_dims = 2

@@ -24,7 +24,7 @@ class SwitchableExcitation(StepSize):
         self.fc1 = nn.Linear(channels, hidden)
         self.fc2 = nn.Linear(hidden, channels)
         self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
-        self.ie_weight, self.ie_bias = ie_parameters(1, channels)
+        self.ie_weight, self.ie_bias = ie_parameters(channels)
         self.switch = nn.Linear(channels, 3)
 
     def forward(self, x: Tensor, fx: Tensor) -> Tensor:

@@ -37,9 +37,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
-from .base import StepSize, global_avg_pool
-from .ie import IEBatchNorm2d
+from .base import StepSize, as_channel_gate, global_avg_pool
+from .ie import IEBatchNorm1d
 from .registry import register_attention
 
 STEPNET_INPUTS = ("pair", "x", "next", "diff")
@@ -48,7 +49,11 @@ STEPNET_STRUCTURES = ("default", "a", "b", "c", "d")
 
 @register_attention("stepnet")
 class StepNetAdaptor(StepSize):
-    """Stiffness-aware step size from two adjacent states. h: [B, C, 1, 1]. See module docs."""
+    """Stiffness-aware step size from two adjacent states. h: [B, C, 1, 1]. See module docs.
+
+    The adaptor works on [B, C] descriptors (1-D batch norms); ``conv`` holds the 1x1
+    convolution's weights ([C, k, 1, 1] grouped, [C, k*C, 1, 1] dense) in the paper's layout.
+    """
 
     def __init__(self, channels: int, input: str = "pair", structure: str = "default") -> None:
         super().__init__(channels)
@@ -60,23 +65,25 @@ class StepNetAdaptor(StepSize):
             )
         self.input = input
         self.structure = structure
-        in_channels = 2 * channels if input == "pair" else channels
+        self.num_states = 2 if input == "pair" else 1
+        in_channels = self.num_states * channels
         groups = 1 if structure == "c" else channels
-        self.pre_norm = IEBatchNorm2d(in_channels) if structure == "d" else nn.Identity()
+        self.pre_norm = IEBatchNorm1d(in_channels) if structure == "d" else nn.Identity()
         self.conv = nn.Conv2d(in_channels, channels, 1, groups=groups, bias=False)
         if structure in ("default", "c"):
-            self.norm: nn.Module = IEBatchNorm2d(channels)
+            self.norm: nn.Module = IEBatchNorm1d(channels)
         elif structure == "b":
-            self.norm = nn.BatchNorm2d(channels)
+            self.norm = nn.BatchNorm1d(channels)
         else:
             self.norm = nn.Identity()
 
     def states(self, x: Tensor, fx: Tensor) -> Tensor:
-        """The squeezed adaptor input: [B, 2C, 1, 1] for ``"pair"``, else [B, C, 1, 1]."""
-        p = global_avg_pool(x, keepdim=True)
-        d = global_avg_pool(fx, keepdim=True)
+        """The squeezed adaptor input [B, k*C], channel-interleaved for ``"pair"``
+        ([p1, q1, p2, q2, ...] with p = GAP(x), q = GAP(x + fx) = p + GAP(fx))."""
+        p = global_avg_pool(x)
+        d = global_avg_pool(fx)
         if self.input == "pair":
-            return torch.stack([p, p + d], dim=2).flatten(1, 2)
+            return torch.stack([p, p + d], dim=2).flatten(1)
         if self.input == "x":
             return p
         if self.input == "next":
@@ -84,19 +91,21 @@ class StepNetAdaptor(StepSize):
         return d
 
     def difference(self, z: Tensor) -> Tensor:
-        """The 1x1 convolution, [B, k*C, 1, 1] -> [B, C, 1, 1].
+        """The 1x1 convolution on descriptors, [B, k*C] -> [B, C].
 
-        The grouped case (one weight per input state and channel) is computed elementwise: the
-        same arithmetic as ``self.conv``, 30x faster on CPU than a grouped conv on 1x1 maps.
+        The grouped case (one weight per state and channel) is computed as a weighted sum: the
+        same arithmetic as ``self.conv`` on [B, k*C, 1, 1], far faster on CPU than a grouped conv.
         """
         if self.conv.groups == 1:
-            return self.conv(z)
-        weight = self.conv.weight.reshape(self.channels, -1)           # [C, k]
-        per_state = z.reshape(z.shape[0], self.channels, weight.shape[1])  # [B, C, k]
-        return (per_state * weight).sum(dim=-1)[:, :, None, None]
+            return F.linear(z, self.conv.weight.flatten(1))
+        weight = self.conv.weight.reshape(self.channels, self.num_states)   # [C, k]
+        if self.num_states == 1:
+            return z * weight[:, 0]
+        return (z.reshape(z.shape[0], self.channels, self.num_states) * weight).sum(dim=-1)
 
     def forward(self, x: Tensor, fx: Tensor) -> Tensor:
-        return torch.sigmoid(self.norm(self.difference(self.pre_norm(self.states(x, fx)))))
+        z = self.difference(self.pre_norm(self.states(x, fx)))
+        return as_channel_gate(torch.sigmoid(self.norm(z)))
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, input={self.input!r}, structure={self.structure!r}"
