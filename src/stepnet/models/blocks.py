@@ -41,10 +41,21 @@ class ResidualBlock(nn.Module):
         self.stage = -1
         self.index = -1
 
+    def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Block input [B, C_in, H, W] -> (shortcut output, residual branch output f(x)), both
+        [B, C_out, H', W']."""
+        raise NotImplementedError
+
+    def step_size(self, shortcut: Tensor, fx: Tensor) -> Tensor | None:
+        """The attention module's h, or None when it is identically 1."""
+        return None if self.attention.is_identity else self.attention(shortcut, fx)
+
     def euler_step(self, x: Tensor, fx: Tensor) -> Tensor:
         """``x + fx * h`` with h from the attention module (skipped when h = 1)."""
-        h = None if self.attention.is_identity else self.attention(x, fx)
-        return self.step(x, fx, h)
+        return self.step(x, fx, self.step_size(x, fx))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.euler_step(*self.branches(x))
 
 
 class BasicBlock(ResidualBlock):
@@ -61,10 +72,12 @@ class BasicBlock(ResidualBlock):
         self.downsample = (nn.Sequential(conv1x1(in_planes, planes, stride), nn.BatchNorm2d(planes))
                            if self.changes_shape else None)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
         shortcut = x if self.downsample is None else self.downsample(x)
-        fx = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-        return self.relu(self.euler_step(shortcut, fx))
+        return shortcut, self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.relu(self.euler_step(*self.branches(x)))
 
 
 class Bottleneck(ResidualBlock):
@@ -86,12 +99,14 @@ class Bottleneck(ResidualBlock):
         self.downsample = (nn.Sequential(conv1x1(in_planes, out, stride), nn.BatchNorm2d(out))
                            if self.changes_shape else None)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
         shortcut = x if self.downsample is None else self.downsample(x)
         fx = self.relu(self.bn1(self.conv1(x)))
         fx = self.relu(self.bn2(self.conv2(fx)))
-        fx = self.bn3(self.conv3(fx))
-        return self.relu(self.euler_step(shortcut, fx))
+        return shortcut, self.bn3(self.conv3(fx))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.relu(self.euler_step(*self.branches(x)))
 
 
 class PreActBasicBlock(ResidualBlock):
@@ -108,11 +123,10 @@ class PreActBasicBlock(ResidualBlock):
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = conv1x1(in_planes, planes, stride) if self.changes_shape else None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
         pre = self.relu(self.bn1(x))
         shortcut = x if self.shortcut is None else self.shortcut(pre)
-        fx = self.conv2(self.relu(self.bn2(self.conv1(pre))))
-        return self.euler_step(shortcut, fx)
+        return shortcut, self.conv2(self.relu(self.bn2(self.conv1(pre))))
 
 
 class PreActBottleneck(ResidualBlock):
@@ -133,10 +147,9 @@ class PreActBottleneck(ResidualBlock):
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = conv1x1(in_planes, out, stride) if self.changes_shape else None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
         pre = self.relu(self.bn1(x))
         shortcut = x if self.shortcut is None else self.shortcut(pre)
         fx = self.conv1(pre)
         fx = self.conv2(self.relu(self.bn2(fx)))
-        fx = self.conv3(self.relu(self.bn3(fx)))
-        return self.euler_step(shortcut, fx)
+        return shortcut, self.conv3(self.relu(self.bn3(fx)))

@@ -1,0 +1,75 @@
+"""Jacobians of tensor maps, dense or matrix-free, and their spectra.
+
+Shared by the stiffness index (stepnet.stiffness) and the recurrent-attention dynamics
+(stepnet.dynamics). ``fn`` maps a tensor of some shape to a tensor; the Jacobian is that of
+``vec(fn(x))`` with respect to ``vec(x)`` (row-major flattening). Matrix-free products use
+forward-mode AD (``torch.func.jvp``): fused attention kernels must be avoided in ``fn``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse.linalg
+import torch
+from torch import Tensor
+
+TensorMap = Callable[[Tensor], Tensor]
+
+
+def dense_jacobian(fn: TensorMap, x: Tensor) -> Tensor:
+    """[fn(x).numel(), x.numel()] Jacobian of fn at x, by forward-mode AD (one JVP per column,
+    vectorised)."""
+    shape = x.shape
+    flat = lambda v: fn(v.reshape(shape)).reshape(-1)  # noqa: E731
+    with torch.no_grad():
+        return torch.func.jacfwd(flat)(x.detach().reshape(-1))
+
+
+def jvp_operator(fn: TensorMap, x: Tensor) -> scipy.sparse.linalg.LinearOperator:
+    """The square Jacobian of fn at x as a scipy LinearOperator: v -> J v by one JVP.
+
+    Vectors cross to and from numpy in x's dtype; use float64 inputs for tight eigenvalues.
+    """
+    x = x.detach()
+    n = x.numel()
+    with torch.no_grad():
+        out_numel = fn(x).numel()
+    if out_numel != n:
+        raise ValueError(f"the Jacobian must be square: fn maps {n} values to {out_numel}")
+
+    def matvec(v: np.ndarray) -> np.ndarray:
+        tangent = torch.as_tensor(np.ascontiguousarray(v).reshape(x.shape), dtype=x.dtype,
+                                  device=x.device)
+        with torch.no_grad():
+            _, out = torch.func.jvp(fn, (x,), (tangent,))
+        return out.reshape(-1).cpu().numpy()
+
+    return scipy.sparse.linalg.LinearOperator((n, n), matvec=matvec,
+                                              dtype=torch.empty((), dtype=x.dtype).numpy().dtype)
+
+
+def extreme_eigenvalues(operator: scipy.sparse.linalg.LinearOperator, k: int = 1,
+                        which: str = "LM", tol: float = 1e-10, ncv: int | None = None,
+                        seed: int = 0) -> np.ndarray:
+    """k eigenvalues of a square operator chosen by ``which`` ('LM', 'LR', 'SR', ...), by
+    ARPACK (scipy.sparse.linalg.eigs), sorted by descending real part."""
+    n = operator.shape[0]
+    if k >= n - 1:
+        raise ValueError(f"ARPACK finds at most n - 2 = {n - 2} eigenvalues here; use the dense "
+                         f"path for k = {k}")
+    rng = np.random.default_rng(seed)
+    v0 = rng.standard_normal(n)
+    ncv = ncv or min(n, max(2 * k + 1, 20))
+    values = scipy.sparse.linalg.eigs(operator, k=k, which=which, tol=tol, ncv=ncv, v0=v0,
+                                      return_eigenvectors=False, maxiter=max(1000, 10 * n))
+    return values[np.argsort(-values.real)]
+
+
+def dense_eigenvalues(fn: TensorMap, x: Tensor) -> np.ndarray:
+    """All eigenvalues of the (square) Jacobian of fn at x, complex, by LAPACK."""
+    jacobian = dense_jacobian(fn, x)
+    if jacobian.shape[0] != jacobian.shape[1]:
+        raise ValueError(f"the Jacobian must be square, got {tuple(jacobian.shape)}")
+    return scipy.linalg.eigvals(jacobian.double().cpu().numpy())
