@@ -4,6 +4,7 @@
 >>> trajectory = record_trajectories(model, loader, max_inputs=1000)
 >>> total_neural_stiffness(trajectory.nsi, trajectory.stage)
 """
+from .analysis import analyze, block_spectra, summary_table, write_report
 from .correlation import nsi_attention_correlation, rank_correlation
 from .metrics import (EXCLUDED, delta, nsi, stage_means, staircase_area, stiff_indicator,
                       stiffness_proportion, total_neural_stiffness)
@@ -12,7 +13,7 @@ from .recorder import Trajectory, TrajectoryRecorder, find_blocks, record_trajec
 from .spectrum import block_function, stiffness_index
 
 __all__ = [
-    "EXCLUDED", "Theorem2Demo", "Trajectory", "TrajectoryRecorder", "block_function", "delta",
+    "EXCLUDED", "Theorem2Demo", "analyze", "block_spectra", "summary_table", "write_report", "Trajectory", "TrajectoryRecorder", "block_function", "delta",
     "find_blocks", "nsi", "nsi_attention_correlation", "rank_correlation", "record_trajectories",
     "sai", "simplified_sai", "stage_means", "staircase_area", "stiff_indicator",
     "stiffness_index", "stiffness_proportion", "theorem2_demo", "total_neural_stiffness",

@@ -1,0 +1,206 @@
+"""Datasets by name: torchvision's CIFAR-10/100 and STL-10, any ImageFolder tree, and the
+embedded default ``digits`` (scikit-learn's bundled handwritten digits, no download).
+
+``build_dataset(name, root, train=...)`` returns a torch Dataset of (image [C, H, W] float,
+label) with the paper's augmentation on the training split and per-dataset normalisation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset, TensorDataset
+from torchvision import datasets, transforms
+
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+STL10_MEAN, STL10_STD = (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+# digits: pixel values 0..16 scaled to [0, 1]; mean and std of the training split below.
+DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED = 0.2, 0
+DIGITS_MEAN, DIGITS_STD = (0.3054,), (0.3761,)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a dataset."""
+
+    num_classes: int
+    in_chans: int
+    image_size: int
+
+
+DATASETS = ("cifar10", "cifar100", "digits", "imagefolder", "stl10")
+
+
+class DatasetNotFoundError(ValueError):
+    """A dataset is missing where it was looked for; the message says how to get it."""
+
+
+def small_image_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...],
+                          train: bool, flip: bool = True, padding: int = 4,
+                          from_pil: bool = True) -> transforms.Compose:
+    """CIFAR-style: random crop with padding + horizontal flip (train), then normalise.
+    ``from_pil=False`` for datasets whose items are already tensors."""
+    steps: list = []
+    if train:
+        steps.append(transforms.RandomCrop(size, padding=padding))
+        if flip:
+            steps.append(transforms.RandomHorizontalFlip())
+    if from_pil:
+        steps.append(transforms.ToTensor())
+    steps.append(transforms.Normalize(mean, std))
+    return transforms.Compose(steps)
+
+
+def imagenet_transform(train: bool, size: int = 224) -> transforms.Compose:
+    """ImageNet-style: random resized crop + flip (train), resize 256 / center crop (test)."""
+    if train:
+        steps = [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()]
+    else:
+        steps = [transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size)]
+    return transforms.Compose(steps + [transforms.ToTensor(),
+                                       transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+class _TransformedTensors(Dataset):
+    """(image tensor, label) pairs with a tensor transform applied on access."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform) -> None:  # noqa: ANN001
+        self.images, self.targets, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.images[index]), int(self.targets[index])
+
+
+def digits_arrays(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 1,797 8x8 digits, split 80/20 stratified with seed 0 (1,437 train /
+    360 test): images [N, 1, 8, 8] in [0, 1], labels [N]."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    indices = np.arange(len(bunch.target))
+    train_idx, test_idx = train_test_split(indices, test_size=DIGITS_TEST_FRACTION,
+                                           stratify=bunch.target, random_state=DIGITS_SPLIT_SEED)
+    chosen = np.sort(train_idx if train else test_idx)
+    images = torch.tensor(bunch.images[chosen], dtype=torch.float32).unsqueeze(1) / 16.0
+    return images, torch.tensor(bunch.target[chosen], dtype=torch.long)
+
+
+def _missing(name: str, root: Path, expected: str) -> DatasetNotFoundError:
+    return DatasetNotFoundError(
+        f"{name} not found under {root} (looked for {expected}); pass --download to fetch it "
+        f"with torchvision (needs internet), or --data-dir pointing at a folder that holds it"
+    )
+
+
+def _image_folder_split(root: Path, train: bool) -> Path:
+    names = ("train",) if train else ("test", "val")
+    for n in names:
+        if (root / n).is_dir():
+            return root / n
+    raise DatasetNotFoundError(
+        f"no {' or '.join(names)} folder under {root}: an ImageFolder tree needs "
+        f"{root}/train/<class>/<image> and {root}/test/<class>/<image> (or val/)")
+
+
+def _first_image_size(folder: Path) -> int:
+    from PIL import Image
+
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp"}:
+            with Image.open(path) as image:
+                return max(image.size)
+    raise DatasetNotFoundError(f"no images under {folder}")
+
+
+def dataset_info(name: str, root: str | Path | None = None) -> DatasetInfo:
+    """Classes, channels and (training) image size of a dataset."""
+    if name == "digits":
+        return DatasetInfo(10, 1, 8)
+    if name == "cifar10":
+        return DatasetInfo(10, 3, 32)
+    if name == "cifar100":
+        return DatasetInfo(100, 3, 32)
+    if name == "stl10":
+        return DatasetInfo(10, 3, 96)
+    if name == "imagefolder":
+        folder = _image_folder_split(Path(root or "."), train=True)
+        classes = [p for p in folder.iterdir() if p.is_dir()]
+        size = _first_image_size(folder)
+        return DatasetInfo(len(classes), 3, size if size <= 64 else 224)
+    raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+
+
+def build_dataset(name: str, root: str | Path | None = None, train: bool = True,
+                  augment: bool | None = None, download: bool = False) -> Dataset:
+    """The ``train`` or test split of ``name``; ``augment`` defaults to ``train``.
+
+    Datasets expose ``targets`` (class ids) for stratified subsets. ``imagefolder`` trees of
+    small images (<= 64 px) get CIFAR-style augmentation, larger ones ImageNet-style.
+    """
+    augment = train if augment is None else augment
+    root = Path(root) if root is not None else Path("data")
+    if name == "digits":
+        images, labels = digits_arrays(train)
+        transform = small_image_transform(8, DIGITS_MEAN, DIGITS_STD, augment, flip=False,
+                                          padding=1, from_pil=False)
+        return _TransformedTensors(images, labels, transform)
+    if name in ("cifar10", "cifar100"):
+        cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+        mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN,
+                                                                             CIFAR100_STD)
+        try:
+            return cls(str(root), train=train, download=download,
+                       transform=small_image_transform(32, mean, std, augment))
+        except RuntimeError as error:
+            raise _missing(name, root, f"{cls.base_folder}/") from error
+    if name == "stl10":
+        try:
+            dataset = datasets.STL10(str(root), split="train" if train else "test",
+                                     download=download,
+                                     transform=small_image_transform(96, STL10_MEAN, STL10_STD,
+                                                                     augment, padding=12))
+        except RuntimeError as error:
+            raise _missing(name, root, f"{datasets.STL10.base_folder}/") from error
+        dataset.targets = dataset.labels
+        return dataset
+    if name == "imagefolder":
+        if download:
+            raise ValueError("imagefolder data cannot be downloaded; point --data-dir at it")
+        folder = _image_folder_split(root, train)
+        size = dataset_info("imagefolder", root).image_size
+        transform = (small_image_transform(size, IMAGENET_MEAN, IMAGENET_STD, augment)
+                     if size <= 64 else imagenet_transform(augment))
+        return datasets.ImageFolder(str(folder), transform=transform)
+    raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+
+
+def targets_of(dataset: Dataset) -> np.ndarray:
+    """Class ids of every item, without loading images."""
+    if isinstance(dataset, Subset):
+        return targets_of(dataset.dataset)[np.asarray(dataset.indices)]
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].numpy()
+    return np.asarray(dataset.targets)
+
+
+def stratified_subset(dataset: Dataset, size: int | None, seed: int = 0) -> Dataset:
+    """A deterministic, class-stratified subset of ``size`` items (None: the whole dataset)."""
+    if size is None or size >= len(dataset):
+        return dataset
+    if size <= 0:
+        raise ValueError(f"subset size must be positive, got {size}")
+    from sklearn.model_selection import train_test_split
+
+    targets = targets_of(dataset)
+    chosen, _ = train_test_split(np.arange(len(targets)), train_size=size, stratify=targets,
+                                 random_state=seed)
+    return Subset(dataset, np.sort(chosen).tolist())

@@ -1,0 +1,88 @@
+"""Checkpoints: one self-describing file per snapshot, written atomically.
+
+A checkpoint is a dict with ``format``, ``model`` ({"name", "kwargs"} for ``create_model``),
+``state_dict`` and optionally ``optimizer``, ``scheduler``, ``epoch``, ``rng``, ``config`` and
+``metrics``. It loads with ``torch.load(weights_only=True)``: nothing but tensors and plain
+Python values is stored.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..models import create_model
+
+FORMAT = "stepnet-checkpoint-v1"
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` to ``path`` atomically: a temporary file in the same folder, flushed
+    and fsynced, then renamed over the target. An interrupted write never leaves a partial file
+    in place of the previous checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, **payload}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory (its best, else last, checkpoint)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            for candidate in (path / "checkpoints" / name, path / name):
+                if candidate.is_file():
+                    return candidate
+        raise FileNotFoundError(f"no checkpoint in run directory {path} (looked for "
+                                f"checkpoints/best.pt and checkpoints/last.pt)")
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint (file or run directory); ``ValueError`` if it is not one of ours."""
+    path = resolve_checkpoint(path)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+        raise ValueError(f"{path} is not a readable stepnet checkpoint: {error}") from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a stepnet checkpoint (format {FORMAT!r} expected)")
+    payload["path"] = str(path)
+    return payload
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any] | str | Path) -> nn.Module:
+    """Rebuild the checkpoint's model and load its weights strictly.
+
+    A state dict that does not fit the recorded architecture raises ``ValueError`` naming the
+    first mismatching keys.
+    """
+    if not isinstance(checkpoint, dict):
+        checkpoint = load_checkpoint(checkpoint)
+    spec = checkpoint["model"]
+    model = create_model(spec["name"], **spec.get("kwargs", {}))
+    try:
+        model.load_state_dict(checkpoint["state_dict"], strict=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[1:3]
+        raise ValueError(f"checkpoint {checkpoint.get('path', '')} does not match its "
+                         f"architecture {spec['name']} {spec.get('kwargs', {})}: "
+                         f"{' '.join(s.strip() for s in first)}") from error
+    return model

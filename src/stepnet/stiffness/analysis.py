@@ -1,0 +1,152 @@
+"""The full stiffness analysis of one model on one dataset: what ``stepnet stiffness`` runs.
+
+``analyze(model, batches)`` returns a JSON-ready dict; ``write_report(result, trajectory,
+directory)`` writes ``stiffness.json`` and the figures. Both work on any in-memory model.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .correlation import nsi_attention_correlation
+from .figures import (plot_delta_heatmap, plot_eigenvalues, plot_nsi_along_depth,
+                      plot_nsi_vs_attention, plot_proportion, save_figure)
+from .metrics import EXCLUDED, delta, stage_means, stiffness_proportion, total_neural_stiffness
+from .recorder import Trajectory, find_blocks, record_trajectories
+from .spectrum import block_function, stiffness_index
+
+
+def default_grid(trajectory: Trajectory, points: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """M1 over [0, max(nsi / mu) - 1] and M2 over [0, max nsi], ``points`` values each: the
+    square outside which delta(M) is 0."""
+    keep = trajectory.stage != EXCLUDED
+    values = trajectory.nsi.double()[:, keep]
+    ratio = values / stage_means(trajectory.nsi, trajectory.stage)[:, keep]
+    top1 = max(float(ratio.max()) - 1, 1e-6)
+    top2 = max(float(values.max()), 1e-6)
+    return np.linspace(0, top1, points), np.linspace(0, top2, points)
+
+
+def block_spectra(model: nn.Module, sample: torch.Tensor, blocks: Sequence[int],
+                  include_step: bool = False, k: int = 4) -> list[dict[str, Any]]:
+    """SI of the residual branch of each chosen block (indices into the model's blocks) at the
+    block input of one sample [1, C, H, W], plus the k eigenvalues of largest and of smallest
+    real part (matrix-free, float64)."""
+    found = find_blocks(model)
+    inputs: dict[int, torch.Tensor] = {}
+    handles = [found[i][1].register_forward_hook(
+        lambda m, a, o, i=i: inputs.__setitem__(i, a[0].detach())) for i in blocks]
+    model.eval()
+    with torch.no_grad():
+        model(sample)
+    for handle in handles:
+        handle.remove()
+    model64 = model.double()
+    results = []
+    try:
+        for i in blocks:
+            name, block, _ = found[i]
+            fn = block_function(block, include_step)
+            x = inputs[i].double()
+            si, values = stiffness_index(fn, x, return_eigenvalues=True)
+            results.append({"block": name, "index": i, "si": si, "unknowns": x.numel(),
+                            "eigenvalues_real": values.real.tolist(),
+                            "eigenvalues_imag": values.imag.tolist()})
+    finally:
+        model64.float()
+    return results
+
+
+def analyze(model: nn.Module, batches: Iterable, max_inputs: int | None = None,
+            device: str | torch.device | None = None, grid_points: int = 50,
+            divide_by_step: bool = False, spectrum_blocks: Sequence[int] | None = None,
+            progress: bool = True) -> tuple[dict[str, Any], Trajectory]:
+    """Record trajectories over ``batches`` and compute every statistic (see module docs)."""
+    trajectory = record_trajectories(model, batches, max_inputs, device,
+                                     divide_by_step=divide_by_step, progress=progress)
+    m1, m2 = default_grid(trajectory, grid_points)
+    nsi64 = trajectory.nsi.double()
+    per_block = []
+    for t, name in enumerate(trajectory.names):
+        column = nsi64[:, t]
+        per_block.append({
+            "name": name, "stage": int(trajectory.block_stage[t]),
+            "excluded": bool(trajectory.stage[t] == EXCLUDED),
+            "nsi_mean": float(column.mean()), "nsi_std": float(column.std()),
+            "step_mean": float(trajectory.step_mean[:, t].mean()),
+        })
+    correlation = nsi_attention_correlation(trajectory.nsi, trajectory.step_mean,
+                                            trajectory.stage)
+    result: dict[str, Any] = {
+        "inputs": trajectory.num_inputs,
+        "tns": float(total_neural_stiffness(trajectory.nsi, trajectory.stage)),
+        "per_block": per_block,
+        "grid": {"m1": m1.tolist(), "m2": m2.tolist(),
+                 "delta": delta(trajectory.nsi, trajectory.stage, m1, m2).tolist(),
+                 "proportion": stiffness_proportion(trajectory.nsi, trajectory.stage, m1,
+                                                    m2).tolist()},
+        "nsi_attention_correlation": {
+            "method": "pearson", "defined": int(torch.isfinite(correlation).sum()),
+            "mean": float(np.nanmean(correlation.numpy())) if torch.isfinite(correlation).any()
+            else None},
+    }
+    if spectrum_blocks:
+        batch = next(iter(batches))
+        sample = (batch[0] if isinstance(batch, (tuple, list)) else batch)[:1]
+        device = device or next(model.parameters()).device
+        result["spectrum"] = block_spectra(model, sample.to(device), spectrum_blocks)
+    return result, trajectory
+
+
+def write_report(result: dict[str, Any], trajectory: Trajectory, directory: str | Path,
+                 title: str = "") -> list[Path]:
+    """Write ``stiffness.json`` and the figures into ``directory``; returns the files."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    files = [directory / "stiffness.json"]
+    files[0].write_text(json.dumps(result, indent=1))
+    grid = result["grid"]
+    m1, m2 = grid["m1"], grid["m2"]
+    prefix = f"{title}: " if title else ""
+    files.append(save_figure(plot_delta_heatmap(np.array(grid["delta"]), m1, m2,
+                                                f"{prefix}delta(M), TNS = {result['tns']:.3f}"),
+                             directory / "delta.png"))
+    files.append(save_figure(plot_nsi_along_depth(trajectory.nsi, trajectory.block_stage,
+                                                  f"{prefix}NSI along depth"),
+                             directory / "nsi_depth.png"))
+    files.append(save_figure(plot_proportion(np.array(grid["proportion"]), m1, m2,
+                                             f"{prefix}stiffness proportion"),
+                             directory / "proportion.png"))
+    files.append(save_figure(plot_nsi_vs_attention(trajectory.nsi, trajectory.step_mean,
+                                                   trajectory.stage),
+                             directory / "nsi_vs_attention.png"))
+    if result.get("spectrum"):
+        eigen = {s["block"]: np.array(s["eigenvalues_real"]) + 1j * np.array(
+            s["eigenvalues_imag"]) for s in result["spectrum"]}
+        files.append(save_figure(plot_eigenvalues(eigen, title=f"{prefix}block Jacobian "
+                                                  "eigenvalues (extremes)"),
+                                 directory / "eigenvalues.png"))
+    return files
+
+
+def summary_table(result: dict[str, Any]) -> str:
+    """Per-stage NSI and step-size summary, TNS, and SI per block when computed."""
+    lines = [f"inputs {result['inputs']}   TNS {result['tns']:.4f}",
+             f"{'stage':>5} {'blocks':>6} {'NSI mean':>9} {'NSI max':>8} {'mean h':>7}"]
+    stages = sorted({b["stage"] for b in result["per_block"]})
+    for s in stages:
+        rows = [b for b in result["per_block"] if b["stage"] == s and not b["excluded"]]
+        if not rows:
+            continue
+        lines.append(f"{s + 1:>5} {len(rows):>6} {np.mean([b['nsi_mean'] for b in rows]):>9.4f} "
+                     f"{max(b['nsi_mean'] for b in rows):>8.4f} "
+                     f"{np.mean([b['step_mean'] for b in rows]):>7.3f}")
+    for s in result.get("spectrum", []):
+        lines.append(f"SI {s['block']}: {s['si']:.4f} ({s['unknowns']} unknowns)")
+    return "\n".join(lines)

@@ -1,0 +1,43 @@
+"""``stepnet stiffness`` end to end on a small checkpoint trained on nothing (digits data)."""
+from __future__ import annotations
+
+import json
+
+from stepnet import create_model
+from stepnet.cli.main import main
+from stepnet.engine.checkpoint import save_checkpoint
+
+
+def make_run(tmp_path, attention="stepnet"):
+    kwargs = {"attention": attention, "in_chans": 1, "num_classes": 10}
+    model = create_model("resnet20", **kwargs)
+    save_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt",
+                    {"model": {"name": "resnet20", "kwargs": kwargs},
+                     "state_dict": model.state_dict(), "config": {"data": {"dataset": "digits"}}})
+    return tmp_path / "run"
+
+
+def test_stiffness_command_writes_json_and_figures(tmp_path, capsys):
+    run = make_run(tmp_path)
+    assert main(["stiffness", str(run), "--max-inputs", "64", "--quiet", "--spectrum",
+                 "--spectrum-blocks", "1"]) == 0
+    out = run / "stiffness"
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["delta.png", "eigenvalues.png", "nsi_depth.png", "nsi_vs_attention.png",
+                     "proportion.png", "stiffness.json"]
+    result = json.loads((out / "stiffness.json").read_text())
+    assert result["inputs"] == 64 and result["dataset"] == "digits"
+    assert len(result["per_block"]) == 9
+    assert [b["excluded"] for b in result["per_block"]] == [False] * 3 + [True, False, False] * 2
+    assert result["tns"] > 0 and result["spectrum"][0]["si"] > 0
+    assert "TNS" in capsys.readouterr().out
+
+
+def test_stiffness_command_errors_are_one_line(tmp_path, capsys):
+    assert main(["stiffness", str(tmp_path / "missing.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stepnet stiffness: error: no checkpoint at") and err.count("\n") == 1
+    run = make_run(tmp_path)
+    assert main(["stiffness", str(run), "--dataset", "cifar10", "--data-dir",
+                 str(tmp_path / "none"), "--quiet"]) == 2
+    assert "cifar10 not found under" in capsys.readouterr().err
