@@ -9,7 +9,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import inventory, stiffness
+from ..engine import NonFiniteLossError
+from . import inventory, stiffness, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     inventory.add_commands(sub)
     stiffness.add_command(sub)
+    train.add_commands(sub)
     return parser
 
 
@@ -28,9 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:
         print(f"stepnet {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as error:
+        print(f"stepnet {args.command}: {error}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -94,6 +94,12 @@ def digits_arrays(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.tensor(bunch.target[chosen], dtype=torch.long)
 
 
+def _download_failed(name: str, root: Path, error: Exception) -> DatasetNotFoundError:
+    return DatasetNotFoundError(
+        f"downloading {name} into {root} failed ({type(error).__name__}: {error}); without "
+        f"internet access, copy the official files there and run without --download")
+
+
 def _missing(name: str, root: Path, expected: str) -> DatasetNotFoundError:
     return DatasetNotFoundError(
         f"{name} not found under {root} (looked for {expected}); pass --download to fetch it "
@@ -162,6 +168,8 @@ def build_dataset(name: str, root: str | Path | None = None, train: bool = True,
                        transform=small_image_transform(32, mean, std, augment))
         except RuntimeError as error:
             raise _missing(name, root, f"{cls.base_folder}/") from error
+        except OSError as error:  # URLError and socket errors from a download attempt
+            raise _download_failed(name, root, error) from error
     if name == "stl10":
         try:
             dataset = datasets.STL10(str(root), split="train" if train else "test",
@@ -170,6 +178,8 @@ def build_dataset(name: str, root: str | Path | None = None, train: bool = True,
                                                                      augment, padding=12))
         except RuntimeError as error:
             raise _missing(name, root, f"{datasets.STL10.base_folder}/") from error
+        except OSError as error:
+            raise _download_failed(name, root, error) from error
         dataset.targets = dataset.labels
         return dataset
     if name == "imagefolder":

@@ -1,0 +1,70 @@
+"""torch.distributed set-up for ``torchrun``: the same command from a laptop to a cluster."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+@dataclass
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return values
+
+
+def setup_distributed(device: str) -> DistributedContext:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): gloo on CPU, nccl on
+    CUDA, each process on ``cuda:LOCAL_RANK``. A plain launch returns a single-process context."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    wanted = torch.device(device)
+    if wanted.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for, but no CUDA device is available")
+        wanted = torch.device("cuda", local_rank if world_size > 1 else (wanted.index or 0))
+        torch.cuda.set_device(wanted)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if wanted.type == "cuda" else "gloo")
+    return DistributedContext(rank, world_size, local_rank, wanted)
+
+
+def teardown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class ShardSampler(Sampler[int]):
+    """Every ``world_size``-th index starting at ``rank``, no padding: each item is evaluated
+    exactly once across processes (DistributedSampler pads with repeats)."""
+
+    def __init__(self, length: int, rank: int, world_size: int) -> None:
+        self.indices = list(range(rank, length, world_size))
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
