@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/stepnet models --params
+	$(VENV)/bin/stepnet demo --output runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 tests

@@ -159,3 +159,16 @@ def test_eval_and_summarize(tmp_path, capsys):
               ["test_acc1"] for s in (0, 1)]
     assert table[0]["final_mean"] == pytest.approx(sum(finals) / 2)
     assert "±" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_demo_writes_report_and_figures(tmp_path, capsys):
+    assert main(["demo", "--epochs", "1", "--quiet", "--output", str(tmp_path)]) == 0
+    report = (tmp_path / "report.md").read_text()
+    for attention in ("none", "se", "stepnet"):
+        assert f"| {attention} |" in report
+        assert (tmp_path / attention / "stiffness" / "delta.png").is_file()
+        assert (tmp_path / attention / "checkpoints" / "last.pt").is_file()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [row["attention"] for row in summary] == ["none", "se", "stepnet"]
+    assert (tmp_path / "tns_vs_accuracy.png").is_file()

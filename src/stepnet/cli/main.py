@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from ..engine import NonFiniteLossError
-from . import inventory, stiffness, train
+from . import demo, inventory, stiffness, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     inventory.add_commands(sub)
     stiffness.add_command(sub)
     train.add_commands(sub)
+    demo.add_command(sub)
     return parser
 
 
