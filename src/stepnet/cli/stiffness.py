@@ -4,26 +4,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
 from torch.utils.data import DataLoader
 
-from ..data import DATASETS, build_dataset
-from ..engine.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from ..engine.checkpoint import resolve_checkpoint
 from ..stiffness import analyze, summary_table, write_report
+from .common import add_checkpoint_arguments, load_checkpoint_and_data
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        checkpoint = load_checkpoint(args.checkpoint)
-    except FileNotFoundError as error:
-        raise ValueError(str(error)) from None
-    model = model_from_checkpoint(checkpoint).to(args.device)
-    data_config = (checkpoint.get("config") or {}).get("data", {})
-    dataset_name = args.dataset or data_config.get("dataset")
-    if dataset_name is None:
-        raise ValueError("the checkpoint records no dataset: pass --dataset")
-    data_dir = args.data_dir or data_config.get("data_dir")
-    dataset = build_dataset(dataset_name, data_dir, train=args.split == "train", augment=False)
+    checkpoint, model, dataset, dataset_name = load_checkpoint_and_data(
+        args, train=args.split == "train")
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
                         num_workers=args.workers)
     blocks = [int(b) for b in args.spectrum_blocks.split(",")] if args.spectrum else None
@@ -49,16 +39,10 @@ def add_command(sub: argparse._SubParsersAction) -> None:
         description="Record the feature trajectory of a trained model on a dataset and write "
         "stiffness.json (per-block NSI, TNS, delta(M), stiffness proportion, NSI-attention "
         "correlation, SI per block with --spectrum) and figures.")
-    parser.add_argument("checkpoint", help="a checkpoint file or a run directory")
-    parser.add_argument("--dataset", choices=DATASETS,
-                        help="dataset (default: the one the checkpoint was trained on)")
-    parser.add_argument("--data-dir", help="dataset root (default: the checkpoint's)")
+    add_checkpoint_arguments(parser)
     parser.add_argument("--split", choices=("test", "train"), default="test")
     parser.add_argument("--max-inputs", type=int, default=None,
                         help="analyse at most this many inputs (default: the whole split)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--divide-by-step", action="store_true",
                         help="NSI with Delta_t = the block's step size h instead of 1")
     parser.add_argument("--spectrum", action="store_true",

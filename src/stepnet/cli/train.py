@@ -12,11 +12,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..attention import list_attention
-from ..data import DATASETS, build_dataset
-from ..engine import (RECIPES, Trainer, load_checkpoint, model_from_checkpoint, read_metrics,
-                      resolve_config, setup_distributed, teardown_distributed)
+from ..data import DATASETS
+from ..engine import (RECIPES, Trainer, read_metrics, resolve_config, setup_distributed,
+                      teardown_distributed)
 from ..engine.trainer import accuracy_counts
 from ..models import NORMS, list_models
+from .common import add_checkpoint_arguments, load_checkpoint_and_data
 
 
 def _json_dict(text: str | None) -> dict[str, Any] | None:
@@ -68,14 +69,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 @torch.no_grad()
 def run_eval(args: argparse.Namespace) -> int:
-    try:
-        checkpoint = load_checkpoint(args.checkpoint)
-    except FileNotFoundError as error:
-        raise ValueError(str(error)) from None
-    model = model_from_checkpoint(checkpoint).to(args.device).eval()
-    data = (checkpoint.get("config") or {}).get("data", {})
-    dataset = build_dataset(args.dataset or data.get("dataset"), args.data_dir
-                            or data.get("data_dir"), train=False)
+    checkpoint, model, dataset, _ = load_checkpoint_and_data(args)
+    model.eval()
     top1 = top5 = count = 0
     for images, labels in DataLoader(dataset, batch_size=args.batch_size,
                                      num_workers=args.workers):
@@ -172,12 +167,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     evaluate = sub.add_parser("eval", help="evaluate a checkpoint on a test split",
                               description="Top-1 and top-5 accuracy of a checkpoint.")
-    evaluate.add_argument("checkpoint", help="a checkpoint file or a run directory")
-    evaluate.add_argument("--dataset", choices=DATASETS)
-    evaluate.add_argument("--data-dir")
-    evaluate.add_argument("--batch-size", type=int, default=256)
-    evaluate.add_argument("--workers", type=int, default=0)
-    evaluate.add_argument("--device", default="cpu")
+    add_checkpoint_arguments(evaluate)
     evaluate.set_defaults(run=run_eval)
 
     summary = sub.add_parser("summarize", help="mean ± std over seeds of finished runs",

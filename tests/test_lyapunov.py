@@ -1,0 +1,86 @@
+"""Jacobian spectra and Lyapunov exponents against closed forms and numpy."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stepnet.dynamics.lyapunov import (jacobian_eigenvalues, lyapunov_exponents,
+                                       lyapunov_exponents_qr, spectral_norm, spectral_radius)
+
+
+def linear_map(matrix: np.ndarray):
+    a = torch.tensor(matrix)
+    return lambda x: a @ x
+
+
+def test_symmetric_linear_map_exponents_are_log_moduli():
+    rng = np.random.default_rng(0)
+    n = 60
+    moduli = rng.uniform(0.3, 1.6, n)
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    a = q @ np.diag(moduli * rng.choice([-1, 1], n)) @ q.T
+    x0 = torch.tensor(rng.standard_normal(n))
+    expected = np.sort(np.log(moduli))[::-1]
+    dense = lyapunov_exponents(linear_map(a), x0, steps=8)
+    top = lyapunov_exponents(linear_map(a), x0, steps=8, k=5)
+    np.testing.assert_allclose(dense, expected, atol=1e-10)
+    np.testing.assert_allclose(top, expected[:5], atol=1e-6)
+
+
+def test_non_normal_map_matches_numpy_svd():
+    rng = np.random.default_rng(1)
+    n, steps = 40, 6
+    a = rng.standard_normal((n, n)) / np.sqrt(n) + 0.5 * np.eye(n)
+    expected = np.log(np.linalg.svd(np.linalg.matrix_power(a, steps), compute_uv=False)) / steps
+    x0 = torch.tensor(rng.standard_normal(n))
+    np.testing.assert_allclose(lyapunov_exponents(linear_map(a), x0, steps), expected, atol=1e-9)
+    np.testing.assert_allclose(lyapunov_exponents(linear_map(a), x0, steps, k=4), expected[:4],
+                               atol=1e-6)
+
+
+def test_nonlinear_map_matrix_free_equals_dense():
+    rng = np.random.default_rng(2)
+    w = torch.tensor(rng.standard_normal((30, 30)) / np.sqrt(30) * 1.5)
+    step = lambda x: torch.tanh(w @ x + 0.1)  # noqa: E731
+    x0 = torch.tensor(rng.standard_normal(30))
+    dense = lyapunov_exponents(step, x0, steps=10)
+    np.testing.assert_allclose(lyapunov_exponents(step, x0, steps=10, k=3), dense[:3],
+                               atol=1e-6)
+
+
+def test_qr_estimate_converges_to_asymptotic_exponents():
+    rng = np.random.default_rng(3)
+    n = 12
+    moduli = np.linspace(0.5, 1.3, n)
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    a = q @ np.diag(moduli) @ q.T
+    x0 = torch.tensor(rng.standard_normal(n))
+    expected = np.log(moduli[::-1][:2])
+    errors = [np.abs(lyapunov_exponents_qr(linear_map(a), x0, steps=t, k=2) - expected).max()
+              for t in (100, 1600)]
+    assert errors[1] < errors[0] / 8 and errors[1] < 3e-3   # O(1/T) transient
+
+
+def test_antisymmetric_toy_euler_eigenvalues_and_normalisation():
+    eta, omega = 0.1, 2.0
+    w = torch.tensor([[0.0, -omega], [omega, 0.0]], dtype=torch.float64)
+    euler = lambda x: x + eta * (w @ x)  # noqa: E731
+    x = torch.tensor([0.6, 0.8], dtype=torch.float64)
+    values = jacobian_eigenvalues(euler, x)
+    np.testing.assert_allclose(sorted(values.imag), [-eta * omega, eta * omega], atol=1e-12)
+    np.testing.assert_allclose(values.real, [1.0, 1.0], atol=1e-12)
+    assert spectral_radius(euler, x) > 1                    # |1 +- i eta omega| > 1: unstable
+    normalised = lambda x: euler(x) / torch.linalg.vector_norm(euler(x))  # noqa: E731
+    assert spectral_radius(normalised, x) <= 1 + 1e-12      # normalisation stabilises it
+
+
+def test_spectral_norm_and_bad_arguments():
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((25, 25))
+    x = torch.tensor(rng.standard_normal(25))
+    assert spectral_norm(linear_map(a), x) == pytest.approx(np.linalg.norm(a, 2), rel=1e-8)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        lyapunov_exponents(linear_map(a), x, steps=0)
+    with pytest.raises(ValueError, match="k must be in 1..24"):
+        lyapunov_exponents(linear_map(a), x, steps=2, k=25)
