@@ -31,17 +31,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--cache-images", action="store_true",
+                        help="also measure the engine with --cache-images (workers 0)")
     parser.add_argument("--data-dir", type=Path, default=DATA)
     parser.add_argument("--output", type=Path,
                         default=Path(__file__).parent / "results" / "train_throughput.json")
     args = parser.parse_args()
     images = args.batch_size * args.steps
     rows = []
-    for workers in args.workers:
+    settings = [(w, False) for w in args.workers] + ([(0, True)] if args.cache_images else [])
+    for workers, cache in settings:
         config = resolve_config("cifar-resnet164", {
             "model": args.model, "attention": args.attention, "dataset": "imagefolder",
             "data_dir": str(args.data_dir), "train_subset": images, "epochs": 1,
-            "batch_size": args.batch_size, "workers": workers, "output": "/tmp/throughput"})
+            "batch_size": args.batch_size, "workers": workers, "cache_images": cache,
+            "output": "/tmp/throughput"})
         trainer = Trainer(config, progress=False)
         batches = [(torch.randn(args.batch_size, 3, 32, 32),
                     torch.randint(0, 10, (args.batch_size,))) for _ in range(args.steps)]
@@ -67,9 +71,11 @@ def main() -> None:
             engine()
             engine_t.append(time.perf_counter() - start)
         b, e = images / statistics.median(bare_t), images / statistics.median(engine_t)
-        rows.append({"workers": workers, "bare_images_per_s": b, "engine_images_per_s": e,
+        rows.append({"workers": workers, "cache_images": cache, "bare_images_per_s": b,
+                     "engine_images_per_s": e,
                      "ratio": e / b, "bare_seconds": bare_t, "engine_seconds": engine_t})
-        print(f"workers {workers}: bare {b:7.1f} img/s   engine {e:7.1f} img/s   "
+        print(f"workers {workers}{' cached' if cache else '       '}: bare {b:7.1f} img/s   "
+              f"engine {e:7.1f} img/s   "
               f"ratio {e / b:.3f}  (target >= 0.90)", flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"model": args.model, "attention": args.attention,

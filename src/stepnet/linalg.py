@@ -39,11 +39,15 @@ def jvp_operator(fn: TensorMap, x: Tensor) -> scipy.sparse.linalg.LinearOperator
     if out_numel != n:
         raise ValueError(f"the Jacobian must be square: fn maps {n} values to {out_numel}")
 
+    with torch.no_grad():
+        # linearize runs the primal computation once; each product then costs one tangent pass
+        _, jvp_fn = torch.func.linearize(fn, x)
+
     def matvec(v: np.ndarray) -> np.ndarray:
         tangent = torch.as_tensor(np.ascontiguousarray(v).reshape(x.shape), dtype=x.dtype,
                                   device=x.device)
         with torch.no_grad():
-            _, out = torch.func.jvp(fn, (x,), (tangent,))
+            out = jvp_fn(tangent)
         return out.reshape(-1).cpu().numpy()
 
     return scipy.sparse.linalg.LinearOperator((n, n), matvec=matvec,

@@ -42,7 +42,8 @@ def run_train(args: argparse.Namespace) -> int:
             "model_options": _json_dict(args.model_options),
             "attention_blocks": args.attention_blocks, "dataset": args.dataset,
             "data_dir": args.data_dir, "download": args.download or None,
-            "train_subset": args.train_subset, "epochs": args.epochs,
+            "train_subset": args.train_subset, "cache_images": args.cache_images or None,
+            "epochs": args.epochs,
             "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
             "schedule": args.schedule, "milestones": args.milestones, "seed": seed,
             "workers": args.workers, "device": args.device, "amp": args.amp or None,
@@ -143,6 +144,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        help="let torchvision download the dataset (needs internet)")
     train.add_argument("--train-subset", type=int,
                        help="train on a stratified subset of this many images")
+    train.add_argument("--cache-images", action="store_true",
+                       help="decode a small-image imagefolder tree once into memory")
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int, help="global batch size")
     train.add_argument("--lr", type=float)

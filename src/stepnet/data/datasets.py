@@ -146,11 +146,13 @@ def dataset_info(name: str, root: str | Path | None = None) -> DatasetInfo:
 
 
 def build_dataset(name: str, root: str | Path | None = None, train: bool = True,
-                  augment: bool | None = None, download: bool = False) -> Dataset:
+                  augment: bool | None = None, download: bool = False,
+                  cache_images: bool = False) -> Dataset:
     """The ``train`` or test split of ``name``; ``augment`` defaults to ``train``.
 
     Datasets expose ``targets`` (class ids) for stratified subsets. ``imagefolder`` trees of
-    small images (<= 64 px) get CIFAR-style augmentation, larger ones ImageNet-style.
+    small images (<= 64 px) get CIFAR-style augmentation, larger ones ImageNet-style;
+    ``cache_images`` decodes a small-image tree once into memory (DecodedImageFolder).
     """
     augment = train if augment is None else augment
     root = Path(root) if root is not None else Path("data")
@@ -187,10 +189,51 @@ def build_dataset(name: str, root: str | Path | None = None, train: bool = True,
             raise ValueError("imagefolder data cannot be downloaded; point --data-dir at it")
         folder = _image_folder_split(root, train)
         size = dataset_info("imagefolder", root).image_size
+        if cache_images:
+            if size > 64:
+                raise ValueError(f"--cache-images is for small images (<= 64 px); {folder} "
+                                 f"holds {size} px images")
+            return DecodedImageFolder(folder, size, augment)
         transform = (small_image_transform(size, IMAGENET_MEAN, IMAGENET_STD, augment)
                      if size <= 64 else imagenet_transform(augment))
         return datasets.ImageFolder(str(folder), transform=transform)
     raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+
+
+class DecodedImageFolder(Dataset):
+    """An ImageFolder split of same-size small images, each decoded once on first access into
+    an in-memory uint8 [N, 3, H, W] tensor and served with tensor transforms afterwards, so no
+    JPEG is decoded twice. The cache lives in the process that reads it: use it with
+    ``--workers 0``. Decoding uses torchvision.io (libjpeg), which can differ from PIL's by a
+    grey level on some pixels."""
+
+    def __init__(self, folder: Path, size: int, augment: bool) -> None:
+        tree = datasets.ImageFolder(str(folder))
+        self.samples, self.targets, self.classes = tree.samples, tree.targets, tree.classes
+        self.size = size
+        self.images = torch.zeros(len(self.samples), 3, size, size, dtype=torch.uint8)
+        self.decoded = torch.zeros(len(self.samples), dtype=torch.bool)
+        steps = ([transforms.RandomCrop(size, padding=4), transforms.RandomHorizontalFlip()]
+                 if augment else [])
+        self.transform = transforms.Compose(steps + [transforms.ConvertImageDtype(torch.float32),
+                                                     transforms.Normalize(IMAGENET_MEAN,
+                                                                          IMAGENET_STD)])
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if not self.decoded[index]:
+            from torchvision.io import ImageReadMode, decode_image, read_file
+
+            path = self.samples[index][0]
+            image = decode_image(read_file(path), mode=ImageReadMode.RGB)
+            if tuple(image.shape[1:]) != (self.size, self.size):
+                raise ValueError(f"--cache-images needs images of one size: {path} is "
+                                 f"{tuple(image.shape[1:])}, expected {self.size}x{self.size}")
+            self.images[index] = image
+            self.decoded[index] = True
+        return self.transform(self.images[index]), self.targets[index]
 
 
 def targets_of(dataset: Dataset) -> np.ndarray:

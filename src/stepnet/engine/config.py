@@ -27,6 +27,7 @@ class TrainConfig:
     data_dir: str | None = None
     download: bool = False
     train_subset: int | None = None
+    cache_images: bool = False
     epochs: int = 15
     batch_size: int = 64
     eval_batch_size: int = 256

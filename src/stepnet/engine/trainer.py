@@ -114,10 +114,11 @@ class Trainer:
             raise ValueError(f"--batch-size {config.batch_size} is smaller than the number of "
                              f"processes {self.ctx.world_size}")
         self.train_set = stratified_subset(
-            build_dataset(config.dataset, config.data_dir, train=True, download=config.download),
+            build_dataset(config.dataset, config.data_dir, train=True, download=config.download,
+                          cache_images=config.cache_images),
             config.train_subset, config.seed)
         self.test_set = build_dataset(config.dataset, config.data_dir, train=False,
-                                      download=False)
+                                      cache_images=config.cache_images)
         self.spec = model_spec(config)
         seed_everything(config.seed)  # same initial weights on every process
         model = create_model(self.spec["name"], **self.spec["kwargs"])

@@ -81,6 +81,26 @@ def find_blocks(model: nn.Module, blocks: Sequence[str] | None = None
     )
 
 
+def _exact_euler_step(module: nn.Module) -> bool:
+    """True when the block's output is exactly its Euler step x + fx * h with x the block input:
+    a stepnet block without post-activation and without a projection shortcut."""
+    from ..models.blocks import ResidualBlock
+
+    return (isinstance(module, ResidualBlock) and not module.changes_shape
+            and type(module).forward is ResidualBlock.forward)
+
+
+def _update_norm(fx: Tensor, h: Tensor | None, divide_by_step: bool) -> Tensor:
+    """||fx * h|| per sample (||fx|| when h is None or divided out), from per-channel norms of
+    fx when h is a channel gate [B, C, 1, 1]: reads fx once and writes nothing full-size."""
+    if h is None or divide_by_step:
+        return torch.linalg.vector_norm(fx, dim=tuple(range(1, fx.dim())))
+    if h.dim() == fx.dim() and h.shape[2:].numel() == 1:
+        per_channel = torch.linalg.vector_norm(fx, dim=tuple(range(2, fx.dim())))  # [B, C]
+        return torch.linalg.vector_norm(per_channel * h.flatten(1), dim=1)
+    return torch.linalg.vector_norm(fx * h, dim=tuple(range(1, fx.dim())))
+
+
 def _per_sample_mean(h: Tensor | None, batch: int, like: Tensor) -> Tensor:
     """Mean of h broadcast over a [B, ...] feature map, per sample; 1 when h is None."""
     if h is None:
@@ -114,6 +134,8 @@ class TrajectoryRecorder:
         self._rows: list[dict[str, list[Tensor]]] = []
         self._changes_shape = [False] * len(self.blocks)
         self._pending_h: list[Tensor | None] = [None] * len(self.blocks)
+        self._pending_fx: list[Tensor | None] = [None] * len(self.blocks)
+        self._exact = [_exact_euler_step(m) for _, m, _ in self.blocks]
 
     def _block_hook(self, index: int):  # noqa: ANN202
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
@@ -122,14 +144,17 @@ class TrajectoryRecorder:
             batch = x_t.shape[0]
             dims = tuple(range(1, x_t.dim()))
             row = self._rows[index]
-            h = self._pending_h[index]
-            self._pending_h[index] = None
+            h, fx = self._pending_h[index], self._pending_fx[index]
+            self._pending_h[index] = self._pending_fx[index] = None
             row["state_norm"].append(torch.linalg.vector_norm(x_t, dim=dims).float())
             row["step_mean"].append(_per_sample_mean(h, batch, x_t))
             if x_t.shape != x_next.shape:
                 self._changes_shape[index] = True
                 nan = torch.full((batch,), float("nan"), device=x_t.device)
                 row["update_norm"].append(nan)
+                return
+            if self._exact[index] and fx is not None:   # x_{t+1} - x_t = fx * h exactly
+                row["update_norm"].append(_update_norm(fx, h, self.divide_by_step).float())
                 return
             update = x_next - x_t
             if self.divide_by_step and h is not None:
@@ -141,6 +166,7 @@ class TrajectoryRecorder:
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
             h = inputs[2]
             self._pending_h[index] = None if h is None else h.detach()
+            self._pending_fx[index] = inputs[1].detach()
         return hook
 
     def __enter__(self) -> TrajectoryRecorder:
