@@ -7,6 +7,7 @@ forward-mode AD (``torch.func.jvp``): fused attention kernels must be avoided in
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -39,8 +40,10 @@ def jvp_operator(fn: TensorMap, x: Tensor) -> scipy.sparse.linalg.LinearOperator
     if out_numel != n:
         raise ValueError(f"the Jacobian must be square: fn maps {n} values to {out_numel}")
 
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
         # linearize runs the primal computation once; each product then costs one tangent pass
+        # (its graph constant-folding warns about internal attributes; nothing to act on)
+        warnings.simplefilter("ignore", UserWarning)
         _, jvp_fn = torch.func.linearize(fn, x)
 
     def matvec(v: np.ndarray) -> np.ndarray:
