@@ -1,0 +1,144 @@
+"""Looped (recurrent) self-attention as a discrete dynamical system -- reconstruction of
+Tomihari & Karakida (NeurIPS 2025) following DESIGN §6; every reconstructed choice is an option.
+
+ItrSA: ``X_{t+1} = Norm(X_t + eta * (C + MSA(X_t)))`` on token states X in R^{S x D}, C the
+embedded input (input injection), H heads, unconstrained weights, no MLP, eta learnable.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+NORMS = ("rmsnorm", "layernorm", "sphere", "none")
+
+
+class TokenNorm(nn.Module):
+    """Per-token normalisation of [..., S, D] states.
+
+    * ``rmsnorm`` -- each token scaled to unit Euclidean norm, times a learned gain gamma [D]
+      (the paper's; unit norm rather than RMS: the two differ by the constant sqrt(D));
+    * ``sphere`` -- unit norm, gamma fixed at 1 (projection on the sphere);
+    * ``layernorm`` -- ``nn.LayerNorm(D)``;
+    * ``none`` -- identity.
+    """
+
+    def __init__(self, dim: int, kind: str = "rmsnorm", eps: float = 1e-6) -> None:
+        super().__init__()
+        if kind not in NORMS:
+            raise ValueError(f"unknown norm {kind!r}; valid: {', '.join(NORMS)}")
+        self.kind, self.eps = kind, eps
+        self.gain = nn.Parameter(torch.ones(dim)) if kind == "rmsnorm" else None
+        self.layer_norm = nn.LayerNorm(dim) if kind == "layernorm" else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kind == "none":
+            return x
+        if self.layer_norm is not None:
+            return self.layer_norm(x)
+        unit = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(self.eps)
+        return unit * self.gain if self.gain is not None else unit
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Softmax self-attention with H heads and an output projection, written with plain
+    matmuls and softmax (forward-mode AD does not pass through fused attention kernels).
+    [..., S, D] -> [..., S, D]."""
+
+    def __init__(self, dim: int, heads: int, bias: bool = False) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} must be divisible by heads {heads}")
+        self.dim, self.heads, self.head_dim = dim, heads, dim // heads
+        self.query = nn.Linear(dim, dim, bias=bias)
+        self.key = nn.Linear(dim, dim, bias=bias)
+        self.value = nn.Linear(dim, dim, bias=bias)
+        self.output = nn.Linear(dim, dim, bias=bias)
+
+    def split(self, t: Tensor) -> Tensor:
+        """[..., S, D] -> [..., H, S, D/H]."""
+        return t.unflatten(-1, (self.heads, self.head_dim)).transpose(-3, -2)
+
+    def attention(self, x: Tensor) -> Tensor:
+        """Attention weights [..., H, S, S]."""
+        scores = self.split(self.query(x)) @ self.split(self.key(x)).transpose(-1, -2)
+        return torch.softmax(scores / math.sqrt(self.head_dim), dim=-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        mixed = self.attention(x) @ self.split(self.value(x))
+        return self.output(mixed.transpose(-3, -2).flatten(-2))
+
+
+class ItrSA(nn.Module):
+    """Iterated self-attention: ``X_{t+1} = Norm(X_t + eta (C + MSA(X_t)))``.
+
+    ``input_injection=False`` drops C from every step. ``eta`` starts at ``eta`` and is learned
+    unless ``learn_eta=False``. Paper defaults: dim 512, 8 heads, 16 loops in training.
+    """
+
+    def __init__(self, dim: int = 512, heads: int = 8, norm: str = "rmsnorm", eta: float = 1.0,
+                 learn_eta: bool = True, input_injection: bool = True, bias: bool = False
+                 ) -> None:
+        super().__init__()
+        self.attention = MultiHeadSelfAttention(dim, heads, bias)
+        self.norm = TokenNorm(dim, norm)
+        self.input_injection = input_injection
+        eta_tensor = torch.tensor(float(eta))
+        if learn_eta:
+            self.eta = nn.Parameter(eta_tensor)
+        else:
+            self.register_buffer("eta", eta_tensor)
+
+    def drive(self, x: Tensor, c: Tensor) -> Tensor:
+        """The update direction C + MSA(X) (MSA(X) without injection), [..., S, D]."""
+        update = self.attention(x)
+        return update + c if self.input_injection else update
+
+    def step(self, x: Tensor, c: Tensor) -> Tensor:
+        """One loop: [..., S, D] -> [..., S, D]."""
+        return self.norm(x + self.eta * self.drive(x, c))
+
+    def forward(self, c: Tensor, steps: int, x0: Tensor | None = None,
+                return_trajectory: bool = False) -> Tensor | list[Tensor]:
+        """Run ``steps`` loops from ``x0`` (default: C). Returns X_T, or [X_0, ..., X_T]."""
+        x = c if x0 is None else x0
+        trajectory = [x]
+        for _ in range(steps):
+            x = self.step(x, c)
+            trajectory.append(x)
+        return trajectory if return_trajectory else x
+
+
+def pseudo_energy(model: ItrSA, x: Tensor, c: Tensor) -> Tensor:
+    """E(X) = -Tr(X^T (C + MSA(X))) per sample: [..., S, D] -> [...]."""
+    return -(x * model.drive(x, c)).sum(dim=(-2, -1))
+
+
+def spectral_regularizer(module: nn.Module, iterations: int = 1) -> Tensor:
+    """Sum over the weight matrices W of ``module`` (pass the attention, e.g.
+    ``model.attention``) of (sigma_max(W)^2 - 1)^2, plus the sum of ||b||^4 over its biases
+    (paper: added to the loss as lambda * R, lambda = 1e-4).
+
+    sigma_max comes from power iteration whose vector is kept on the module between calls
+    (``_power_vectors``), so one iteration per training step suffices after the first calls.
+    """
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    vectors: dict[str, Tensor] = module.__dict__.setdefault("_power_vectors", {})
+    total = torch.zeros((), device=next(module.parameters()).device)
+    for name, parameter in module.named_parameters():
+        if parameter.dim() == 2:
+            v = vectors.get(name)
+            if v is None or v.shape[0] != parameter.shape[1]:
+                v = torch.randn(parameter.shape[1], device=parameter.device)
+            with torch.no_grad():
+                for _ in range(iterations):
+                    u = nn.functional.normalize(parameter @ v, dim=0)
+                    v = nn.functional.normalize(parameter.T @ u, dim=0)
+            vectors[name] = v
+            sigma = (u @ parameter @ v)
+            total = total + (sigma ** 2 - 1) ** 2
+        elif parameter.dim() == 1 and name.endswith("bias"):
+            total = total + parameter.pow(2).sum().pow(2)
+    return total
