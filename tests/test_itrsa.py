@@ -97,3 +97,19 @@ def test_spectral_regularizer_converges_to_the_definition():
     assert attention.query.weight.grad is not None
     with pytest.raises(ValueError, match="iterations must be >= 1"):
         spectral_regularizer(attention, iterations=0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("norm", ["rmsnorm", "sphere"])
+def test_normalized_jacobian_bound_holds_on_random_instances(seed, norm):
+    from stepnet.dynamics import normalized_jacobian_bound
+
+    model, c = small_model(norm, seed)
+    if model.norm.gain is not None:
+        with torch.no_grad():
+            model.norm.gain.uniform_(0.5, 2.0)
+            model.eta.fill_(0.3 + seed * 0.4)
+    x = torch.randn(5, 8, dtype=torch.float64) * (1 + seed)
+    norm_value, bound = normalized_jacobian_bound(model, x, c)
+    assert norm_value <= bound * (1 + 1e-9)
+    assert norm_value > 0.05 * bound     # the bound is not vacuous on these instances

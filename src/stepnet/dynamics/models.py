@@ -142,3 +142,25 @@ def spectral_regularizer(module: nn.Module, iterations: int = 1) -> Tensor:
         elif parameter.dim() == 1 and name.endswith("bias"):
             total = total + parameter.pow(2).sum().pow(2)
     return total
+
+
+def normalized_jacobian_bound(model: ItrSA, x: Tensor, c: Tensor) -> tuple[float, float]:
+    """(||J||_2, bound) for the step's Jacobian J at x ([S, D], one sample), with the bound
+    ``max|gamma| / min_i ||y_i|| * ||dY/dX||_2``, Y = X + eta (C + MSA(X)) the pre-norm state.
+
+    Our reconstruction of the paper's Prop. 5.1 (its statement is not in our sources): for the
+    ``rmsnorm`` and ``sphere`` norms, dNorm/dY is block diagonal with blocks
+    gamma * (I - y_hat y_hat^T) / ||y_i|| (spectral norm <= max|gamma| / ||y_i||), so
+    normalisation divides the Jacobian's scale by the token norms.
+    """
+    from .lyapunov import spectral_norm
+
+    if model.norm.kind not in ("rmsnorm", "sphere"):
+        raise ValueError("the bound holds for the rmsnorm and sphere norms")
+    pre = lambda state: state + model.eta * model.drive(state, c)  # noqa: E731
+    step = lambda state: model.step(state, c)  # noqa: E731
+    with torch.no_grad():
+        y = pre(x)
+        gain = 1.0 if model.norm.gain is None else float(model.norm.gain.abs().max())
+        factor = gain / float(torch.linalg.vector_norm(y, dim=-1).min())
+    return spectral_norm(step, x), factor * spectral_norm(pre, x)
