@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from ..engine import NonFiniteLossError
-from . import demo, inventory, stiffness, train
+from . import demo, dynamics, inventory, stiffness, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     stiffness.add_command(sub)
     train.add_commands(sub)
     demo.add_command(sub)
+    dynamics.add_command(sub)
     return parser
 
 

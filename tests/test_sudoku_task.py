@@ -1,0 +1,61 @@
+"""The Sudoku model and a tiny training run."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from stepnet.dynamics.sudoku import generate
+from stepnet.dynamics.task import SudokuConfig, SudokuModel, evaluate, train_sudoku
+
+
+def test_model_shapes_loops_and_readout():
+    model = SudokuModel(dim=16, heads=2, loops=3)
+    puzzles, _ = generate(2, (35, 40), seed=0)
+    boards = torch.as_tensor(puzzles)
+    assert model(boards).shape == (2, 81, 9)
+    # more loops change the result; the same loops reproduce it
+    assert torch.equal(model(boards, 3), model(boards))
+    assert not torch.allclose(model(boards, 3), model(boards, 6))
+
+
+def test_evaluate_is_board_accuracy_of_the_argmax():
+    model = SudokuModel(dim=16, heads=2, loops=2)
+    puzzles, solutions = generate(3, (35, 40), seed=1)
+    with torch.no_grad():
+        torch.nn.init.zeros_(model.readout.weight)
+        model.readout.bias.copy_(torch.arange(9.0))   # always predicts digit 9
+    expected = float(((solutions == 9) | (puzzles > 0)).all(axis=1).mean())
+    assert evaluate(model, puzzles, solutions, loops=2) == expected
+
+
+def test_tiny_training_run_learns_and_writes_results(tmp_path):
+    config = SudokuConfig(dim=32, heads=2, loops=4, train_puzzles=128, test_puzzles=16,
+                          epochs=3, batch_size=32, lr=3e-3, eval_loops=[4, 8],
+                          spectral_weight=1e-4, output=str(tmp_path))
+    result = train_sudoku(config, progress=False)
+    losses = [h["loss"] for h in result["history"]]
+    assert losses[-1] < losses[0]
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert set(saved["accuracy"]) == {"test", "hard"} and set(saved["accuracy"]["test"]) == {
+        "4", "8"}
+    assert (tmp_path / "model.pt").is_file()
+
+
+def test_dynamics_commands(tmp_path, capsys):
+    from stepnet.cli.main import main
+
+    run = tmp_path / "run"
+    assert main(["dynamics", "train", "--dim", "16", "--heads", "2", "--loops", "3",
+                 "--train-puzzles", "64", "--test-puzzles", "8", "--epochs", "1", "--quiet",
+                 "--output", str(run)]) == 0
+    assert main(["dynamics", "analyze", str(run), "--boards", "2", "--max-loops", "8",
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "max Lyapunov exponent" in out
+    analysis = json.loads((run / "analysis" / "analysis.json").read_text())
+    assert len(analysis["exponents"]) == 2 and len(analysis["energy"][0]) == 9
+    for name in ("eigenvalues.png", "pseudo_energy.png", "accuracy_vs_loops.png"):
+        assert (run / "analysis" / name).is_file()
+    assert main(["dynamics", "analyze", str(tmp_path / "nothing")]) == 2
+    assert main(["dynamics", "train", "--epochs", "0", "--output", str(run)]) == 2
