@@ -1,0 +1,77 @@
+"""Contribution index, energy-based voting and energy regularisers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stepnet.dynamics import MultiHeadSelfAttention
+from stepnet.dynamics.models import pseudo_energy
+from stepnet.dynamics.monitoring import contribution_index, energy_regularizer, energy_voting
+from stepnet.dynamics.sudoku import generate
+from stepnet.dynamics.task import SudokuModel
+
+
+def test_contribution_index_of_a_linear_map():
+    rng = np.random.default_rng(0)
+    n = 100
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    values = np.linspace(-1, 1, n)            # top 2% = the last two eigenvectors
+    s = torch.tensor(q @ np.diag(values) @ q.T)
+    antisymmetric = torch.tensor(rng.standard_normal((n, n)))
+    j = s + (antisymmetric - antisymmetric.T)  # symmetric part is s
+    step = lambda x: j @ x  # noqa: E731
+    x = torch.tensor(q[:, -1] * 3 + q[:, 0] * 4)
+    assert contribution_index(step, x) == pytest.approx(9 / 25, rel=1e-9)
+    assert contribution_index(step, x, dense=False) == pytest.approx(9 / 25, rel=1e-6)
+
+
+def test_energy_voting_keeps_the_lowest_energy_run():
+    torch.manual_seed(0)
+    model = SudokuModel(dim=16, heads=2, loops=3).double()
+    boards = torch.as_tensor(generate(3, (35, 40), seed=0)[0])
+    logits = energy_voting(model, boards, votes=4, seed=1)
+    c = model.embed(boards)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        candidates = []
+        for vote in range(4):
+            noise = (torch.zeros_like(c) if vote == 0
+                     else torch.randn(c.shape, generator=generator, dtype=c.dtype))
+            final = model.core(c, 3, x0=c + noise)
+            candidates.append((pseudo_energy(model.core, final, c), model.readout(final)))
+        energies = torch.stack([e for e, _ in candidates])      # [votes, B]
+        best = energies.argmin(dim=0)
+        expected = torch.stack([candidates[int(best[b])][1][b] for b in range(3)])
+    torch.testing.assert_close(logits, expected)
+
+
+def test_energy_regularizers_vanish_exactly_on_their_constraint_sets():
+    torch.manual_seed(0)
+    attention = MultiHeadSelfAttention(8, 2).double()
+    assert float(energy_regularizer(attention, "multihead")) > 0
+    assert float(energy_regularizer(attention, "singlehead")) > 0
+    with torch.no_grad():
+        q, _ = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64))
+        attention.value.weight.copy_(q)
+        attention.output.weight.copy_(q.T)      # W_O,h W_V,h = blocks of q^T q: symmetric
+        a = attention.query.weight.T @ attention.key.weight
+        attention.value.weight.copy_((a + a.T) / 2)
+    assert float(energy_regularizer(attention, "singlehead")) < 1e-20
+    with torch.no_grad():
+        attention.value.weight.copy_(q)
+    assert float(energy_regularizer(attention, "multihead")) < 1e-20
+    with pytest.raises(ValueError, match="unknown energy regulariser"):
+        energy_regularizer(attention, "both")
+
+
+def test_energy_regularizer_descends():
+    torch.manual_seed(1)
+    attention = MultiHeadSelfAttention(8, 2)
+    optimizer = torch.optim.SGD(attention.parameters(), lr=0.01)
+    first = float(energy_regularizer(attention))
+    for _ in range(200):
+        optimizer.zero_grad()
+        energy_regularizer(attention).backward()
+        optimizer.step()
+    assert float(energy_regularizer(attention)) < 0.1 * first
