@@ -84,3 +84,13 @@ def test_spectral_norm_and_bad_arguments():
         lyapunov_exponents(linear_map(a), x, steps=0)
     with pytest.raises(ValueError, match="k must be in 1..24"):
         lyapunov_exponents(linear_map(a), x, steps=2, k=25)
+
+
+def test_chunked_dense_jacobian_equals_unchunked():
+    from stepnet.linalg import dense_jacobian
+
+    rng = np.random.default_rng(5)
+    w = torch.tensor(rng.standard_normal((20, 20)))
+    fn = lambda x: torch.tanh(w @ x)  # noqa: E731
+    x = torch.tensor(rng.standard_normal(20))
+    torch.testing.assert_close(dense_jacobian(fn, x, chunk_size=7), dense_jacobian(fn, x))

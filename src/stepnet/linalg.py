@@ -19,13 +19,20 @@ from torch import Tensor
 TensorMap = Callable[[Tensor], Tensor]
 
 
-def dense_jacobian(fn: TensorMap, x: Tensor) -> Tensor:
+def dense_jacobian(fn: TensorMap, x: Tensor, chunk_size: int | None = None) -> Tensor:
     """[fn(x).numel(), x.numel()] Jacobian of fn at x, by forward-mode AD (one JVP per column,
-    vectorised)."""
+    vectorised; ``chunk_size`` columns at a time to bound memory)."""
     shape = x.shape
     flat = lambda v: fn(v.reshape(shape)).reshape(-1)  # noqa: E731
+    point = x.detach().reshape(-1)
     with torch.no_grad():
-        return torch.func.jacfwd(flat)(x.detach().reshape(-1))
+        if chunk_size is None:
+            return torch.func.jacfwd(flat)(point)
+        column = lambda v: torch.func.jvp(flat, (point,), (v,))[1]  # noqa: E731
+        eye = torch.eye(point.numel(), dtype=point.dtype, device=point.device)
+        parts = [torch.func.vmap(column)(eye[i:i + chunk_size])
+                 for i in range(0, point.numel(), chunk_size)]
+        return torch.cat(parts).T
 
 
 def jvp_operator(fn: TensorMap, x: Tensor) -> scipy.sparse.linalg.LinearOperator:

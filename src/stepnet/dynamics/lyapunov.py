@@ -74,18 +74,19 @@ def spectral_norm(step_fn: StepFn, x: Tensor, steps: int = 1) -> float:
 
 
 def lyapunov_exponents(step_fn: StepFn, x0: Tensor, steps: int, k: int | None = None,
-                       tol: float = 1e-10) -> np.ndarray:
+                       tol: float = 1e-10, chunk_size: int | None = None) -> np.ndarray:
     """Finite-horizon Lyapunov exponents (1 / 2T) ln eig(J_T^T J_T), descending.
 
     ``k=None``: the full spectrum from the dense J_T (forward-mode, one JVP per unknown).
     ``k``: the k largest, matrix-free (ARPACK's Lanczos on J_T^T J_T). ``x0`` should be float64
-    for exponents of strongly contracting directions.
+    for exponents of strongly contracting directions. ``chunk_size`` bounds the memory of the
+    dense Jacobian (columns per vectorised batch).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     x0 = x0.detach()
     if k is None:
-        jacobian = dense_jacobian(lambda x: iterate(step_fn, x, steps), x0).double()
+        jacobian = dense_jacobian(lambda x: iterate(step_fn, x, steps), x0, chunk_size).double()
         singular = torch.linalg.svdvals(jacobian)
         return (torch.log(singular) / steps).numpy()
     n = x0.numel()
