@@ -113,3 +113,20 @@ def test_normalized_jacobian_bound_holds_on_random_instances(seed, norm):
     norm_value, bound = normalized_jacobian_bound(model, x, c)
     assert norm_value <= bound * (1 + 1e-9)
     assert norm_value > 0.05 * bound     # the bound is not vacuous on these instances
+
+
+def test_symmetric_attention_constraints_hold_by_construction():
+    attention = MultiHeadSelfAttention(8, 2, symmetric=True).double()
+    assert attention.key is attention.query and attention.output is None
+    w_q, w_v = attention.query.weight, attention.value.weight
+    for h in range(2):
+        rows = slice(4 * h, 4 * h + 4)
+        a = w_q[rows].T @ w_q[rows]                 # the head's query-key form
+        m = w_v[rows].T @ w_v[rows]                 # the head's value-output map
+        torch.testing.assert_close(a, a.T)
+        torch.testing.assert_close(m, m.T)
+    x = torch.randn(5, 8, dtype=torch.float64)
+    weights = attention.attention(x)
+    mixed = (weights @ attention.split(attention.value(x))).transpose(-3, -2).flatten(-2)
+    torch.testing.assert_close(attention(x), mixed @ w_v)
+    assert sum(p.numel() for p in attention.parameters()) == 2 * 64

@@ -44,17 +44,24 @@ class TokenNorm(nn.Module):
 class MultiHeadSelfAttention(nn.Module):
     """Softmax self-attention with H heads and an output projection, written with plain
     matmuls and softmax (forward-mode AD does not pass through fused attention kernels).
-    [..., S, D] -> [..., S, D]."""
+    [..., S, D] -> [..., S, D].
 
-    def __init__(self, dim: int, heads: int, bias: bool = False) -> None:
+    ``symmetric=True`` is the energy-constrained variant: keys share the queries' weights
+    (W_Q W_K^T symmetric per head) and the output map is the transpose of the value map
+    (W_O,h W_V,h = W_V,h^T W_V,h symmetric per head), with no biases.
+    """
+
+    def __init__(self, dim: int, heads: int, bias: bool = False, symmetric: bool = False) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} must be divisible by heads {heads}")
         self.dim, self.heads, self.head_dim = dim, heads, dim // heads
+        self.symmetric = symmetric
+        bias = bias and not symmetric
         self.query = nn.Linear(dim, dim, bias=bias)
-        self.key = nn.Linear(dim, dim, bias=bias)
+        self.key = self.query if symmetric else nn.Linear(dim, dim, bias=bias)
         self.value = nn.Linear(dim, dim, bias=bias)
-        self.output = nn.Linear(dim, dim, bias=bias)
+        self.output = None if symmetric else nn.Linear(dim, dim, bias=bias)
 
     def split(self, t: Tensor) -> Tensor:
         """[..., S, D] -> [..., H, S, D/H]."""
@@ -66,8 +73,10 @@ class MultiHeadSelfAttention(nn.Module):
         return torch.softmax(scores / math.sqrt(self.head_dim), dim=-1)
 
     def forward(self, x: Tensor) -> Tensor:
-        mixed = self.attention(x) @ self.split(self.value(x))
-        return self.output(mixed.transpose(-3, -2).flatten(-2))
+        mixed = (self.attention(x) @ self.split(self.value(x))).transpose(-3, -2).flatten(-2)
+        if self.output is None:
+            return mixed @ self.value.weight       # W_O = W_V^T
+        return self.output(mixed)
 
 
 class ItrSA(nn.Module):
@@ -78,10 +87,10 @@ class ItrSA(nn.Module):
     """
 
     def __init__(self, dim: int = 512, heads: int = 8, norm: str = "rmsnorm", eta: float = 1.0,
-                 learn_eta: bool = True, input_injection: bool = True, bias: bool = False
-                 ) -> None:
+                 learn_eta: bool = True, input_injection: bool = True, bias: bool = False,
+                 symmetric: bool = False) -> None:
         super().__init__()
-        self.attention = MultiHeadSelfAttention(dim, heads, bias)
+        self.attention = MultiHeadSelfAttention(dim, heads, bias, symmetric)
         self.norm = TokenNorm(dim, norm)
         self.input_injection = input_injection
         eta_tensor = torch.tensor(float(eta))

@@ -22,12 +22,13 @@ class SudokuModel(nn.Module):
     X_0 = C; a linear readout to the 9 digits per cell. boards [B, 81] -> logits [B, 81, 9]."""
 
     def __init__(self, dim: int = 128, heads: int = 4, norm: str = "rmsnorm", loops: int = 16,
-                 input_injection: bool = True, eta: float = 1.0) -> None:
+                 input_injection: bool = True, eta: float = 1.0, symmetric: bool = False) -> None:
         super().__init__()
         self.loops = loops
         self.digits = nn.Embedding(10, dim)
         self.position = nn.Parameter(torch.randn(81, dim) * 0.02)
-        self.core = ItrSA(dim, heads, norm, eta=eta, input_injection=input_injection)
+        self.core = ItrSA(dim, heads, norm, eta=eta, input_injection=input_injection,
+                          symmetric=symmetric)
         self.readout = nn.Linear(dim, 9)
 
     def embed(self, boards: Tensor) -> Tensor:
@@ -46,6 +47,7 @@ class SudokuConfig:
     dim: int = 128
     heads: int = 4
     norm: str = "rmsnorm"
+    symmetric: bool = False
     loops: int = 16
     train_puzzles: int = 9000
     test_puzzles: int = 1000
@@ -85,7 +87,8 @@ def train_sudoku(config: SudokuConfig, progress: bool = True) -> dict[str, Any]:
     ``eval_loops`` on the in-distribution and hard test sets."""
     torch.manual_seed(config.seed)
     data = sudoku_data(config)
-    model = SudokuModel(config.dim, config.heads, config.norm, config.loops)
+    model = SudokuModel(config.dim, config.heads, config.norm, config.loops,
+                        symmetric=config.symmetric)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     puzzles, solutions = (torch.as_tensor(a).long() for a in data["train"])
     generator = torch.Generator().manual_seed(config.seed)
@@ -117,7 +120,8 @@ def train_sudoku(config: SudokuConfig, progress: bool = True) -> dict[str, Any]:
     output.mkdir(parents=True, exist_ok=True)
     (output / "result.json").write_text(json.dumps(result, indent=1))
     save_checkpoint(output / "model.pt", {"model": {"name": "sudoku", "kwargs": {
-        "dim": config.dim, "heads": config.heads, "norm": config.norm, "loops": config.loops}},
+        "dim": config.dim, "heads": config.heads, "norm": config.norm, "loops": config.loops,
+        "symmetric": config.symmetric}},
         "state_dict": model.state_dict(), "config": asdict(config)})
     return result
 
