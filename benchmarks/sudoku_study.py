@@ -24,12 +24,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 from stepnet.dynamics.task import (SudokuConfig, analyze_sudoku, load_sudoku_model,  # noqa: E402
                                    train_sudoku)
 
-VARIANTS = {
-    "rmsnorm": dict(norm="rmsnorm"),
-    "layernorm": dict(norm="layernorm"),
-    "none": dict(norm="none"),
-    "energy (symmetric, sphere)": dict(norm="sphere", symmetric=True),
-    "rmsnorm + spectral reg.": dict(norm="rmsnorm", spectral_weight=1e-4),
+VARIANTS = {  # label: (run folder, options)
+    "rmsnorm": ("rmsnorm", dict(norm="rmsnorm")),
+    "layernorm": ("layernorm", dict(norm="layernorm")),
+    "none": ("none", dict(norm="none")),
+    "energy (symmetric, sphere)": ("energy", dict(norm="sphere", symmetric=True)),
+    "rmsnorm + spectral reg.": ("rmsnorm-spectral", dict(norm="rmsnorm",
+                                                         spectral_weight=1e-4)),
 }
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,9 +46,8 @@ def main() -> None:
                         default=ROOT / "benchmarks" / "results" / "sudoku_study.json")
     args = parser.parse_args()
     rows = []
-    for name, options in VARIANTS.items():
-        run = args.runs / name.split()[0].replace("+", "").strip() / (
-            "spectral" if "spectral" in name else "")
+    for name, (folder, options) in VARIANTS.items():
+        run = args.runs / folder
         config = SudokuConfig(dim=args.dim, heads=4, loops=16, train_puzzles=args.train_puzzles,
                               test_puzzles=args.test_puzzles, epochs=args.epochs, lr=2e-3,
                               output=str(run), **options)

@@ -110,7 +110,7 @@ def train_sudoku(config: SudokuConfig, progress: bool = True) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(batch)
+            total += float(loss.detach()) * len(batch)
         history.append({"epoch": epoch + 1, "loss": total / len(puzzles)})
     result = {"config": asdict(config), "history": history,
               "seconds": time.perf_counter() - start,
