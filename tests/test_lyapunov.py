@@ -94,3 +94,13 @@ def test_chunked_dense_jacobian_equals_unchunked():
     fn = lambda x: torch.tanh(w @ x)  # noqa: E731
     x = torch.tensor(rng.standard_normal(20))
     torch.testing.assert_close(dense_jacobian(fn, x, chunk_size=7), dense_jacobian(fn, x))
+
+
+def test_float64_context_restores_the_model_dtype():
+    from stepnet.linalg import float64
+
+    for dtype in (torch.float32, torch.float64):
+        layer = torch.nn.Linear(3, 3).to(dtype)
+        with float64(layer) as inside:
+            assert inside.weight.dtype == torch.float64
+        assert layer.weight.dtype == dtype

@@ -8,13 +8,14 @@ forward-mode AD (``torch.func.jvp``): fused attention kernels must be avoided in
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 TensorMap = Callable[[Tensor], Tensor]
 
@@ -35,6 +36,32 @@ def dense_jacobian(fn: TensorMap, x: Tensor, chunk_size: int | None = None) -> T
         return torch.cat(parts).T
 
 
+def tensor_operator(apply: TensorMap, like: Tensor) -> scipy.sparse.linalg.LinearOperator:
+    """A square scipy LinearOperator from a linear map on tensors shaped like ``like``:
+    numpy vectors are reshaped to ``like``'s shape, dtype and device, and results flattened back.
+    """
+    shape, n = like.shape, like.numel()
+
+    def matvec(v: np.ndarray) -> np.ndarray:
+        tensor = torch.as_tensor(np.ascontiguousarray(v).reshape(shape), dtype=like.dtype,
+                                 device=like.device)
+        with torch.no_grad():
+            return apply(tensor).detach().reshape(-1).cpu().numpy()
+
+    return scipy.sparse.linalg.LinearOperator(
+        (n, n), matvec=matvec, dtype=torch.empty((), dtype=like.dtype).numpy().dtype)
+
+
+@contextmanager
+def float64(module: nn.Module) -> Iterator[nn.Module]:
+    """Run ``module`` in float64 inside the block, then restore its original dtype."""
+    dtype = next(module.parameters()).dtype
+    try:
+        yield module.double()
+    finally:
+        module.to(dtype)
+
+
 def jvp_operator(fn: TensorMap, x: Tensor) -> scipy.sparse.linalg.LinearOperator:
     """The square Jacobian of fn at x as a scipy LinearOperator: v -> J v by one JVP.
 
@@ -52,16 +79,7 @@ def jvp_operator(fn: TensorMap, x: Tensor) -> scipy.sparse.linalg.LinearOperator
         # (its graph constant-folding warns about internal attributes; nothing to act on)
         warnings.simplefilter("ignore", UserWarning)
         _, jvp_fn = torch.func.linearize(fn, x)
-
-    def matvec(v: np.ndarray) -> np.ndarray:
-        tangent = torch.as_tensor(np.ascontiguousarray(v).reshape(x.shape), dtype=x.dtype,
-                                  device=x.device)
-        with torch.no_grad():
-            out = jvp_fn(tangent)
-        return out.reshape(-1).cpu().numpy()
-
-    return scipy.sparse.linalg.LinearOperator((n, n), matvec=matvec,
-                                              dtype=torch.empty((), dtype=x.dtype).numpy().dtype)
+    return tensor_operator(jvp_fn, x)
 
 
 def extreme_eigenvalues(operator: scipy.sparse.linalg.LinearOperator, k: int = 1,

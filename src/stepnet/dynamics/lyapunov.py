@@ -19,7 +19,7 @@ import scipy.sparse.linalg
 import torch
 from torch import Tensor
 
-from ..linalg import dense_jacobian, extreme_eigenvalues, jvp_operator
+from ..linalg import dense_jacobian, extreme_eigenvalues, jvp_operator, tensor_operator
 
 StepFn = Callable[[Tensor], Tensor]
 
@@ -55,15 +55,12 @@ def _gram_operator(step_fn: StepFn, x0: Tensor, steps: int
     fold = lambda x: iterate(step_fn, x, steps)  # noqa: E731
     with torch.enable_grad():
         _, vjp_fn = torch.func.vjp(fold, x0)
-    n = x0.numel()
 
-    def matvec(v: np.ndarray) -> np.ndarray:
-        tangent = torch.as_tensor(np.ascontiguousarray(v).reshape(x0.shape), dtype=x0.dtype)
+    def gram(tangent: Tensor) -> Tensor:
         _, jv = torch.func.jvp(fold, (x0,), (tangent,))
-        (jtjv,) = vjp_fn(jv)
-        return jtjv.reshape(-1).detach().numpy()
+        return vjp_fn(jv)[0]
 
-    return scipy.sparse.linalg.LinearOperator((n, n), matvec=matvec, dtype=np.float64)
+    return tensor_operator(gram, x0)
 
 
 def spectral_norm(step_fn: StepFn, x: Tensor, steps: int = 1) -> float:

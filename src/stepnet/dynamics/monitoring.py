@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import scipy.sparse.linalg
 import torch
 from torch import Tensor
 
-from ..linalg import dense_jacobian
+from ..linalg import dense_jacobian, tensor_operator
 from .models import MultiHeadSelfAttention, pseudo_energy
 
 
@@ -27,17 +26,15 @@ def contribution_index(step_fn, x: Tensor, fraction: float = 0.02,  # noqa: ANN0
         values, vectors = torch.linalg.eigh((jacobian + jacobian.T) / 2)
         top = vectors[:, -k:]
     else:
-        x0 = x.detach()
+        x0 = x.detach().double()
         with torch.enable_grad():
             _, vjp_fn = torch.func.vjp(step_fn, x0)
 
-        def matvec(v: np.ndarray) -> np.ndarray:
-            tangent = torch.as_tensor(v.reshape(x0.shape), dtype=x0.dtype)
+        def symmetric_part(tangent: Tensor) -> Tensor:
             _, jv = torch.func.jvp(step_fn, (x0,), (tangent,))
-            (jtv,) = vjp_fn(tangent)
-            return ((jv + jtv) / 2).reshape(-1).detach().double().numpy()
+            return (jv + vjp_fn(tangent)[0]) / 2
 
-        operator = scipy.sparse.linalg.LinearOperator((n, n), matvec=matvec, dtype=np.float64)
+        operator = tensor_operator(symmetric_part, x0)
         _, vectors = scipy.sparse.linalg.eigsh(operator, k=k, which="LA", tol=1e-8)
         top = torch.as_tensor(vectors)
     projection = top.T @ flat

@@ -148,29 +148,29 @@ def analyze_sudoku(model: SudokuModel, config: dict[str, Any], boards: int = 4,
     largest-modulus eigenvalues of the one-step Jacobian at the final state, pseudo-energy
     traces over ``max_loops`` loops, and board accuracy against the number of loops. Writes
     analysis.json and figures when ``output`` is given."""
+    from ..linalg import float64
     from ..stiffness.figures import plot_eigenvalues, save_figure
     from .lyapunov import jacobian_eigenvalues, lyapunov_exponents
     from .models import pseudo_energy
 
     puzzles, solutions = generate(config["test_puzzles"], tuple(config["train_givens"]),
                                   config["seed"] + 1)
-    model = model.double()
     result: dict[str, Any] = {"boards": boards, "loops": model.loops, "exponents": [],
                               "eigenvalues": [], "energy": []}
-    for index in tqdm(range(boards), desc="boards", disable=not progress):
-        c = model.embed(torch.as_tensor(puzzles[index:index + 1]))[0].detach()
-        step = lambda x, c=c: model.core.step(x, c)  # noqa: E731
-        with torch.no_grad():
-            exponents = lyapunov_exponents(step, c, model.loops, k=k)
-            final = model.core(c, model.loops)
-            values = jacobian_eigenvalues(step, final, k=k)
-            trajectory = model.core(c, max_loops, return_trajectory=True)
-            energy = [float(pseudo_energy(model.core, x, c)) for x in trajectory]
-        result["exponents"].append(exponents.tolist())
-        result["eigenvalues"].append([[v.real, v.imag] for v in values])
-        result["energy"].append(energy)
-    result["max_exponent_mean"] = float(np.mean([e[0] for e in result["exponents"]]))
-    model = model.float()
+    with float64(model):
+        for index in tqdm(range(boards), desc="boards", disable=not progress):
+            c = model.embed(torch.as_tensor(puzzles[index:index + 1]))[0].detach()
+            step = lambda x, c=c: model.core.step(x, c)  # noqa: E731
+            with torch.no_grad():
+                exponents = lyapunov_exponents(step, c, model.loops, k=k)
+                final = model.core(c, model.loops)
+                values = jacobian_eigenvalues(step, final, k=k)
+                trajectory = model.core(c, max_loops, return_trajectory=True)
+                energy = [float(pseudo_energy(model.core, x, c)) for x in trajectory]
+            result["exponents"].append(exponents.tolist())
+            result["eigenvalues"].append([[v.real, v.imag] for v in values])
+            result["energy"].append(energy)
+        result["max_exponent_mean"] = float(np.mean([e[0] for e in result["exponents"]]))
     loops = sorted({1, 2, 4, 8, model.loops, 2 * model.loops, max_loops})
     result["accuracy_vs_loops"] = {str(t): evaluate(model, puzzles, solutions, t)
                                    for t in loops}

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..linalg import float64
 from .correlation import nsi_attention_correlation
 from .figures import (plot_delta_heatmap, plot_eigenvalues, plot_nsi_along_depth,
                       plot_nsi_vs_attention, plot_proportion, save_figure)
@@ -47,9 +48,8 @@ def block_spectra(model: nn.Module, sample: torch.Tensor, blocks: Sequence[int],
         model(sample)
     for handle in handles:
         handle.remove()
-    model64 = model.double()
     results = []
-    try:
+    with float64(model):
         for i in blocks:
             name, block, _ = found[i]
             fn = block_function(block, include_step)
@@ -58,8 +58,6 @@ def block_spectra(model: nn.Module, sample: torch.Tensor, blocks: Sequence[int],
             results.append({"block": name, "index": i, "si": si, "unknowns": x.numel(),
                             "eigenvalues_real": values.real.tolist(),
                             "eigenvalues_imag": values.imag.tolist()})
-    finally:
-        model64.float()
     return results
 
 
