@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from stepnet.dynamics.sudoku import (board_accuracy, count_solutions, generate, parse_board,
-                                     read_csv, read_satnet)
+from stepnet.dynamics.sudoku import (board_accuracy, cell_accuracy, count_solutions, generate,
+                                     parse_board, read_csv, read_satnet)
 
 
 def independent_solutions(board, limit=2):
@@ -129,3 +129,5 @@ def test_board_accuracy_counts_whole_boards():
     given = np.flatnonzero(puzzles[2] > 0)[0]
     predictions[2, given] = predictions[2, given] % 9 + 1          # wrong given: not counted
     assert board_accuracy(predictions, puzzles, solutions) == 0.75
+    blanks = int((puzzles == 0).sum())
+    assert cell_accuracy(predictions, puzzles, solutions) == (blanks - 1) / blanks

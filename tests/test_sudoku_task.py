@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from stepnet.dynamics.sudoku import generate
-from stepnet.dynamics.task import SudokuConfig, SudokuModel, evaluate, train_sudoku
+from stepnet.dynamics.task import (SudokuConfig, SudokuModel, evaluate, load_sudoku_model,
+                                   train_sudoku)
 
 
 def test_model_shapes_loops_and_readout():
@@ -19,14 +21,31 @@ def test_model_shapes_loops_and_readout():
     assert not torch.allclose(model(boards, 3), model(boards, 6))
 
 
-def test_evaluate_is_board_accuracy_of_the_argmax():
+def test_structured_embedding_shares_row_column_and_box_codes():
+    model = SudokuModel(dim=8, heads=2, loops=1)
+    c = model.embed(torch.zeros(1, 81, dtype=torch.long))[0]
+    # cells 0 and 1: same row and box, columns 0 and 1; cells 0 and 30: row 3, column 3, box 4
+    torch.testing.assert_close(c[0] - c[1], model.columns.weight[0] - model.columns.weight[1])
+    torch.testing.assert_close(c[30] - model.digits.weight[0], model.rows.weight[3]
+                               + model.columns.weight[3] + model.boxes.weight[4])
+    learned = SudokuModel(dim=8, heads=2, loops=1, position="learned")
+    torch.testing.assert_close(learned.embed(torch.zeros(1, 81, dtype=torch.long))[0],
+                               learned.digits.weight[0] + learned.position)
+    with pytest.raises(ValueError, match="valid: structured, learned"):
+        SudokuModel(dim=8, heads=2, position="sinusoidal")
+
+
+def test_evaluate_is_board_and_cell_accuracy_of_the_argmax():
     model = SudokuModel(dim=16, heads=2, loops=2)
     puzzles, solutions = generate(3, (35, 40), seed=1)
     with torch.no_grad():
         torch.nn.init.zeros_(model.readout.weight)
         model.readout.bias.copy_(torch.arange(9.0))   # always predicts digit 9
     expected = float(((solutions == 9) | (puzzles > 0)).all(axis=1).mean())
-    assert evaluate(model, puzzles, solutions, loops=2) == expected
+    blank = puzzles == 0
+    accuracy = evaluate(model, puzzles, solutions, loops=2)
+    assert accuracy["board"] == expected
+    assert accuracy["cell"] == float((solutions[blank] == 9).mean()) > 0
 
 
 def test_tiny_training_run_learns_and_writes_results(tmp_path):
@@ -48,7 +67,9 @@ def test_dynamics_commands(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["dynamics", "train", "--dim", "16", "--heads", "2", "--loops", "3",
                  "--train-puzzles", "64", "--test-puzzles", "8", "--epochs", "1", "--quiet",
-                 "--output", str(run)]) == 0
+                 "--symmetric", "--norm", "sphere", "--output", str(run)]) == 0
+    model, _ = load_sudoku_model(run)
+    assert model.core.attention.symmetric and model.position_kind == "structured"
     assert main(["dynamics", "analyze", str(run), "--boards", "2", "--max-loops", "8",
                  "--quiet"]) == 0
     out = capsys.readouterr().out

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..dynamics.models import NORMS
-from ..dynamics.task import SudokuConfig, analyze_sudoku, load_sudoku_model, train_sudoku
+from ..dynamics.task import POSITIONS, SudokuConfig, analyze_sudoku, load_sudoku_model, train_sudoku
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -16,6 +16,7 @@ def run_train(args: argparse.Namespace) -> int:
                           train_puzzles=args.train_puzzles, test_puzzles=args.test_puzzles,
                           epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                           spectral_weight=args.spectral_weight, seed=args.seed,
+                          symmetric=args.symmetric, position=args.position,
                           output=args.output)
     result = train_sudoku(config, progress=not args.quiet)
     print(json.dumps(result["accuracy"]))
@@ -32,7 +33,7 @@ def run_analyze(args: argparse.Namespace) -> int:
                             output=output, progress=not args.quiet)
     print(f"max Lyapunov exponent (mean over {args.boards} boards, {model.loops} loops): "
           f"{result['max_exponent_mean']:.4f}")
-    print("board accuracy vs loops:", json.dumps(result["accuracy_vs_loops"]))
+    print("accuracy vs loops (board, cell):", json.dumps(result["accuracy_vs_loops"]))
     print(f"wrote {output}")
     return 0
 
@@ -47,6 +48,10 @@ def add_command(sub: argparse._SubParsersAction) -> None:
                                 "and report board accuracy at 16/32/64 loops, in distribution "
                                 "and on harder puzzles (24-30 givens).")
     train.add_argument("--norm", choices=NORMS, default="rmsnorm")
+    train.add_argument("--symmetric", action="store_true",
+                       help="energy-constrained attention (W_K = W_Q, W_O = W_V^T)")
+    train.add_argument("--position", choices=POSITIONS, default="structured",
+                       help="cell embedding: row + column + box tables, or a free table")
     train.add_argument("--dim", type=int, default=128)
     train.add_argument("--heads", type=int, default=4)
     train.add_argument("--loops", type=int, default=16, help="loops in training")

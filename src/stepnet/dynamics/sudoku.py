@@ -6,7 +6,8 @@ Boards are integer arrays of 81 cells in row-major order, digits 1-9 and 0 for a
   deterministically by seed (the paper's in-distribution SATNet puzzles have 31-42 givens; the
   harder RRN puzzles 17-34).
 * :func:`read_csv` reads the RRN / Kaggle text format, ``read_satnet`` the SATNet tensors.
-* :func:`board_accuracy`: the share of boards whose every blank is predicted right.
+* :func:`board_accuracy`: the share of boards whose every blank is predicted right;
+  :func:`cell_accuracy`: the share of blank cells predicted right.
 """
 from __future__ import annotations
 
@@ -194,3 +195,10 @@ def board_accuracy(predictions: np.ndarray, puzzles: np.ndarray, solutions: np.n
     predictions, puzzles, solutions = (np.asarray(a) for a in (predictions, puzzles, solutions))
     blank = puzzles == 0
     return float(((predictions == solutions) | ~blank).all(axis=1).mean())
+
+
+def cell_accuracy(predictions: np.ndarray, puzzles: np.ndarray, solutions: np.ndarray) -> float:
+    """Share of blank cells, over all boards, predicted right ([N, 81] arrays)."""
+    predictions, puzzles, solutions = (np.asarray(a) for a in (predictions, puzzles, solutions))
+    blank = puzzles == 0
+    return float((predictions == solutions)[blank].mean())
