@@ -63,16 +63,44 @@ def test_qr_estimate_converges_to_asymptotic_exponents():
 
 
 def test_antisymmetric_toy_euler_eigenvalues_and_normalisation():
-    eta, omega = 0.1, 2.0
-    w = torch.tensor([[0.0, -omega], [omega, 0.0]], dtype=torch.float64)
-    euler = lambda x: x + eta * (w @ x)  # noqa: E731
-    x = torch.tensor([0.6, 0.8], dtype=torch.float64)
+    from stepnet.dynamics.toy import euler_eigenvalues, euler_map, rotation_generator
+
+    eta, frequencies = 0.1, [2.0, 0.5, 3.0]
+    w = rotation_generator(frequencies)
+    torch.testing.assert_close(w, -w.T)
+    euler = euler_map(w, eta)
+    x = torch.tensor(np.random.default_rng(6).standard_normal(6))
     values = jacobian_eigenvalues(euler, x)
-    np.testing.assert_allclose(sorted(values.imag), [-eta * omega, eta * omega], atol=1e-12)
-    np.testing.assert_allclose(values.real, [1.0, 1.0], atol=1e-12)
-    assert spectral_radius(euler, x) > 1                    # |1 +- i eta omega| > 1: unstable
-    normalised = lambda x: euler(x) / torch.linalg.vector_norm(euler(x))  # noqa: E731
-    assert spectral_radius(normalised, x) <= 1 + 1e-12      # normalisation stabilises it
+    expected = euler_eigenvalues(frequencies, eta)
+    np.testing.assert_allclose(np.sort_complex(values), np.sort_complex(expected), atol=1e-12)
+    assert spectral_radius(euler, x) == pytest.approx(np.sqrt(1 + (eta * 3.0) ** 2), rel=1e-12)
+    # every mode grows: finite-horizon exponents (1/2) ln(1 + eta^2 w^2), all positive
+    np.testing.assert_allclose(lyapunov_exponents(euler, x, steps=20),
+                               sorted(0.5 * np.log1p((eta * np.repeat(frequencies, 2)) ** 2),
+                                      reverse=True), atol=1e-12)
+
+
+@pytest.mark.parametrize("dim", [2, 8])
+def test_normalisation_makes_the_toy_critical(dim):
+    from stepnet.dynamics.toy import euler_map, rotation_generator
+
+    eta, omega = 0.3, 2.0
+    w = rotation_generator([omega] * (dim // 2))
+    normalised = euler_map(w, eta, normalize=True)
+    x = torch.tensor(np.random.default_rng(7).standard_normal(dim))
+    x = x / x.norm()
+    # the normalised step rotates the sphere: the largest exponent is exactly 0
+    exponents = lyapunov_exponents(normalised, x, steps=25, k=min(3, dim - 1))
+    np.testing.assert_allclose(exponents[: dim - 1], 0.0, atol=1e-10)
+    np.testing.assert_allclose(lyapunov_exponents(normalised, x, steps=25)[: dim - 1], 0.0,
+                               atol=1e-10)
+    if dim == 2:
+        assert spectral_radius(normalised, x) == pytest.approx(1 / np.hypot(1, eta * omega),
+                                                               rel=1e-10)
+    assert lyapunov_exponents(euler_map(w, eta), x, steps=25, k=1)[0] == pytest.approx(
+        0.5 * np.log1p((eta * omega) ** 2), rel=1e-10)
+    with pytest.raises(ValueError, match="at least one frequency"):
+        rotation_generator([])
 
 
 def test_spectral_norm_and_bad_arguments():

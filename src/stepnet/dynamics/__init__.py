@@ -2,7 +2,8 @@
 DESIGN §6: the ItrSA model with its norms, pseudo-energy and regularisers
 (:mod:`~stepnet.dynamics.models`, :mod:`~stepnet.dynamics.monitoring`), the energy-based
 attention flows on the sphere (:mod:`~stepnet.dynamics.energy`), Jacobian spectra and Lyapunov
-exponents of discrete maps (:mod:`~stepnet.dynamics.lyapunov`) and the Sudoku task
+exponents of discrete maps (:mod:`~stepnet.dynamics.lyapunov`), the paper's anti-symmetric
+toy (:mod:`~stepnet.dynamics.toy`) and the Sudoku task
 (:mod:`~stepnet.dynamics.sudoku`, :mod:`~stepnet.dynamics.task`).
 """
 from . import sudoku
@@ -13,10 +14,11 @@ from .lyapunov import (iterate, jacobian_eigenvalues, lyapunov_exponents, lyapun
 from .models import (NORMS, ItrSA, MultiHeadSelfAttention, TokenNorm, normalized_jacobian_bound,
                      pseudo_energy, spectral_regularizer)
 from .monitoring import contribution_index, energy_regularizer, energy_voting
+from .toy import euler_eigenvalues, euler_map, rotation_generator
 
 __all__ = ["ItrSA", "MultiHeadSelfAttention", "NORMS", "RelaxedSphereAttention",
            "SphereAttentionFlow", "SymmetricSphereAttention", "TokenNorm", "contribution_index",
-           "energy_regularizer", "energy_voting", "iterate", "jacobian_eigenvalues",
+           "energy_regularizer", "energy_voting", "euler_eigenvalues", "euler_map", "iterate", "jacobian_eigenvalues",
            "lyapunov_exponents", "lyapunov_exponents_qr", "normalized_jacobian_bound",
-           "pseudo_energy", "relaxed_factors", "spectral_norm", "spectral_radius",
+           "pseudo_energy", "relaxed_factors", "rotation_generator", "spectral_norm", "spectral_radius",
            "spectral_regularizer", "sudoku", "symmetric_factors"]
