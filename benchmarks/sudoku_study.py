@@ -31,6 +31,8 @@ import torch  # noqa: E402
 
 from stepnet.dynamics.task import (SudokuConfig, analyze_sudoku, load_sudoku_model,  # noqa: E402
                                    train_sudoku)
+from stepnet.engine import NonFiniteLossError  # noqa: E402
+from stepnet.stiffness.correlation import rank_correlation  # noqa: E402
 
 VARIANTS = {  # label: (run folder, options)
     "rmsnorm": ("rmsnorm", dict(norm="rmsnorm")),
@@ -54,7 +56,7 @@ def run_variant(name: str, args: argparse.Namespace, threads: int) -> dict[str, 
                           output=str(run), **options)
     try:
         result = train_sudoku(config, progress=False)
-    except FloatingPointError as error:
+    except NonFiniteLossError as error:
         return {"variant": name, "diverged": str(error)}
     model, saved = load_sudoku_model(run)
     analysis = analyze_sudoku(model, saved, boards=args.boards, progress=False)
@@ -92,9 +94,28 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         axis.set_xlabel("maximum Lyapunov exponent (16 loops)")
         axis.set_title(f"evaluated with {loops} loops")
     axes[0].set_ylabel("cell accuracy (blanks right), in distribution")
-    axes[1].legend(fontsize=8, loc="center left")
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def correlations(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Kendall / Spearman rank correlation of the maximum exponent with in-distribution cell
+    accuracy at each number of loops (trained variants only; empty with fewer than 3)."""
+    trained = [row for row in rows if "diverged" not in row]
+    if len(trained) < 3:
+        return {}
+    exponents = [row["max_exponent"] for row in trained]
+    return {loops: rank_correlation(exponents,
+                                    [row["accuracy"]["test"][loops]["cell"] for row in trained])
+            for loops in ("16", "32", "64")}
+
+
+def print_correlations(table: dict[str, dict[str, dict[str, float]]]) -> None:
+    for loops, value in table.items():
+        print(f"max exponent vs cell accuracy at {loops} loops: Spearman "
+              f"{value['spearman']['statistic']:+.2f} (p {value['spearman']['pvalue']:.2f}), "
+              f"Kendall {value['kendall']['statistic']:+.2f} (p {value['kendall']['pvalue']:.2f})")
 
 
 def main() -> None:
@@ -119,7 +140,9 @@ def main() -> None:
                         help="redraw the figure from an existing --output JSON")
     args = parser.parse_args()
     if args.plot_only:
-        plot(json.loads(args.output.read_text())["rows"], args.figure)
+        rows = json.loads(args.output.read_text())["rows"]
+        print_correlations(correlations(rows))
+        plot(rows, args.figure)
         print(f"wrote {args.figure}")
         return
     threads = max(1, (os.cpu_count() or 1) // args.workers)
@@ -134,7 +157,10 @@ def main() -> None:
             print(describe(rows[-1]), flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    args.output.write_text(json.dumps({"settings": settings, "rows": rows}, indent=1))
+    table = correlations(rows)
+    print_correlations(table)
+    args.output.write_text(json.dumps({"settings": settings, "rows": rows,
+                                       "rank_correlations": table}, indent=1))
     plot(rows, args.figure)
     print(f"wrote {args.output} and {args.figure}")
 

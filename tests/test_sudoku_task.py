@@ -80,3 +80,25 @@ def test_dynamics_commands(tmp_path, capsys):
         assert (run / "analysis" / name).is_file()
     assert main(["dynamics", "analyze", str(tmp_path / "nothing")]) == 2
     assert main(["dynamics", "train", "--epochs", "0", "--output", str(run)]) == 2
+
+
+def test_non_finite_loss_stops_with_the_last_good_checkpoint_intact(tmp_path, monkeypatch):
+    import stepnet.dynamics.task as task
+    from stepnet.engine import NonFiniteLossError
+
+    calls = {"n": 0}
+    real = task.spectral_regularizer
+
+    def poisoned(module):   # finite during epoch 1 (2 steps), NaN from epoch 2 on
+        calls["n"] += 1
+        return real(module) if calls["n"] <= 2 else torch.tensor(float("nan"))
+
+    monkeypatch.setattr(task, "spectral_regularizer", poisoned)
+    config = SudokuConfig(dim=16, heads=2, loops=2, train_puzzles=32, test_puzzles=8, epochs=3,
+                          batch_size=16, spectral_weight=1e-4, output=str(tmp_path))
+    with pytest.raises(NonFiniteLossError, match="epoch 2.*last good checkpoint \\(epoch 1\\)"):
+        train_sudoku(config, progress=False)
+    model, _ = load_sudoku_model(tmp_path)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["epoch"] == 1
+    assert not (tmp_path / "result.json").exists()

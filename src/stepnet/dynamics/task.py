@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..engine.checkpoint import save_checkpoint
+from ..engine.trainer import NonFiniteLossError
 from .models import ItrSA, spectral_regularizer
 from .sudoku import board_accuracy, cell_accuracy, generate
 
@@ -117,10 +118,12 @@ def evaluate(model: SudokuModel, puzzles: np.ndarray, solutions: np.ndarray, loo
 
 def train_sudoku(config: SudokuConfig, progress: bool = True) -> dict[str, Any]:
     """Train with Adam on the cross-entropy of every blank cell after ``loops`` loops; returns
-    and writes (``<output>/result.json``, ``<output>/model.pt``) board and cell accuracies at
-    each of ``eval_loops`` on the in-distribution and hard test sets. The history holds the
+    and writes (``<output>/result.json``; ``<output>/model.pt`` after every epoch, atomically)
+    board and cell accuracies at each of ``eval_loops`` on the in-distribution and hard test
+    sets. The history holds the
     mean training loss and the in-distribution accuracy (first 256 test puzzles, ``loops``
-    loops) after every epoch."""
+    loops) after every epoch. A NaN or infinite loss raises
+    :class:`~stepnet.engine.NonFiniteLossError` and leaves the last epoch's model.pt intact."""
     torch.manual_seed(config.seed)
     data = sudoku_data(config)
     model = SudokuModel(config.dim, config.heads, config.norm, config.loops,
@@ -128,6 +131,8 @@ def train_sudoku(config: SudokuConfig, progress: bool = True) -> dict[str, Any]:
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     puzzles, solutions = (torch.as_tensor(a).long() for a in data["train"])
     generator = torch.Generator().manual_seed(config.seed)
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
     history = []
     start = time.perf_counter()
     for epoch in range(config.epochs):
@@ -142,7 +147,10 @@ def train_sudoku(config: SudokuConfig, progress: bool = True) -> dict[str, Any]:
             if config.spectral_weight:
                 loss = loss + config.spectral_weight * spectral_regularizer(model.core.attention)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch + 1}")
+                kept = (f"the last good checkpoint (epoch {epoch}) is {output / 'model.pt'}"
+                        if epoch else "no checkpoint was written")
+                raise NonFiniteLossError(f"the loss became {float(loss)} in epoch {epoch + 1}; "
+                                         f"{kept}. Try a lower --lr or a normalisation.")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -150,18 +158,21 @@ def train_sudoku(config: SudokuConfig, progress: bool = True) -> dict[str, Any]:
         monitor = evaluate(model, data["test"][0][:256], data["test"][1][:256], config.loops)
         history.append({"epoch": epoch + 1, "loss": total / len(puzzles),
                         "test_cell": monitor["cell"], "test_board": monitor["board"]})
+        _save_sudoku_model(output / "model.pt", model, config, epoch + 1)
     result = {"config": asdict(config), "history": history,
               "seconds": time.perf_counter() - start,
               "accuracy": {split: {str(t): evaluate(model, *data[split], t)
                                    for t in config.eval_loops} for split in ("test", "hard")}}
-    output = Path(config.output)
-    output.mkdir(parents=True, exist_ok=True)
     (output / "result.json").write_text(json.dumps(result, indent=1))
-    save_checkpoint(output / "model.pt", {"model": {"name": "sudoku", "kwargs": {
+    return result
+
+
+def _save_sudoku_model(path: Path, model: SudokuModel, config: SudokuConfig, epoch: int) -> None:
+    """Atomically write the model, its constructor arguments and the config."""
+    save_checkpoint(path, {"model": {"name": "sudoku", "kwargs": {
         "dim": config.dim, "heads": config.heads, "norm": config.norm, "loops": config.loops,
         "symmetric": config.symmetric, "position": config.position}},
-        "state_dict": model.state_dict(), "config": asdict(config)})
-    return result
+        "state_dict": model.state_dict(), "config": asdict(config), "epoch": epoch})
 
 
 def load_sudoku_model(path: str | Path) -> tuple[SudokuModel, dict[str, Any]]:
