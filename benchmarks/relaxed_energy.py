@@ -1,11 +1,12 @@
 """Does the pair energy descend along the relaxed single-head flow (W_V = sym(W_Q W_K^T))?
 
 For each spectral norm ||A||_2 of W_Q W_K^T, draws random instances (``relaxed_factors``) and
-random initial tokens, integrates the flow (projected Euler) over the same time horizon with raw
-asymmetric scores and with symmetrised scores, and counts the trajectories along which the pair energy
--(1/2 beta) sum_ij exp(beta x_i^T A x_j) ever rises. The step shrinks with the flow's speed
-scale, dt = min(--dt, --courant / (S ||A|| exp(||A||))), so that rises with symmetrised scores
-(which admit the energy exactly) would flag integration error, not the flow. Writes
+random initial tokens, integrates the flow (projected Euler) over the same time horizon with
+raw asymmetric scores and with symmetrised scores, and counts the trajectories along which the
+pair energy -(1/2 beta) sum_ij exp(beta x_i^T A x_j) ever rises. The step shrinks with the
+flow's speed scale, dt = min(--dt, --courant / (S ||A|| exp(||A||))), so that rises with
+symmetrised scores (which admit the energy exactly) would flag integration error, not the flow.
+Writes
 benchmarks/results/relaxed_energy.json and prints a table.
 """
 from __future__ import annotations

@@ -78,17 +78,22 @@ def describe(row: dict[str, Any]) -> str:
             f"{row['max_exponent']:+8.4f} {row['final_loss']:6.3f} {row['seconds']:6.0f}")
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
     """Cell accuracy against the maximum exponent, at the training horizon (16 loops) and at
-    64 loops (test-time scaling); chance (1/9) dotted."""
+    64 loops (test-time scaling), one colour per variant and one marker per run (e.g. seed);
+    chance (1/9) dotted."""
     figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    colours = {name: f"C{index}" for index, name in enumerate(VARIANTS)}
     markers = "osD^vP*X"
     for axis, loops in zip(axes, ("16", "64")):
-        for index, row in enumerate(rows):
-            if "diverged" in row:
-                continue
-            axis.scatter(row["max_exponent"], row["accuracy"]["test"][loops]["cell"],
-                         marker=markers[index % len(markers)], s=50, label=row["variant"])
+        for run_index, (run, rows) in enumerate(runs.items()):
+            for row in rows:
+                if "diverged" in row:
+                    continue
+                label = row["variant"] + (f" ({run})" if len(runs) > 1 else "")
+                axis.scatter(row["max_exponent"], row["accuracy"]["test"][loops]["cell"],
+                             color=colours.get(row["variant"], "k"), s=50, label=label,
+                             marker=markers[run_index % len(markers)])
         axis.axvline(0, color="grey", linewidth=0.6)
         axis.axhline(1 / 9, color="grey", linewidth=0.6, linestyle=":")
         axis.set_xlabel("maximum Lyapunov exponent (16 loops)")
@@ -138,11 +143,17 @@ def main() -> None:
                         default=ROOT / "docs" / "figures" / "sudoku_accuracy_vs_exponent.png")
     parser.add_argument("--plot-only", action="store_true",
                         help="redraw the figure from an existing --output JSON")
+    parser.add_argument("--also", type=Path, nargs="*", default=[],
+                        help="with --plot-only: more result JSONs (other seeds) to draw")
     args = parser.parse_args()
     if args.plot_only:
-        rows = json.loads(args.output.read_text())["rows"]
-        print_correlations(correlations(rows))
-        plot(rows, args.figure)
+        runs = {}
+        for path in [args.output, *args.also]:
+            saved = json.loads(path.read_text())
+            runs[f"seed {saved['settings'].get('seed', 0)}"] = saved["rows"]
+            print(f"{path}:")
+            print_correlations(correlations(saved["rows"]))
+        plot(runs, args.figure)
         print(f"wrote {args.figure}")
         return
     threads = max(1, (os.cpu_count() or 1) // args.workers)
@@ -161,7 +172,7 @@ def main() -> None:
     print_correlations(table)
     args.output.write_text(json.dumps({"settings": settings, "rows": rows,
                                        "rank_correlations": table}, indent=1))
-    plot(rows, args.figure)
+    plot({f"seed {args.seed}": rows}, args.figure)
     print(f"wrote {args.output} and {args.figure}")
 
 

@@ -16,9 +16,9 @@ from .models import (NORMS, ItrSA, MultiHeadSelfAttention, TokenNorm, normalized
 from .monitoring import contribution_index, energy_regularizer, energy_voting
 from .toy import euler_eigenvalues, euler_map, rotation_generator
 
-__all__ = ["ItrSA", "MultiHeadSelfAttention", "NORMS", "RelaxedSphereAttention",
-           "SphereAttentionFlow", "SymmetricSphereAttention", "TokenNorm", "contribution_index",
-           "energy_regularizer", "energy_voting", "euler_eigenvalues", "euler_map", "iterate", "jacobian_eigenvalues",
-           "lyapunov_exponents", "lyapunov_exponents_qr", "normalized_jacobian_bound",
-           "pseudo_energy", "relaxed_factors", "rotation_generator", "spectral_norm", "spectral_radius",
-           "spectral_regularizer", "sudoku", "symmetric_factors"]
+__all__ = ["contribution_index", "energy_regularizer", "energy_voting", "euler_eigenvalues",
+           "euler_map", "iterate", "ItrSA", "jacobian_eigenvalues", "lyapunov_exponents",
+           "lyapunov_exponents_qr", "MultiHeadSelfAttention", "normalized_jacobian_bound", "NORMS",
+           "pseudo_energy", "relaxed_factors", "RelaxedSphereAttention", "rotation_generator",
+           "spectral_norm", "spectral_radius", "spectral_regularizer", "SphereAttentionFlow",
+           "sudoku", "symmetric_factors", "SymmetricSphereAttention", "TokenNorm"]
