@@ -56,7 +56,7 @@ def symmetric_factors(dim: int, heads: int, rank: int | None = None, scale: floa
     for block in _orthogonal_blocks(dim, heads, generator):
         block = block[:, :size]
         s = torch.randn(size, size, generator=generator, dtype=torch.float64)
-        s = (s + s.T) / 2
+        s = symmetric_part(s)
         factors.append(block @ (s * scale / torch.linalg.matrix_norm(s, 2)) @ block.T)
     return torch.stack(factors)
 

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..linalg import dense_jacobian, tensor_operator
+from .energy import symmetric_part
 from .models import MultiHeadSelfAttention, pseudo_energy
 
 
@@ -23,18 +24,19 @@ def contribution_index(step_fn, x: Tensor, fraction: float = 0.02,  # noqa: ANN0
     dense = n <= 2048 if dense is None else dense
     if dense:
         jacobian = dense_jacobian(step_fn, x).double()
-        values, vectors = torch.linalg.eigh((jacobian + jacobian.T) / 2)
+        values, vectors = torch.linalg.eigh(symmetric_part(jacobian))
         top = vectors[:, -k:]
     else:
         x0 = x.detach().double()
         with torch.enable_grad():
             _, vjp_fn = torch.func.vjp(step_fn, x0)
 
-        def symmetric_part(tangent: Tensor) -> Tensor:
+        def symmetric_part_product(tangent: Tensor) -> Tensor:
+            """((J + J^T) / 2) tangent, matrix-free."""
             _, jv = torch.func.jvp(step_fn, (x0,), (tangent,))
             return (jv + vjp_fn(tangent)[0]) / 2
 
-        operator = tensor_operator(symmetric_part, x0)
+        operator = tensor_operator(symmetric_part_product, x0)
         _, vectors = scipy.sparse.linalg.eigsh(operator, k=k, which="LA", tol=1e-8)
         top = torch.as_tensor(vectors)
     projection = top.T @ flat
@@ -92,5 +94,5 @@ def energy_regularizer(attention: MultiHeadSelfAttention, kind: str = "multihead
         return penalty
     if kind == "singlehead":
         a = w_q.T @ w_k
-        return ((w_v - (a + a.T) / 2) ** 2).sum()
+        return ((w_v - symmetric_part(a)) ** 2).sum()
     raise ValueError(f"unknown energy regulariser {kind!r}; valid: multihead, singlehead")

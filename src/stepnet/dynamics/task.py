@@ -120,9 +120,8 @@ def train_sudoku(config: SudokuConfig, progress: bool = True) -> dict[str, Any]:
     """Train with Adam on the cross-entropy of every blank cell after ``loops`` loops; returns
     and writes (``<output>/result.json``; ``<output>/model.pt`` after every epoch, atomically)
     board and cell accuracies at each of ``eval_loops`` on the in-distribution and hard test
-    sets. The history holds the
-    mean training loss and the in-distribution accuracy (first 256 test puzzles, ``loops``
-    loops) after every epoch. A NaN or infinite loss raises
+    sets. The history holds the mean training loss and the in-distribution accuracy (first 256
+    test puzzles, ``loops`` loops) after every epoch. A NaN or infinite loss raises
     :class:`~stepnet.engine.NonFiniteLossError` and leaves the last epoch's model.pt intact."""
     torch.manual_seed(config.seed)
     data = sudoku_data(config)
