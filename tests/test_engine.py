@@ -64,7 +64,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 
     def poisoned(epoch):
         if epoch == 1:
-            trainer.criterion = lambda logits, labels: logits.sum() * float("nan")
+            trainer.task.criterion = lambda logits, labels: logits.sum() * float("nan")
         return original(epoch)
 
     monkeypatch.setattr(trainer, "train_epoch", poisoned)
@@ -151,10 +151,11 @@ def test_eval_and_summarize(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "s0")]) == 0
     result = json.loads(capsys.readouterr().out)
     last = json.loads((tmp_path / "s0" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert result["images"] == 360 and result["test_acc1"] == pytest.approx(last["test_acc1"])
+    assert result["test_images"] == 360
+    assert result["test_acc1"] == pytest.approx(last["test_acc1"])
     assert main(["summarize", str(tmp_path), "--json", str(tmp_path / "t.json")]) == 0
     table = json.loads((tmp_path / "t.json").read_text())
-    assert len(table) == 1 and table[0]["seeds"] == 2
+    assert len(table) == 1 and table[0]["n"] == 2 and table[0]["seeds"] == [0, 1]
     finals = [json.loads((tmp_path / f"s{s}" / "metrics.jsonl").read_text().splitlines()[-1])
               ["test_acc1"] for s in (0, 1)]
     assert table[0]["final_mean"] == pytest.approx(sum(finals) / 2)

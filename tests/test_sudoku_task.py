@@ -7,8 +7,12 @@ import pytest
 import torch
 
 from stepnet.dynamics.sudoku import generate
-from stepnet.dynamics.task import (SudokuConfig, SudokuModel, evaluate, load_sudoku_model,
-                                   train_sudoku)
+from stepnet.dynamics.task import SudokuModel, evaluate, load_sudoku_model
+from stepnet.engine import Trainer, load_checkpoint, resolve_config
+
+
+def sudoku_config(output, **overrides):
+    return resolve_config("sudoku", {"output": str(output), **overrides})
 
 
 def test_model_shapes_loops_and_readout():
@@ -49,16 +53,23 @@ def test_evaluate_is_board_and_cell_accuracy_of_the_argmax():
 
 
 def test_tiny_training_run_learns_and_writes_results(tmp_path):
-    config = SudokuConfig(dim=32, heads=2, loops=4, train_puzzles=128, test_puzzles=16,
-                          epochs=3, batch_size=32, lr=3e-3, eval_loops=[4, 8],
-                          spectral_weight=1e-4, output=str(tmp_path))
-    result = train_sudoku(config, progress=False)
-    losses = [h["loss"] for h in result["history"]]
+    config = sudoku_config(tmp_path, dim=32, heads=2, loops=4, train_puzzles=128,
+                           test_puzzles=16, epochs=3, batch_size=32, lr=3e-3,
+                           eval_loops=[4, 8], spectral_weight=1e-4)
+    Trainer(config, progress=False).fit()
+    history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [h["train_loss"] for h in history]
     assert losses[-1] < losses[0]
+    # the spectral regulariser is a named loss beside the cross-entropy, and they add up
+    assert all(h["train_loss"] == pytest.approx(h["train_ce"] + h["train_spectral"])
+               for h in history)
     saved = json.loads((tmp_path / "result.json").read_text())
     assert set(saved["accuracy"]) == {"test", "hard"} and set(saved["accuracy"]["test"]) == {
         "4", "8"}
-    assert (tmp_path / "model.pt").is_file()
+    # the engine's per-epoch test metrics agree with the analysis code's evaluation
+    model, _ = load_sudoku_model(tmp_path / "checkpoints" / "last.pt")
+    assert saved["accuracy"]["test"]["4"]["cell"] == pytest.approx(history[-1]["test_cell"])
+    assert load_checkpoint(tmp_path)["task"] == "sudoku"
 
 
 def test_dynamics_commands(tmp_path, capsys):
@@ -79,26 +90,26 @@ def test_dynamics_commands(tmp_path, capsys):
     for name in ("eigenvalues.png", "pseudo_energy.png", "accuracy_vs_loops.png"):
         assert (run / "analysis" / name).is_file()
     assert main(["dynamics", "analyze", str(tmp_path / "nothing")]) == 2
-    assert main(["dynamics", "train", "--epochs", "0", "--output", str(run)]) == 2
+    assert main(["dynamics", "train", "--epochs", "0", "--output", str(tmp_path / "r2")]) == 2
 
 
 def test_non_finite_loss_stops_with_the_last_good_checkpoint_intact(tmp_path, monkeypatch):
-    import stepnet.dynamics.task as task
+    import stepnet.dynamics.models as models
     from stepnet.engine import NonFiniteLossError
 
     calls = {"n": 0}
-    real = task.spectral_regularizer
+    real = models.spectral_regularizer
 
     def poisoned(module):   # finite during epoch 1 (2 steps), NaN from epoch 2 on
         calls["n"] += 1
         return real(module) if calls["n"] <= 2 else torch.tensor(float("nan"))
 
-    monkeypatch.setattr(task, "spectral_regularizer", poisoned)
-    config = SudokuConfig(dim=16, heads=2, loops=2, train_puzzles=32, test_puzzles=8, epochs=3,
-                          batch_size=16, spectral_weight=1e-4, output=str(tmp_path))
-    with pytest.raises(NonFiniteLossError, match="epoch 2.*last good checkpoint \\(epoch 1\\)"):
-        train_sudoku(config, progress=False)
+    monkeypatch.setattr(models, "spectral_regularizer", poisoned)
+    config = sudoku_config(tmp_path, dim=16, heads=2, loops=2, train_puzzles=32,
+                           test_puzzles=8, epochs=3, batch_size=16, spectral_weight=1e-4)
+    with pytest.raises(NonFiniteLossError, match="epoch 2, step 1; the last good checkpoint"):
+        Trainer(config, progress=False).fit()
     model, _ = load_sudoku_model(tmp_path)
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert torch.load(tmp_path / "model.pt", weights_only=True)["epoch"] == 1
+    assert load_checkpoint(tmp_path)["epoch"] == 0   # 0-based: the first epoch
     assert not (tmp_path / "result.json").exists()

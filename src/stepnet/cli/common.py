@@ -1,4 +1,4 @@
-"""Pieces shared by the commands that read a trained checkpoint (eval, stiffness)."""
+"""Pieces shared by the commands that read a trained checkpoint (evaluate, stiffness)."""
 from __future__ import annotations
 
 import argparse
@@ -8,32 +8,69 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..data import DATASETS, build_dataset
-from ..engine import load_checkpoint, model_from_checkpoint
+from ..engine import TrainConfig, load_checkpoint, model_from_checkpoint, resolve_device
+from ..engine.tasks import task_of_checkpoint
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     """The checkpoint, its data (defaulting to what it was trained on) and where to run."""
     parser.add_argument("checkpoint", help="a checkpoint file or a run directory")
-    parser.add_argument("--dataset", choices=DATASETS,
-                        help="dataset (default: the one the checkpoint was trained on)")
+    parser.add_argument("--dataset", help="dataset (default: the one the checkpoint was "
+                        f"trained on; classification: {', '.join(DATASETS)})")
     parser.add_argument("--data-dir", help="dataset root (default: the checkpoint's)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
 
 
-def load_checkpoint_and_data(args: argparse.Namespace, train: bool = False
-                             ) -> tuple[dict[str, Any], nn.Module, Dataset, str]:
-    """(checkpoint, its model on args.device, the un-augmented split, the dataset name)."""
+def checkpoint_config(checkpoint: dict[str, Any]) -> TrainConfig:
+    """The training config saved in a checkpoint, in today's form (older checkpoints kept the
+    data under ``config["data"]`` and Sudoku's givens as ``train_givens``)."""
+    values = dict(checkpoint.get("config") or {})
+    values.update(values.pop("data", None) or {})
+    if "train_givens" in values:
+        values["givens"] = list(values.pop("train_givens"))
+    values["task"] = task_of_checkpoint(checkpoint)
+    if values["task"] == "sudoku":
+        values.setdefault("model", "sudoku")
+        values.setdefault("dataset", "sudoku")
+    return TrainConfig.from_dict(values, strict=False)
+
+
+def load_checkpoint_for_task(args: argparse.Namespace, task: str | None = None,
+                             weights: str = "auto") -> tuple[dict[str, Any], nn.Module,
+                                                              TrainConfig]:
+    """(checkpoint, its model on ``args.device`` in eval mode, its config with ``--dataset``
+    and ``--data-dir`` applied). ``task``: refuse checkpoints of other tasks."""
+    if args.batch_size < 1 or args.workers < 0:
+        raise ValueError("--batch-size must be at least 1 and --workers >= 0")
+    args.device = resolve_device(args.device)
     try:
         checkpoint = load_checkpoint(args.checkpoint)
     except FileNotFoundError as error:
         raise ValueError(str(error)) from None
-    model = model_from_checkpoint(checkpoint).to(args.device)
-    data = (checkpoint.get("config") or {}).get("data", {})
-    name = args.dataset or data.get("dataset")
-    if name is None:
-        raise ValueError("the checkpoint records no dataset: pass --dataset")
-    dataset = build_dataset(name, args.data_dir or data.get("data_dir"), train=train,
-                            augment=False)
-    return checkpoint, model, dataset, name
+    model = model_from_checkpoint(checkpoint, task=task, weights=weights)
+    config = checkpoint_config(checkpoint)
+    if args.dataset:
+        config.dataset = args.dataset
+    if args.data_dir:
+        config.data_dir = args.data_dir
+    if config.task == "classification" and config.dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {config.dataset!r}; valid: {', '.join(DATASETS)}")
+    return checkpoint, model.to(args.device).eval(), config
+
+
+def load_checkpoint_and_data(args: argparse.Namespace, train: bool = False
+                             ) -> tuple[dict[str, Any], nn.Module, Dataset, str]:
+    """(classification checkpoint, its model on args.device, the un-augmented split, the
+    dataset name)."""
+    try:
+        checkpoint, model, config = load_checkpoint_for_task(args, task="classification")
+    except ValueError as error:
+        if "checkpoint, not a classification one" in str(error):
+            raise ValueError(f"{error}: stiffness analysis reads the Euler steps of residual "
+                             f"networks; for a Sudoku model use `stepnet dynamics analyze`"
+                             ) from None
+        raise
+    dataset = build_dataset(config.dataset, config.data_dir, train=train, augment=False)
+    return checkpoint, model, dataset, config.dataset

@@ -17,6 +17,7 @@ from ..data import build_dataset
 from ..engine import Trainer, model_from_checkpoint, resolve_config
 from ..stiffness import analyze, rank_correlation, write_report
 from ..stiffness.figures import plot_tns_vs_accuracy, save_figure
+from .train import prepare_run_dir
 
 DEMO_ATTENTION = ("none", "se", "stepnet")
 
@@ -31,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
                                            "seed": args.seed,
                                            "output": str(output / attention)})
         print(f"training resnet20 + {attention} on digits ({config.epochs} epochs)")
+        prepare_run_dir(output / attention, overwrite=True)
         metrics = Trainer(config, progress=not args.quiet).fit()
         model = model_from_checkpoint(output / attention / "checkpoints" / "last.pt")
         result, trajectory = analyze(model, test_loader, progress=False)

@@ -1,181 +1,297 @@
-"""``stepnet train``, ``stepnet eval`` and ``stepnet summarize``."""
+"""``stepnet train``, ``stepnet evaluate`` and ``stepnet summarize``: one engine for every task."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader
-
-from ..attention import list_attention
-from ..data import DATASETS
-from ..engine import (RECIPES, Trainer, read_metrics, resolve_config, setup_distributed,
+from ..engine import (RECIPES, TrainConfig, Trainer, add_config_arguments, load_config_file,
+                      overrides_from_args, read_metrics, resolve_config, setup_distributed,
                       teardown_distributed)
-from ..engine.trainer import accuracy_counts
-from ..models import NORMS, list_models
-from .common import add_checkpoint_arguments, load_checkpoint_and_data
+from ..engine.config import BOOKKEEPING, FIELDS, RESUMABLE, flag
+from .common import add_checkpoint_arguments, load_checkpoint_for_task
 
 
-def _json_dict(text: str | None) -> dict[str, Any] | None:
-    if text is None:
-        return None
+# -- train --------------------------------------------------------------------------------------
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` and prove a file can be written there, before any training."""
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"expected a JSON object such as '{{\"reduction\": 8}}', got {text!r}: "
-                         f"{error}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"expected a JSON object, got {text!r}")
-    return value
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".stepnet-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"cannot write to the run directory {folder}: "
+                         f"{error.strerror or error}") from None
+
+
+def prepare_run_dir(folder: Path, overwrite: bool) -> None:
+    """A fresh run refuses a directory that already holds a run, unless ``overwrite``, which
+    removes that run's metrics, checkpoints and reports first."""
+    existing = [p for p in ("metrics.jsonl", "checkpoints", "config.json", "result.json")
+                if (folder / p).exists()]
+    if existing and not overwrite:
+        raise ValueError(f"{folder} already holds a run ({', '.join(existing)}); pass --resume "
+                         f"to continue it, --overwrite to replace it, or another --output")
+    for name in existing + ["report.md"]:
+        path = folder / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    check_writable(folder)
+
+
+def resume_config(folder: Path, overrides: dict[str, Any]) -> TrainConfig | None:
+    """The saved config of the run in ``folder`` with the allowed overrides applied; None when
+    the run has already finished all its epochs. Changes of settings that alter the run's
+    trajectory (seed, model, data, optimisation) are refused, naming them."""
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"--resume: no run in {folder} (no config.json); start it without "
+                         f"--resume")
+    saved = load_config_file(folder)
+    changed = sorted(k.split(".")[0] for k, v in overrides.items()
+                     if k.split(".")[0] not in RESUMABLE and k != "output"
+                     and ("." in k or saved.get(k, FIELDS[k].default) != v))
+    if changed:
+        raise ValueError(f"--resume: {', '.join(flag(k) for k in changed)} differ from the "
+                         f"saved run in {folder}, and would change its trajectory; resume "
+                         f"without them, or start a new run with another --output")
+    config = resolve_config(None, {**overrides, "output": str(folder)}, base=saved)
+    last = folder / "checkpoints" / "last.pt"
+    if last.is_file():
+        rows = read_metrics(folder) if (folder / "metrics.jsonl").is_file() else []
+        done = rows[-1]["epoch"] if rows else 0
+        if done >= config.epochs:
+            print(f"{folder}: the run already finished {done} of {config.epochs} epochs; "
+                  f"pass a larger --epochs to extend it (the schedule is recomputed for the "
+                  f"new length)")
+            return None
+    return config
+
+
+def train_one(config: TrainConfig, resume: bool, quiet: bool) -> dict[str, float]:
+    """Train one config (under torchrun: this process's part); returns the last metrics."""
+    ctx = setup_distributed(config.device)
+    trainer = None
+    try:
+        trainer = Trainer(config, ctx, progress=not quiet)
+        if resume and (Path(config.output) / "checkpoints" / "last.pt").is_file():
+            trainer.resume()
+        return trainer.fit()
+    except KeyboardInterrupt:
+        last = Path(config.output) / "checkpoints" / "last.pt"
+        hint = (f"resume from {last} with the same command and --resume" if last.is_file()
+                else "no checkpoint was written yet")
+        raise ValueError(f"interrupted; {hint}") from None
+    finally:
+        teardown_distributed()
 
 
 def run_train(args: argparse.Namespace) -> int:
-    seeds = args.seeds or [args.seed if args.seed is not None else None]
+    overrides = overrides_from_args(args)
+    base = load_config_file(args.config) if args.config else None
+    if base is not None and args.recipe:
+        raise ValueError("give --recipe or --config, not both")
+    seeds = args.seeds or [overrides.get("seed")]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds lists a seed twice: {seeds}")
     for seed in seeds:
-        overrides = {
-            "model": args.model, "attention": args.attention, "norm": args.norm,
-            "attention_options": _json_dict(args.attention_options),
-            "model_options": _json_dict(args.model_options),
-            "attention_blocks": args.attention_blocks, "dataset": args.dataset,
-            "data_dir": args.data_dir, "download": args.download or None,
-            "train_subset": args.train_subset, "cache_images": args.cache_images or None,
-            "epochs": args.epochs,
-            "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
-            "schedule": args.schedule, "milestones": args.milestones, "seed": seed,
-            "workers": args.workers, "device": args.device, "amp": args.amp or None,
-            "channels_last": args.channels_last or None, "compile": args.compile or None,
-            "tensorboard": args.tensorboard or None, "warmup_epochs": args.warmup_epochs,
-        }
-        config = resolve_config(args.recipe, overrides)
-        name = f"{config.model}-{config.attention}-{config.dataset}-s{config.seed}"
-        output = Path(args.output) if args.output else Path("runs") / name
-        config.output = str(output / f"seed{seed}" if args.seeds and len(seeds) > 1 else output)
-        ctx = setup_distributed(config.device)
-        try:
-            trainer = Trainer(config, ctx, progress=not args.quiet)
-            if args.resume:
-                trainer.resume()
-            final = trainer.fit()
-        finally:
-            teardown_distributed()
-        if ctx.is_main and final:
-            print(f"{config.output}: test top-1 {final['test_acc1']:.2f}%  "
-                  f"top-5 {final['test_acc5']:.2f}%")
+        given = {**overrides, **({"seed": seed} if seed is not None else {})}
+        if args.resume:
+            if not args.output and "output" not in given:
+                raise ValueError("--resume needs --output, the run directory to continue")
+            folder = Path(args.output or given["output"])
+            if args.seeds and len(seeds) > 1:
+                folder = folder / f"seed{seed}"
+            config = resume_config(folder, {k: v for k, v in given.items() if k != "output"})
+            if config is None:
+                continue
+        else:
+            config = resolve_config(args.recipe, {**given, "output": None}, base=base)
+            name = (f"{config.model}-{config.attention}-{config.dataset}-s{config.seed}"
+                    if config.task == "classification" else
+                    f"{config.task}-{config.norm}-s{config.seed}")
+            output = Path(args.output) if args.output else Path("runs") / name
+            config.output = str(output / f"seed{seed}" if args.seeds and len(seeds) > 1
+                                else output)
+            if int(os.environ.get("RANK", "0")) == 0:
+                prepare_run_dir(Path(config.output), args.overwrite)
+        final = train_one(config, args.resume, args.quiet)
+        if int(os.environ.get("RANK", "0")) == 0 and final:
+            shown = {k: round(v, 4) for k, v in final.items() if k.startswith("test_")}
+            print(f"{config.output}: {json.dumps(shown)}")
+            result = Path(config.output) / "result.json"
+            if result.is_file() and "accuracy" in (data := json.loads(result.read_text())):
+                print(f"accuracy by loops: {json.dumps(data['accuracy'])}")
     return 0
 
 
-@torch.no_grad()
-def run_eval(args: argparse.Namespace) -> int:
-    checkpoint, model, dataset, _ = load_checkpoint_and_data(args)
-    model.eval()
-    top1 = top5 = count = 0
-    for images, labels in DataLoader(dataset, batch_size=args.batch_size,
-                                     num_workers=args.workers):
-        logits = model(images.to(args.device))
-        c1, c5 = accuracy_counts(logits, labels.to(args.device))
-        top1, top5, count = top1 + c1, top5 + c5, count + labels.shape[0]
-    print(json.dumps({"checkpoint": checkpoint["path"], "images": count,
-                      "test_acc1": 100 * top1 / count, "test_acc5": 100 * top5 / count}))
+# -- evaluate -----------------------------------------------------------------------------------
+def run_evaluate(args: argparse.Namespace) -> int:
+    """The task's own evaluation of a checkpoint, printed as one JSON line."""
+    from contextlib import nullcontext
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ..engine import DistributedContext
+    from ..engine.tasks import create_task
+
+    checkpoint, model, config = load_checkpoint_for_task(args, weights=args.weights)
+    task = create_task(config)
+    _, test_set = task.datasets()
+    ctx = DistributedContext(device=torch.device(args.device))
+    loader = DataLoader(test_set, batch_size=args.batch_size, num_workers=args.workers,
+                        collate_fn=task.collate_fn)
+    metrics = task.evaluate(model, loader, ctx, nullcontext)
+    print(json.dumps({"checkpoint": checkpoint["path"], "task": config.task,
+                      "epoch": checkpoint.get("epoch", -1) + 1,
+                      "weights": "ema" if args.weights != "raw" and "ema_state_dict"
+                      in checkpoint else "raw", **metrics}))
     return 0
+
+
+# -- summarize ----------------------------------------------------------------------------------
+def grouping_key(config: dict[str, Any]) -> str:
+    """The whole resolved config except seed and bookkeeping (output, workers, device, ...),
+    as canonical JSON: runs with equal keys are seeds of one experiment."""
+    resolved = TrainConfig.from_dict(config, strict=False).to_dict()
+    kept = {k: v for k, v in resolved.items() if k not in BOOKKEEPING and k != "seed"}
+    return json.dumps(kept, sort_keys=True)
 
 
 def summarize(run_dirs: list[Path]) -> list[dict[str, Any]]:
-    """Group finished runs by (model, attention, norm, dataset): mean and std of the final and
-    best test top-1 over seeds."""
-    groups: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
+    """Group finished runs by their resolved config (all but seed and bookkeeping fields):
+    n, mean and sample std of the final and best value of each task's selection metric, and
+    the settings that differ between groups."""
+    from ..engine.tasks import task_class
+
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for run in run_dirs:
         config = json.loads((run / "config.json").read_text())
         rows = read_metrics(run)
-        key = (config["model"], config["attention"], config["norm"], config["dataset"])
-        groups[key].append((rows[-1]["test_acc1"], max(r["test_acc1"] for r in rows)))
+        metric = task_class(config.get("task", "classification")).select_metrics[0]
+        groups[grouping_key(config)].append({
+            "run": str(run), "metric": metric, "seed": config.get("seed"),
+            "final": rows[-1][metric], "best": max(r[metric] for r in rows),
+            "epochs": rows[-1]["epoch"]})
+    settings = {key: json.loads(key) for key in groups}
+    varying = sorted({k for s in settings.values() for k in s
+                      if len({json.dumps(t.get(k), sort_keys=True)
+                              for t in settings.values()}) > 1})
     table = []
-    for (model, attention, norm, dataset), values in sorted(groups.items()):
-        final = [v[0] for v in values]
-        best = [v[1] for v in values]
-        table.append({"model": model, "attention": attention, "norm": norm, "dataset": dataset,
-                      "seeds": len(values), "final_mean": statistics.mean(final),
-                      "final_std": statistics.stdev(final) if len(final) > 1 else 0.0,
-                      "best_mean": statistics.mean(best),
-                      "best_std": statistics.stdev(best) if len(best) > 1 else 0.0})
+    for key, runs in sorted(groups.items(), key=lambda kv: [json.dumps(settings[kv[0]].get(k))
+                                                           for k in varying]):
+        final, best = [r["final"] for r in runs], [r["best"] for r in runs]
+        table.append({
+            "settings": {k: settings[key].get(k) for k in varying} if varying else
+            {k: settings[key].get(k) for k in ("model", "attention", "dataset")},
+            "metric": runs[0]["metric"], "n": len(runs), "seeds": sorted(r["seed"] for r in runs),
+            "final_mean": statistics.mean(final),
+            "final_std": statistics.stdev(final) if len(final) > 1 else float("nan"),
+            "best_mean": statistics.mean(best),
+            "best_std": statistics.stdev(best) if len(best) > 1 else float("nan"),
+            "runs": [r["run"] for r in runs]})
     return table
 
 
-def run_summarize(args: argparse.Namespace) -> int:
-    runs = sorted({p.parent for root in args.runs for p in Path(root).rglob("metrics.jsonl")})
+def find_runs(roots: list[str]) -> list[Path]:
+    """Finished run directories (metrics.jsonl beside config.json) under the given folders."""
+    runs = sorted({p.parent for root in roots for p in Path(root).rglob("metrics.jsonl")
+                   if (p.parent / "config.json").is_file()})
     if not runs:
-        raise ValueError(f"no finished runs (metrics.jsonl) under {' '.join(args.runs)}")
-    table = summarize(runs)
-    print(f"{'model':<12} {'attention':<9} {'norm':<5} {'dataset':<12} {'seeds':>5}  "
-          f"{'top-1 (final)':>15}  {'top-1 (best)':>15}")
-    for r in table:
-        print(f"{r['model']:<12} {r['attention']:<9} {r['norm']:<5} {r['dataset']:<12} "
-              f"{r['seeds']:>5}  {r['final_mean']:>7.2f} ± {r['final_std']:<5.2f}  "
-              f"{r['best_mean']:>7.2f} ± {r['best_std']:<5.2f}")
+        missing = [r for r in roots if not Path(r).exists()]
+        where = f" ({', '.join(missing)} do not exist)" if missing else ""
+        raise ValueError(f"no finished runs (metrics.jsonl with config.json) under "
+                         f"{' '.join(roots)}{where}")
+    return runs
+
+
+def run_summarize(args: argparse.Namespace) -> int:
+    table = summarize(find_runs(args.runs))
+    columns = list(table[0]["settings"])
+    cells = [[_short(r["settings"][c]) for c in columns] for r in table]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    metric = table[0]["metric"]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths))
+          + f"  {'n':>3}  {metric + ' (final)':>20}  {metric + ' (best)':>20}")
+    for row, r in zip(cells, table):
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths))
+              + f"  {r['n']:>3}  {_mean_std(r['final_mean'], r['final_std']):>20}  "
+              f"{_mean_std(r['best_mean'], r['best_std']):>20}")
+    small = [r for r in table if r["n"] < 3]
+    if small:
+        print(f"warning: {len(small)} group(s) with fewer than 3 runs: a std from so few seeds "
+              f"says little")
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=1))
     return 0
 
 
+def _short(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _mean_std(mean: float, std: float) -> str:
+    return f"{mean:.4g} ± {std:.2g}" if std == std else f"{mean:.4g} (n=1)"
+
+
+# -- parsers ------------------------------------------------------------------------------------
+def add_train_arguments(parser: argparse.ArgumentParser, recipe: str | None = None) -> None:
+    """Run control (recipe, config file, --set, seeds, resume) and one flag per setting."""
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default=recipe,
+                        help="base settings (default: digits, or sudoku with --task sudoku)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="base settings from a saved config.json (or a run directory)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override any setting, e.g. --set lr=0.1 --set "
+                        "attention_options.reduction=8 (repeatable)")
+    parser.add_argument("--seeds", type=int, nargs="+",
+                        help="run once per seed into <output>/seed<N>")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --output from checkpoints/last.pt, with its "
+                        "saved settings")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a run that already exists in --output")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_config_arguments(parser)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser(
-        "train", help="train a model (also under torchrun)",
-        description="Train a model from a recipe (the paper's Table 6 settings or the embedded "
-        "digits default); every recipe field can be overridden. Under torchrun the same command "
-        "trains with DistributedDataParallel (gloo on CPU, nccl on CUDA); --batch-size is the "
-        "global batch. Runs go to --output (config.json, metrics.jsonl, checkpoints/, "
-        "report.md).")
-    train.add_argument("--recipe", default="digits", choices=sorted(RECIPES),
-                       help="base settings (default: digits)")
-    train.add_argument("--model", choices=list_models())
-    train.add_argument("--attention", choices=list_attention())
-    train.add_argument("--attention-options", help="JSON options for the attention module")
-    train.add_argument("--attention-blocks", type=int, nargs="+",
-                       help="only these block indices get the attention module")
-    train.add_argument("--norm", choices=NORMS)
-    train.add_argument("--model-options", help="JSON options for the model, e.g. "
-                       "'{\"preact\": false}'")
-    train.add_argument("--dataset", choices=DATASETS)
-    train.add_argument("--data-dir", help="dataset root folder")
-    train.add_argument("--download", action="store_true",
-                       help="let torchvision download the dataset (needs internet)")
-    train.add_argument("--train-subset", type=int,
-                       help="train on a stratified subset of this many images")
-    train.add_argument("--cache-images", action="store_true",
-                       help="decode a small-image imagefolder tree once into memory")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int, help="global batch size")
-    train.add_argument("--lr", type=float)
-    train.add_argument("--weight-decay", type=float)
-    train.add_argument("--schedule", choices=("multistep", "cosine", "constant"))
-    train.add_argument("--milestones", type=int, nargs="+", help="epochs of lr x gamma")
-    train.add_argument("--warmup-epochs", type=int)
-    train.add_argument("--seed", type=int)
-    train.add_argument("--seeds", type=int, nargs="+",
-                       help="run once per seed into <output>/seed<N>")
-    train.add_argument("--workers", type=int, help="DataLoader worker processes")
-    train.add_argument("--device", help="cpu (default), cuda, cuda:1, ...")
-    train.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
-    train.add_argument("--channels-last", action="store_true")
-    train.add_argument("--compile", action="store_true", help="torch.compile the model")
-    train.add_argument("--tensorboard", action="store_true")
-    train.add_argument("--output", help="run directory (default: runs/<model>-<attention>-...)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue from <output>/checkpoints/last.pt")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
+        "train", help="train a model of any task (also under torchrun)",
+        description="Train from a recipe (the paper's Table 6 settings, the embedded digits "
+        "default, the Sudoku CPU default) or a saved config.json; every setting has a flag, "
+        "and --set key=value overrides any of them. Under torchrun the same command trains "
+        "with DistributedDataParallel (gloo on CPU, nccl on CUDA); --batch-size is the global "
+        "batch. Runs go to --output (config.json, metrics.jsonl, checkpoints/, report.md).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_train_arguments(train)
     train.set_defaults(run=run_train)
 
-    evaluate = sub.add_parser("eval", help="evaluate a checkpoint on a test split",
-                              description="Top-1 and top-5 accuracy of a checkpoint.")
-    add_checkpoint_arguments(evaluate)
-    evaluate.set_defaults(run=run_eval)
+    for name, aliases in (("evaluate", ["eval"]),):
+        evaluate = sub.add_parser(name, aliases=aliases,
+                                  help="evaluate a checkpoint with its task's metrics",
+                                  description="The task's own evaluation of a checkpoint "
+                                  "(classification: top-1/top-5; sudoku: cell and board "
+                                  "accuracy), as one JSON line.")
+        add_checkpoint_arguments(evaluate)
+        evaluate.add_argument("--weights", choices=("auto", "raw", "ema"), default="auto",
+                              help="the weight average when the run kept one (auto), or which")
+        evaluate.set_defaults(run=run_evaluate)
 
     summary = sub.add_parser("summarize", help="mean ± std over seeds of finished runs",
-                             description="Collect finished runs under the given folders and "
-                             "print the paper's table form: mean ± std of test top-1 per model.")
+                             description="Collect finished runs under the given folders, "
+                             "group them by their whole resolved config except the seed and "
+                             "bookkeeping settings, and print n and mean ± sample std of the "
+                             "final and best selection metric per group, with the settings "
+                             "that differ between groups.")
     summary.add_argument("runs", nargs="+", help="run directories or folders holding them")
     summary.add_argument("--json", help="also write the table as JSON here")
     summary.set_defaults(run=run_summarize)

@@ -1,9 +1,9 @@
-"""The Sudoku task with looped self-attention: model, training, evaluation at any loop count."""
+"""Sudoku with looped self-attention: the model, evaluation at any loop count, and the dynamics
+analysis of a trained model. Training runs through the engine's ``sudoku`` task
+(``stepnet train --task sudoku`` or ``stepnet dynamics train``)."""
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +12,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..engine.checkpoint import save_checkpoint
-from ..engine.trainer import NonFiniteLossError
-from .models import ItrSA, spectral_regularizer
-from .sudoku import board_accuracy, cell_accuracy, generate
+from ..models.registry import register_model
+from .models import ItrSA
+from .sudoku import generate
 
 
 POSITIONS = ("structured", "learned")
@@ -71,122 +70,36 @@ class SudokuModel(nn.Module):
         return self.readout(self.core(c, loops or self.loops, x0))
 
 
-@dataclass
-class SudokuConfig:
-    """One CPU-scale Sudoku run (paper: D = 512, H = 8, 16 loops, SATNet 9k/1k puzzles)."""
-
-    dim: int = 128
-    heads: int = 4
-    norm: str = "rmsnorm"
-    symmetric: bool = False
-    position: str = "structured"
-    loops: int = 16
-    train_puzzles: int = 9000
-    test_puzzles: int = 1000
-    train_givens: tuple[int, int] = (31, 42)
-    hard_givens: tuple[int, int] = (24, 30)
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    spectral_weight: float = 0.0
-    eval_loops: list[int] = field(default_factory=lambda: [16, 32, 64])
-    seed: int = 0
-    output: str = "runs/sudoku"
-
-
-def sudoku_data(config: SudokuConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Train / in-distribution test / harder out-of-distribution test puzzles, by seed."""
-    return {"train": generate(config.train_puzzles, config.train_givens, config.seed),
-            "test": generate(config.test_puzzles, config.train_givens, config.seed + 1),
-            "hard": generate(config.test_puzzles, config.hard_givens, config.seed + 2)}
-
-
 @torch.no_grad()
 def evaluate(model: SudokuModel, puzzles: np.ndarray, solutions: np.ndarray, loops: int,
-             batch_size: int = 256) -> dict[str, float]:
+             batch_size: int = 256, device: torch.device | str = "cpu") -> dict[str, float]:
     """Board accuracy (every blank right) and cell accuracy (share of blanks right) of the
     argmax prediction after ``loops`` loops: ``{"board": ..., "cell": ...}``."""
+    from ..engine.tasks import sudoku_counts
+
     model.eval()
-    predictions = []
+    totals = {"blanks": 0, "right": 0, "solved": 0}
     for start in range(0, len(puzzles), batch_size):
-        boards = torch.as_tensor(puzzles[start:start + batch_size])
-        predictions.append(model(boards, loops).argmax(-1).numpy() + 1)
-    predictions = np.concatenate(predictions)
-    return {"board": board_accuracy(predictions, puzzles, solutions),
-            "cell": cell_accuracy(predictions, puzzles, solutions)}
-
-
-def train_sudoku(config: SudokuConfig, progress: bool = True) -> dict[str, Any]:
-    """Train with Adam on the cross-entropy of every blank cell after ``loops`` loops; returns
-    and writes (``<output>/result.json``; ``<output>/model.pt`` after every epoch, atomically)
-    board and cell accuracies at each of ``eval_loops`` on the in-distribution and hard test
-    sets. The history holds the mean training loss and the in-distribution accuracy (first 256
-    test puzzles, ``loops`` loops) after every epoch. A NaN or infinite loss raises
-    :class:`~stepnet.engine.NonFiniteLossError` and leaves the last epoch's model.pt intact."""
-    torch.manual_seed(config.seed)
-    data = sudoku_data(config)
-    model = SudokuModel(config.dim, config.heads, config.norm, config.loops,
-                        symmetric=config.symmetric, position=config.position)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    puzzles, solutions = (torch.as_tensor(a).long() for a in data["train"])
-    generator = torch.Generator().manual_seed(config.seed)
-    output = Path(config.output)
-    output.mkdir(parents=True, exist_ok=True)
-    history = []
-    start = time.perf_counter()
-    for epoch in range(config.epochs):
-        model.train()
-        order = torch.randperm(len(puzzles), generator=generator)
-        total = 0.0
-        for batch in tqdm(order.split(config.batch_size), desc=f"epoch {epoch + 1}",
-                          leave=False, disable=not progress):
-            logits = model(puzzles[batch])
-            blank = puzzles[batch] == 0
-            loss = nn.functional.cross_entropy(logits[blank], solutions[batch][blank] - 1)
-            if config.spectral_weight:
-                loss = loss + config.spectral_weight * spectral_regularizer(model.core.attention)
-            if not torch.isfinite(loss):
-                kept = (f"the last good checkpoint (epoch {epoch}) is {output / 'model.pt'}"
-                        if epoch else "no checkpoint was written")
-                raise NonFiniteLossError(f"the loss became {float(loss)} in epoch {epoch + 1}; "
-                                         f"{kept}. Try a lower --lr or a normalisation.")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(batch)
-        monitor = evaluate(model, data["test"][0][:256], data["test"][1][:256], config.loops)
-        history.append({"epoch": epoch + 1, "loss": total / len(puzzles),
-                        "test_cell": monitor["cell"], "test_board": monitor["board"]})
-        _save_sudoku_model(output / "model.pt", model, config, epoch + 1)
-    result = {"config": asdict(config), "history": history,
-              "seconds": time.perf_counter() - start,
-              "accuracy": {split: {str(t): evaluate(model, *data[split], t)
-                                   for t in config.eval_loops} for split in ("test", "hard")}}
-    (output / "result.json").write_text(json.dumps(result, indent=1))
-    return result
-
-
-def _save_sudoku_model(path: Path, model: SudokuModel, config: SudokuConfig, epoch: int) -> None:
-    """Atomically write the model, its constructor arguments and the config."""
-    save_checkpoint(path, {"model": {"name": "sudoku", "kwargs": {
-        "dim": config.dim, "heads": config.heads, "norm": config.norm, "loops": config.loops,
-        "symmetric": config.symmetric, "position": config.position}},
-        "state_dict": model.state_dict(), "config": asdict(config), "epoch": epoch})
+        boards = torch.as_tensor(puzzles[start:start + batch_size]).long().to(device)
+        truth = torch.as_tensor(solutions[start:start + batch_size]).long().to(device)
+        for key, value in sudoku_counts(model(boards, loops), boards, truth).items():
+            totals[key] += int(value)
+    return {"board": totals["solved"] / max(len(puzzles), 1),
+            "cell": totals["right"] / max(totals["blanks"], 1)}
 
 
 def load_sudoku_model(path: str | Path) -> tuple[SudokuModel, dict[str, Any]]:
-    """The model and config saved by :func:`train_sudoku` (a run folder or its model.pt)."""
-    from ..engine.checkpoint import load_checkpoint
+    """The model and training config of a Sudoku checkpoint (a run folder, its
+    ``checkpoints/*.pt``, or the ``model.pt`` of earlier versions)."""
+    from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from ..engine.config import TrainConfig
 
-    path = Path(path)
-    checkpoint = load_checkpoint(path / "model.pt" if path.is_dir() else path)
-    if checkpoint["model"].get("name") != "sudoku":
-        raise ValueError(f"{checkpoint['path']} is not a Sudoku run (it holds "
-                         f"{checkpoint['model'].get('name')})")
-    kwargs = {"position": "learned"} | checkpoint["model"]["kwargs"]  # older runs: learned
-    model = SudokuModel(**kwargs)
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval(), checkpoint["config"]
+    checkpoint = load_checkpoint(path)
+    model = model_from_checkpoint(checkpoint, task="sudoku")
+    config = TrainConfig.from_dict(checkpoint.get("config") or {}, strict=False)
+    if "config" in checkpoint and "train_givens" in checkpoint["config"]:  # earlier versions
+        config.givens = list(checkpoint["config"]["train_givens"])
+    return model.eval(), config.to_dict()
 
 
 def analyze_sudoku(model: SudokuModel, config: dict[str, Any], boards: int = 4,
@@ -202,7 +115,7 @@ def analyze_sudoku(model: SudokuModel, config: dict[str, Any], boards: int = 4,
     from .lyapunov import jacobian_eigenvalues, lyapunov_exponents
     from .models import pseudo_energy
 
-    puzzles, solutions = generate(config["test_puzzles"], tuple(config["train_givens"]),
+    puzzles, solutions = generate(config["test_puzzles"], tuple(config["givens"]),
                                   config["seed"] + 1)
     result: dict[str, Any] = {"boards": boards, "loops": model.loops, "exponents": [],
                               "eigenvalues": [], "energy": []}
@@ -253,3 +166,10 @@ def analyze_sudoku(model: SudokuModel, config: dict[str, Any], boards: int = 4,
         axis.legend()
         save_figure(figure, output / "accuracy_vs_loops.png")
     return result
+
+
+@register_model
+def sudoku(**kwargs: Any) -> SudokuModel:
+    """ItrSA Sudoku solver: ``dim``, ``heads``, ``norm``, ``loops``, ``symmetric``,
+    ``position`` (see :class:`SudokuModel`). boards [B, 81] -> logits [B, 81, 9]."""
+    return SudokuModel(**kwargs)

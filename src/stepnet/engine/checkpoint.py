@@ -1,8 +1,10 @@
 """Checkpoints: one self-describing file per snapshot, written atomically.
 
-A checkpoint is a dict with ``format``, ``model`` ({"name", "kwargs"} for ``create_model``),
-``state_dict`` and optionally ``optimizer``, ``scheduler``, ``epoch``, ``rng``, ``config`` and
-``metrics``. It loads with ``torch.load(weights_only=True)``: nothing but tensors and plain
+A checkpoint is a dict with ``format``, ``task`` (``classification``, ``sudoku``; older
+checkpoints lack it and are read by their model), ``model`` ({"name", "kwargs"} for
+``create_model``), ``state_dict`` and optionally ``ema_state_dict`` (the weight average),
+``optimizer``, ``epoch``, ``iteration``, ``rng``, ``config`` and ``metrics``. Every task's
+checkpoints are read by the same functions. It loads with ``torch.load(weights_only=True)``: nothing but tensors and plain
 Python values is stored.
 """
 from __future__ import annotations
@@ -41,10 +43,11 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run directory (its best, else last, checkpoint)."""
+    """A checkpoint file, or a run directory (its best, else last, checkpoint; ``model.pt`` of
+    Sudoku runs of earlier versions)."""
     path = Path(path)
     if path.is_dir():
-        for name in ("best.pt", "last.pt"):
+        for name in ("best.pt", "last.pt", "model.pt"):
             for candidate in (path / "checkpoints" / name, path / name):
                 if candidate.is_file():
                     return candidate
@@ -68,21 +71,47 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return payload
 
 
-def model_from_checkpoint(checkpoint: dict[str, Any] | str | Path) -> nn.Module:
-    """Rebuild the checkpoint's model and load its weights strictly.
+def upgrade_spec(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's ``create_model`` call, with the defaults of older versions filled in
+    (Sudoku checkpoints without ``position`` used the free position table)."""
+    spec = {"name": checkpoint["model"]["name"],
+            "kwargs": dict(checkpoint["model"].get("kwargs", {}))}
+    if spec["name"] == "sudoku":
+        spec["kwargs"].setdefault("position", "learned")
+    return spec
 
-    A state dict that does not fit the recorded architecture raises ``ValueError`` naming the
-    first mismatching keys.
+
+def model_from_checkpoint(checkpoint: dict[str, Any] | str | Path, task: str | None = None,
+                          weights: str = "auto") -> nn.Module:
+    """Rebuild the checkpoint's model (of any task) and load its weights strictly.
+
+    ``task``: the task the caller expects; a checkpoint of another task is refused, naming
+    both. ``weights``: ``"raw"`` (the trained weights), ``"ema"`` (the weight average) or
+    ``"auto"`` (the average when the run kept one). A state dict that does not fit the
+    recorded architecture raises ``ValueError`` naming the first mismatching keys.
     """
+    from .tasks import task_of_checkpoint
+
     if not isinstance(checkpoint, dict):
         checkpoint = load_checkpoint(checkpoint)
-    spec = checkpoint["model"]
-    model = create_model(spec["name"], **spec.get("kwargs", {}))
+    where = checkpoint.get("path", "the checkpoint")
+    found = task_of_checkpoint(checkpoint)
+    if task is not None and found != task:
+        raise ValueError(f"{where} is a {found} checkpoint, not a {task} one")
+    if weights not in ("auto", "raw", "ema"):
+        raise ValueError(f"unknown weights {weights!r}; valid: auto, raw, ema")
+    has_ema = "ema_state_dict" in checkpoint
+    if weights == "ema" and not has_ema:
+        raise ValueError(f"{where} holds no weight average (the run had no --ema-decay)")
+    state = checkpoint["ema_state_dict"] if has_ema and weights != "raw" \
+        else checkpoint["state_dict"]
+    spec = upgrade_spec(checkpoint)
+    model = create_model(spec["name"], **spec["kwargs"])
     try:
-        model.load_state_dict(checkpoint["state_dict"], strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         first = str(error).splitlines()[1:3]
         raise ValueError(f"checkpoint {checkpoint.get('path', '')} does not match its "
-                         f"architecture {spec['name']} {spec.get('kwargs', {})}: "
+                         f"architecture {spec['name']} {spec['kwargs']}: "
                          f"{' '.join(s.strip() for s in first)}") from error
     return model

@@ -1,110 +1,456 @@
-"""One flat training configuration, named recipes (the paper's Table 6), and overrides.
+"""One training configuration, declared once.
+
+:class:`TrainConfig` is the single source of every setting of a run: each field carries its help
+text, its choices and its group beside its default, and the command-line flags
+(:func:`add_config_arguments`), the ``--set key=value`` overrides (:func:`parse_assignment`) and
+config files (``stepnet train --config RUN/config.json``) are all generated from it. Named
+recipes (the paper's Table 6 and the CPU defaults) are dicts of field values.
 
 The fully resolved configuration is saved as ``config.json`` in every run directory and inside
 every checkpoint.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+TASKS = ("classification", "sudoku")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("multistep", "cosine", "constant")
+AMP_MODES = ("off", "auto", "bf16", "fp16")
+DEVICES_HELP = "auto (cuda when available, else cpu), cpu, cuda, cuda:1, ..."
+WEIGHT_DECAY_EXEMPT = ("timm", "requested")
+
+
+def option(default: Any, help: str, *, group: str, choices: tuple[str, ...] | None = None,
+           bookkeeping: bool = False, resumable: bool = False) -> Any:
+    """A config field with its documentation.
+
+    ``bookkeeping`` fields (output folder, workers, device, ...) say where and how a run is
+    executed, not what it computes: runs that differ only in them belong to one group in
+    ``summarize``, and ``--resume`` may change them. ``resumable`` marks the other fields that
+    ``--resume`` may change (``epochs``: the schedule is recomputed for the new length).
+    """
+    metadata = {"help": help, "group": group, "choices": choices, "bookkeeping": bookkeeping,
+                "resumable": resumable or bookkeeping}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
 
 @dataclass
 class TrainConfig:
-    """Every knob of a training run. ``batch_size`` is the global batch (split across
-    processes under torchrun); ``milestones`` are epochs of the ``multistep`` schedule."""
+    """Every setting of a training run. ``batch_size`` is the global batch (split across
+    processes under torchrun); ``milestones`` are epochs of the ``multistep`` schedule; the
+    learning rate follows the schedule per iteration, after a linear warm-up."""
 
-    model: str = "resnet20"
-    attention: str = "none"
-    attention_options: dict[str, Any] = field(default_factory=dict)
-    attention_blocks: list[int] | None = None
-    norm: str = "bn"
-    model_options: dict[str, Any] = field(default_factory=dict)
-    dataset: str = "digits"
-    data_dir: str | None = None
-    download: bool = False
-    train_subset: int | None = None
-    cache_images: bool = False
-    epochs: int = 15
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    lr: float = 0.05
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    milestones: list[int] = field(default_factory=list)
-    gamma: float = 0.1
-    warmup_epochs: int = 0
-    label_smoothing: float = 0.0
-    seed: int = 0
-    workers: int = 0
-    device: str = "cpu"
-    amp: bool = False
-    channels_last: bool = False
-    compile: bool = False
-    tensorboard: bool = False
-    output: str = "runs/default"
-    recipe: str = "digits"
+    # -- what is trained --------------------------------------------------------------------
+    task: str = option("classification", "what is learned: image classification or Sudoku "
+                       "with looped self-attention", group="task", choices=TASKS)
+    recipe: str = option("digits", "the named base settings this config started from",
+                         group="task", bookkeeping=True)
+    model: str = option("resnet20", "registered model name (stepnet models)", group="model")
+    attention: str = option("none", "step-size module (stepnet attention)", group="model")
+    attention_options: dict[str, Any] = option({}, "JSON options of the step-size module, "
+                                               "e.g. '{\"reduction\": 8}'", group="model")
+    attention_blocks: list[int] | None = option(None, "only these block indices get the "
+                                                "step-size module (default: every block)",
+                                                group="model")
+    norm: str = option("bn", "normalisation: bn | iebn for ResNets; rmsnorm | layernorm | "
+                       "sphere | none for Sudoku's ItrSA", group="model")
+    model_options: dict[str, Any] = option({}, "JSON keyword arguments of the model builder, "
+                                           "e.g. '{\"preact\": false}'", group="model")
+    # -- data -------------------------------------------------------------------------------
+    dataset: str = option("digits", "dataset name (classification: cifar10, cifar100, digits, "
+                          "imagefolder, stl10; sudoku: sudoku, generated puzzles)", group="data")
+    data_dir: str | None = option(None, "dataset root folder", group="data")
+    download: bool = option(False, "let torchvision download the dataset (needs internet)",
+                            group="data", bookkeeping=True)
+    train_subset: int | None = option(None, "train on a stratified subset of this many images",
+                                      group="data")
+    cache_images: bool = option(False, "decode a small-image imagefolder tree once into memory "
+                                "(use with --workers 0)", group="data", bookkeeping=True)
+    workers: int = option(0, "DataLoader worker processes", group="data", bookkeeping=True)
+    eval_batch_size: int = option(256, "batch size of evaluation", group="data",
+                                  bookkeeping=True)
+    # -- optimisation -----------------------------------------------------------------------
+    epochs: int = option(15, "training epochs", group="optimization", resumable=True)
+    batch_size: int = option(64, "global training batch size", group="optimization")
+    optimizer: str = option("sgd", "optimizer", group="optimization", choices=OPTIMIZERS)
+    lr: float = option(0.05, "peak learning rate", group="optimization")
+    momentum: float = option(0.9, "SGD momentum", group="optimization")
+    nesterov: bool = option(False, "SGD with Nesterov momentum", group="optimization")
+    betas: list[float] = option([0.9, 0.999], "AdamW betas", group="optimization")
+    weight_decay: float = option(1e-4, "weight decay", group="optimization")
+    weight_decay_exempt: str = option(
+        "timm", "which parameters skip weight decay: timm = biases, norm weights and other 1-D "
+        "parameters, position/cls embeddings and what modules ask for (no_weight_decay); "
+        "requested = only what modules ask for (the paper's CNN baselines decay the rest)",
+        group="optimization", choices=WEIGHT_DECAY_EXEMPT)
+    schedule: str = option("cosine", "learning-rate schedule, stepped per iteration",
+                           group="optimization", choices=SCHEDULES)
+    milestones: list[int] = option([], "epochs at which multistep multiplies the lr by gamma",
+                                   group="optimization")
+    gamma: float = option(0.1, "multistep factor", group="optimization")
+    min_lr: float = option(0.0, "cosine: the lr it ends at", group="optimization")
+    warmup_epochs: float = option(0.0, "linear warm-up length in epochs (converted to "
+                                  "iterations)", group="optimization")
+    warmup_iters: int = option(0, "linear warm-up length in iterations (instead of "
+                               "--warmup-epochs)", group="optimization")
+    clip_grad_norm: float = option(0.0, "clip the gradient norm to this (0: off)",
+                                   group="optimization")
+    ema_decay: float = option(0.0, "keep an exponential moving average of the weights with "
+                              "this decay, evaluated and checkpointed beside them (0: off)",
+                              group="optimization")
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy",
+                                    group="optimization")
+    # -- sudoku -----------------------------------------------------------------------------
+    dim: int = option(128, "sudoku: token width D", group="sudoku")
+    heads: int = option(4, "sudoku: attention heads", group="sudoku")
+    loops: int = option(16, "sudoku: loops of the recurrent block in training", group="sudoku")
+    symmetric: bool = option(False, "sudoku: energy-constrained attention (W_K = W_Q, "
+                             "W_O = W_V^T)", group="sudoku")
+    position: str = option("structured", "sudoku: cell embedding, row + column + box tables "
+                           "or a free table", group="sudoku", choices=("structured", "learned"))
+    train_puzzles: int = option(9000, "sudoku: generated training puzzles", group="sudoku")
+    test_puzzles: int = option(1000, "sudoku: generated test puzzles (in distribution and "
+                               "hard)", group="sudoku")
+    givens: list[int] = option([31, 42], "sudoku: range of givens of training and test "
+                               "puzzles", group="sudoku")
+    hard_givens: list[int] = option([24, 30], "sudoku: range of givens of the harder, "
+                                    "out-of-distribution test puzzles", group="sudoku")
+    eval_loops: list[int] = option([16, 32, 64], "sudoku: loop counts of the final evaluation",
+                                   group="sudoku")
+    spectral_weight: float = option(0.0, "sudoku: weight of the spectral regulariser "
+                                    "(paper: 1e-4)", group="sudoku")
+    # -- where and how it runs ---------------------------------------------------------------
+    seed: int = option(0, "random seed (weights, data order, augmentation)", group="run")
+    device: str = option("auto", DEVICES_HELP, group="run", bookkeeping=True)
+    amp: str = option("off", "mixed precision: auto (bf16 where supported, else fp16), bf16, "
+                      "fp16 (CUDA only); on CPU bf16 autocast", group="run", choices=AMP_MODES)
+    channels_last: bool = option(False, "channels-last memory format", group="run",
+                                 bookkeeping=True)
+    compile: bool = option(False, "torch.compile the model (pays off on long GPU runs)",
+                           group="run", bookkeeping=True)
+    log_interval: int = option(50, "iterations between reads of the running loss (the only "
+                               "host synchronisations of a training epoch)", group="run",
+                               bookkeeping=True)
+    tensorboard: bool = option(False, "also log to <output>/tensorboard", group="run",
+                               bookkeeping=True)
+    output: str = option("runs/default", "run directory", group="run", bookkeeping=True)
 
     def validate(self) -> None:
-        """Raise ``ValueError`` on values no run can use."""
-        if self.epochs < 1:
-            raise ValueError(f"--epochs must be at least 1, got {self.epochs}")
+        """Raise ``ValueError`` on values no run can use, naming the flag."""
+        for name in ("task", "optimizer", "schedule", "amp", "weight_decay_exempt",
+                     "position"):
+            choices = FIELDS[name].metadata["choices"]
+            if getattr(self, name) not in choices:
+                raise ValueError(f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; "
+                                 f"valid: {', '.join(choices)}")
+        for name in ("epochs", "batch_size", "eval_batch_size", "log_interval", "dim", "heads",
+                     "loops", "train_puzzles", "test_puzzles"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"--lr must be positive, got {self.lr}")
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise ValueError("--weight-decay must be >= 0 and --momentum in [0, 1)")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        for name in ("weight_decay", "warmup_epochs", "warmup_iters", "clip_grad_norm",
+                     "min_lr", "spectral_weight", "workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"--ema-decay must be in [0, 1) (0: off), got {self.ema_decay}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"--betas takes two numbers in [0, 1), got {self.betas}")
+        if self.warmup_epochs and self.warmup_iters:
+            raise ValueError("give --warmup-epochs or --warmup-iters, not both")
         if self.train_subset is not None and self.train_subset < 1:
             raise ValueError(f"--train-subset must be positive, got {self.train_subset}")
+        if any(m < 1 for m in self.milestones):
+            raise ValueError(f"--milestones are epochs >= 1, got {self.milestones}")
+        for name in ("givens", "hard_givens"):
+            value = getattr(self, name)
+            if len(value) != 2 or not 17 <= value[0] <= value[1] <= 80:
+                raise ValueError(f"{flag(name)} takes two numbers 17 <= low <= high <= 80, "
+                                 f"got {value}")
+        if not self.eval_loops or min(self.eval_loops) < 1:
+            raise ValueError(f"--eval-loops must list loop counts >= 1, got {self.eval_loops}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+    def from_dict(cls, values: dict[str, Any], strict: bool = True,
+                  source: str = "the config") -> TrainConfig:
+        """A config from saved values. ``strict``: an unknown key is an error naming it;
+        otherwise unknown keys (older or newer versions) are ignored. Values of older versions
+        are upgraded (``amp`` true/false)."""
+        unknown = sorted(set(values) - set(FIELDS))
+        if unknown and strict:
+            raise ValueError(f"{source} has unknown key{'s' if len(unknown) > 1 else ''} "
+                             f"{', '.join(map(repr, unknown))}; valid keys: "
+                             f"{', '.join(FIELDS)}")
+        return cls(**_upgrade({k: v for k, v in values.items() if k in FIELDS}))
 
 
-SCHEDULES = ("multistep", "cosine", "constant")
+def _upgrade(values: dict[str, Any]) -> dict[str, Any]:
+    """Saved values of older versions in today's form (``amp`` was a boolean)."""
+    values = dict(values)
+    if isinstance(values.get("amp"), bool):
+        values["amp"] = "auto" if values["amp"] else "off"
+    return values
 
-# The paper's Table 6, plus the embedded-data default. Every field can be overridden.
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_TYPES: dict[str, Any] = typing.get_type_hints(TrainConfig)
+BOOKKEEPING = tuple(n for n, f in FIELDS.items() if f.metadata["bookkeeping"])
+RESUMABLE = tuple(n for n, f in FIELDS.items() if f.metadata["resumable"])
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a field: ``weight_decay`` -> ``--weight-decay``."""
+    return "--" + name.replace("_", "-")
+
+
+# -- parsing values of a field ------------------------------------------------------------------
+def _base_type(name: str) -> tuple[Any, bool]:
+    """(the field's type without ``| None``, whether None is allowed)."""
+    kind = _TYPES[name]
+    args = typing.get_args(kind)
+    if type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return kind, False
+
+
+def _scalar(kind: type, text: str, name: str) -> Any:
+    try:
+        if kind is bool:
+            lowered = text.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"{flag(name)}: expected {kind.__name__}, got {text!r}") from None
+
+
+def parse_value(name: str, text: str) -> Any:
+    """Parse the text form of field ``name``: numbers, booleans (true/false), ``none`` for
+    optional fields, JSON objects for dicts, and comma-separated or JSON lists."""
+    kind, optional = _base_type(name)
+    if optional and text.strip().lower() in ("none", "null", ""):
+        return None
+    origin = typing.get_origin(kind)
+    if origin is dict:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{flag(name)}: expected a JSON object such as "
+                             f"'{{\"reduction\": 8}}', got {text!r}: {error}") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"{flag(name)}: expected a JSON object, got {text!r}")
+        return value
+    if origin is list:
+        (item,) = typing.get_args(kind)
+        stripped = text.strip()
+        if stripped.startswith("["):
+            try:
+                items = [str(v) for v in json.loads(stripped)]
+            except (json.JSONDecodeError, TypeError):
+                raise ValueError(f"{flag(name)}: expected a list such as 1,2,3 or [1, 2, 3], "
+                                 f"got {text!r}") from None
+        else:
+            items = [t for t in stripped.replace(",", " ").split() if t]
+        return [_scalar(item, t, name) for t in items]
+    return _scalar(kind, text, name)
+
+
+def check_value(name: str, value: Any, source: str) -> Any:
+    """Type-check a value read from JSON for field ``name`` (ints accepted as floats)."""
+    kind, optional = _base_type(name)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{source}: {name} cannot be null")
+    origin = typing.get_origin(kind) or kind
+    if origin is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin is list and isinstance(value, (list, tuple)):
+        (item,) = typing.get_args(kind)
+        return [float(v) if item is float and isinstance(v, int) else v for v in value]
+    if not isinstance(value, origin) or (origin is int and isinstance(value, bool)):
+        raise ValueError(f"{source}: {name} must be {getattr(origin, '__name__', origin)}, "
+                         f"got {value!r}")
+    return value
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``key=value`` of ``--set`` -> (key, parsed value). A dotted key sets one entry of a dict
+    field and is returned as is: ``attention_options.reduction=8`` ->
+    ``("attention_options.reduction", 8)`` (the value read as JSON, else as text)."""
+    if "=" not in text:
+        raise ValueError(f"--set expects key=value, got {text!r}")
+    key, value = text.split("=", 1)
+    key = key.strip().replace("-", "_")
+    head, _, sub = key.partition(".")
+    if head not in FIELDS:
+        raise ValueError(f"--set: unknown key {head!r}; valid keys: {', '.join(FIELDS)}")
+    if sub:
+        if typing.get_origin(_base_type(head)[0]) is not dict:
+            raise ValueError(f"--set {key}: {head} is not a dict field")
+        try:
+            return key, json.loads(value)
+        except json.JSONDecodeError:
+            return key, value
+    return head, parse_value(head, value)
+
+
+# -- command line -------------------------------------------------------------------------------
+GROUP_TITLES = {"task": "task", "model": "model", "data": "data",
+                "optimization": "optimization", "sudoku": "sudoku task",
+                "run": "execution"}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser,
+                         exclude: tuple[str, ...] = ("recipe",)) -> None:
+    """One flag per config field, in titled groups; every default is None ("not given"), so
+    the recipe or config file supplies what the command line leaves out. ``recipe`` has its
+    own flag (``--recipe``, which picks the base settings)."""
+    groups = {key: parser.add_argument_group(f"{title} settings")
+              for key, title in GROUP_TITLES.items()}
+    for name, spec in FIELDS.items():
+        if name in exclude:
+            continue
+        meta = spec.metadata
+        kind, _ = _base_type(name)
+        kwargs: dict[str, Any] = {"dest": name, "default": None}
+        default = spec.default if spec.default is not dataclasses.MISSING else \
+            spec.default_factory()  # type: ignore[misc]
+        help_text = meta["help"] + (f" (default: {default})" if default not in (None, {}, [])
+                                    else "")
+        # Values are parsed after argparse (overrides_from_args), so that a bad value is one
+        # line that names the flag and lists the valid choices.
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is list:
+            kwargs.update(nargs="+", metavar="N")
+        elif meta["choices"]:
+            kwargs["metavar"] = "{" + ",".join(meta["choices"]) + "}"
+        else:
+            kwargs["metavar"] = name.split("_")[-1].upper()
+        groups[meta["group"]].add_argument(flag(name), help=help_text.replace("%", "%%"),
+                                           **kwargs)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields given on the command line, then the ``--set`` assignments (dotted keys
+    kept as such; :func:`resolve_config` merges them into their dict field)."""
+    given = {}
+    for name in FIELDS:
+        value = getattr(args, name, None)
+        if value is None or isinstance(value, bool):
+            given[name] = value
+        elif isinstance(value, list):
+            given[name] = parse_value(name, " ".join(value))
+        else:
+            given[name] = parse_value(name, value)
+    given = {k: v for k, v in given.items() if v is not None}
+    for text in getattr(args, "set", None) or []:
+        key, value = parse_assignment(text)
+        given[key] = value
+    return given
+
+
+# -- recipes ------------------------------------------------------------------------------------
+# The paper's Table 6, the authors' CNN baselines (which decay every weight but what modules
+# exempt), the embedded-data default and the Sudoku CPU default. Every field can be overridden.
 RECIPES: dict[str, dict[str, Any]] = {
     "cifar-resnet164": dict(model="resnet164", dataset="cifar10", epochs=164, batch_size=128,
                             lr=0.1, momentum=0.9, weight_decay=1e-4, schedule="multistep",
-                            milestones=[81, 122], gamma=0.1, workers=4),
+                            milestones=[81, 122], gamma=0.1, workers=4,
+                            weight_decay_exempt="requested"),
     "imagenet-resnet": dict(model="resnet50", dataset="imagefolder", epochs=120,
                             batch_size=256, lr=0.1, momentum=0.9, weight_decay=1e-4,
                             schedule="multistep", milestones=[30, 60, 90], gamma=0.1,
-                            workers=8, eval_batch_size=256),
+                            workers=8, eval_batch_size=256, weight_decay_exempt="requested"),
     "digits": dict(model="resnet20", dataset="digits", epochs=15, batch_size=64, lr=0.05,
-                   schedule="cosine", weight_decay=5e-4, workers=0),
+                   schedule="cosine", weight_decay=5e-4, workers=0,
+                   weight_decay_exempt="requested"),
+    "sudoku": dict(task="sudoku", model="sudoku", dataset="sudoku", norm="rmsnorm",
+                   optimizer="adamw", lr=1e-3, weight_decay=0.0, schedule="constant",
+                   epochs=10, batch_size=64, dim=128, heads=4, loops=16, train_puzzles=9000,
+                   test_puzzles=1000),
 }
+DEFAULT_RECIPE = {"classification": "digits", "sudoku": "sudoku"}
 
 
-def resolve_config(recipe: str, overrides: dict[str, Any]) -> TrainConfig:
-    """The recipe's values, then every override that is not None. When ``epochs`` is overridden
-    and ``milestones`` is not, the recipe's milestones scale with the epoch count (81/122 of 164
-    stay at the same fractions of training)."""
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; valid: {', '.join(sorted(RECIPES))}")
-    values = {**RECIPES[recipe], "recipe": recipe}
+def resolve_config(recipe: str | None, overrides: dict[str, Any],
+                   base: dict[str, Any] | None = None) -> TrainConfig:
+    """The recipe's values (or ``base``, a saved config), then every override that is not None.
+
+    Without a recipe the task's default recipe is used. When ``epochs`` is overridden and
+    ``milestones`` is not, the recipe's milestones scale with the epoch count (81/122 of 164
+    stay at the same fractions of training).
+    """
     given = {k: v for k, v in overrides.items() if v is not None}
+    entries = {k: given.pop(k) for k in [k for k in given if "." in k]}
+    unknown = sorted(set(given) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"unknown setting{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(unknown)}; valid: {', '.join(FIELDS)}")
+    if base is not None:
+        values = dict(base)
+    else:
+        if recipe is None:
+            task = given.get("task", "classification")
+            if task not in DEFAULT_RECIPE:
+                raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
+            recipe = DEFAULT_RECIPE[task]
+        if recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {recipe!r}; valid: {', '.join(sorted(RECIPES))}")
+        values = {**RECIPES[recipe], "recipe": recipe}
     if "epochs" in given and "milestones" not in given and values.get("milestones"):
-        scale = given["epochs"] / values["epochs"]
+        scale = given["epochs"] / values.get("epochs", FIELDS["epochs"].default)
         values["milestones"] = sorted({max(1, round(m * scale)) for m in values["milestones"]})
     values.update(given)
+    for key, value in entries.items():
+        head, sub = key.split(".", 1)
+        values[head] = {**(values.get(head) or {}), sub: value}
+    values = _upgrade(values)
+    for name, value in list(values.items()):
+        if name in FIELDS:
+            values[name] = check_value(name, value, "config")
     config = TrainConfig.from_dict(values)
     config.validate()
     return config
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """The values of a saved ``config.json`` (a file or a run directory holding one); an
+    unknown key is an error naming it."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config file at {path}")
+    try:
+        values = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not a JSON config: {error}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} is not a JSON config object")
+    TrainConfig.from_dict(values, strict=True, source=str(path))  # names unknown keys
+    return {k: check_value(k, v, str(path)) for k, v in _upgrade(values).items()}

@@ -29,14 +29,37 @@ class DistributedContext:
             dist.barrier()
 
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum over processes, in place (``values`` on this process's device)."""
         if self.enabled:
             dist.all_reduce(values, op=dist.ReduceOp.SUM)
         return values
 
+    def broadcast(self, values: torch.Tensor, source: int = 0) -> torch.Tensor:
+        """Rank ``source``'s values on every process, in place."""
+        if self.enabled:
+            dist.broadcast(values, src=source)
+        return values
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when a CUDA device is available, else ``cpu``; a CUDA device asked
+    for where there is none is an error."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(name).type
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} was asked for, but no CUDA device is available")
+    return name
+
 
 def setup_distributed(device: str) -> DistributedContext:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1): gloo on CPU, nccl on
-    CUDA, each process on ``cuda:LOCAL_RANK``. A plain launch returns a single-process context."""
+    CUDA, each process on ``cuda:LOCAL_RANK``. A plain launch returns a single-process context.
+    ``device="auto"`` is CUDA when available, else the CPU."""
+    device = resolve_device(device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

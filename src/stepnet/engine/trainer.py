@@ -1,11 +1,13 @@
-"""Training and evaluation loops.
+"""The one training loop, for every task.
 
 A run directory holds ``config.json``, ``metrics.jsonl`` (one line per epoch),
-``checkpoints/last.pt`` and ``checkpoints/best.pt`` (atomic writes), and ``report.md``.
+``checkpoints/last.pt`` and ``checkpoints/best.pt`` (atomic writes), ``report.md`` and, when the
+task has final results, ``result.json``.
 
 Reproducibility: every epoch reseeds torch, numpy and random from (seed, epoch, rank) before
-its data iterator is built, and the sampler shuffles by (seed, epoch), so an epoch's randomness
-does not depend on what ran before it -- a resumed run ends where the uninterrupted one would.
+its data iterator is built, the sampler shuffles by (seed, epoch), and the learning rate is a
+pure function of the iteration, so an epoch's randomness and schedule do not depend on what ran
+before it -- a resumed run ends where the uninterrupted one would.
 """
 from __future__ import annotations
 
@@ -21,56 +23,80 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from ..data import build_dataset, dataset_info, stratified_subset
-from ..models import create_model
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .distributed import DistributedContext, ShardSampler
+from .distributed import DistributedContext, ShardSampler, resolve_device
+from .tasks import Task, create_task, move_to, reduce_sums, task_class
 
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-def model_spec(config: TrainConfig, root: str | None = None) -> dict[str, Any]:
-    """The ``create_model`` call of a run: {"name", "kwargs"}."""
-    info = dataset_info(config.dataset, root or config.data_dir)
-    kwargs: dict[str, Any] = dict(num_classes=info.num_classes, in_chans=info.in_chans,
-                                  attention=config.attention, norm=config.norm,
-                                  input_size=info.image_size, **config.model_options)
-    if config.attention_options:
-        kwargs["attention_options"] = dict(config.attention_options)
-    if config.attention_blocks is not None:
-        kwargs["attention_blocks"] = list(config.attention_blocks)
-    return {"name": config.model, "kwargs": kwargs}
+# -- optimisation ---------------------------------------------------------------------------------
+def parameter_groups(model: nn.Module, weight_decay: float,
+                     exempt: str = "requested") -> list[dict[str, Any]]:
+    """Parameter groups with and without weight decay.
 
-
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two SGD groups: with weight decay, and without it for the parameters the model's modules
-    ask to exempt (``model.no_weight_decay()``, e.g. SRM's)."""
-    exempt = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    decay = [p for n, p in model.named_parameters() if n not in exempt]
-    no_decay = [p for n, p in model.named_parameters() if n in exempt]
+    ``exempt="requested"``: only the parameters the model's modules ask to keep out of weight
+    decay (``model.no_weight_decay()``, e.g. SRM's, a ViT's position embedding) skip it;
+    ``exempt="timm"``: also every parameter with fewer than two dimensions (biases, norm
+    weights, gates), as timm's ``param_groups_weight_decay`` does.
+    """
+    requested = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        skip = name in requested or (exempt == "timm" and parameter.ndim <= 1)
+        (no_decay if skip else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     return groups
 
 
-def lr_factor(config: TrainConfig, epoch: int) -> float:
-    """Learning-rate multiplier for a 0-based epoch: linear warm-up, then the schedule."""
-    if epoch < config.warmup_epochs:
-        return (epoch + 1) / config.warmup_epochs
-    if config.schedule == "multistep":
-        return config.gamma ** sum(epoch >= m for m in config.milestones)
-    if config.schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * epoch / config.epochs))
-    return 1.0
+def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, config.weight_decay, config.weight_decay_exempt)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
+                               nesterov=config.nesterov and config.momentum > 0)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas))
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: sgd, adamw")
 
 
+class LRSchedule:
+    """Learning-rate multiplier as a pure function of the 0-based iteration: linear warm-up
+    from 1/warmup to 1 over ``warmup`` iterations, then ``multistep`` (×gamma at each milestone
+    epoch), ``cosine`` (from 1 to min_lr/lr over the remaining iterations) or ``constant``.
+    Resuming with a larger ``epochs`` recomputes the schedule for the new length."""
+
+    def __init__(self, config: TrainConfig, iters_per_epoch: int) -> None:
+        self.config, self.iters_per_epoch = config, iters_per_epoch
+        self.total = config.epochs * iters_per_epoch
+        self.warmup = config.warmup_iters or round(config.warmup_epochs * iters_per_epoch)
+        self.floor = config.min_lr / config.lr
+
+    def __call__(self, iteration: int) -> float:
+        c = self.config
+        if iteration < self.warmup:
+            return (iteration + 1) / self.warmup
+        if c.schedule == "multistep":
+            epoch = iteration // self.iters_per_epoch
+            return c.gamma ** sum(epoch >= m for m in c.milestones)
+        if c.schedule == "cosine":
+            span = max(self.total - self.warmup, 1)
+            progress = min((iteration - self.warmup) / span, 1.0)
+            return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+
+# -- randomness -----------------------------------------------------------------------------------
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -91,44 +117,40 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
 
 
-def accuracy_counts(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
-    """(top-1, top-5) correct predictions in a batch (top-5 capped at the number of classes)."""
-    k = min(5, logits.shape[1])
-    top = logits.topk(k, dim=1).indices
-    hits = top == labels[:, None]
-    return int(hits[:, 0].sum()), int(hits.any(dim=1).sum())
-
-
+# -- the loop -------------------------------------------------------------------------------------
 class Trainer:
-    """Builds data, model, optimizer and schedule from a config and runs them."""
+    """Builds the task's data and model, the optimizer and schedule from a config, and runs
+    them: ``Trainer(config).fit()``."""
 
     def __init__(self, config: TrainConfig, ctx: DistributedContext | None = None,
                  progress: bool = True) -> None:
+        config.validate()
         self.config = config
-        self.ctx = ctx or DistributedContext()
+        self.ctx = ctx or DistributedContext(device=torch.device(resolve_device(config.device)))
         self.progress = progress and self.ctx.is_main
         self.run_dir = Path(config.output)
         self.device = self.ctx.device
         if config.batch_size < self.ctx.world_size:
             raise ValueError(f"--batch-size {config.batch_size} is smaller than the number of "
                              f"processes {self.ctx.world_size}")
-        self.train_set = stratified_subset(
-            build_dataset(config.dataset, config.data_dir, train=True, download=config.download,
-                          cache_images=config.cache_images),
-            config.train_subset, config.seed)
-        self.test_set = build_dataset(config.dataset, config.data_dir, train=False,
-                                      cache_images=config.cache_images)
-        self.spec = model_spec(config)
+        self.task: Task = create_task(config)
+        self.train_set, self.test_set = self.task.datasets()
+        if len(self.train_set) == 0:
+            raise ValueError("the training set is empty")
+        self.spec = self.task.model_spec()
         seed_everything(config.seed)  # same initial weights on every process
-        model = create_model(self.spec["name"], **self.spec["kwargs"])
+        model = self.task.build_model(self.spec)
         self.memory_format = (torch.channels_last if config.channels_last
                               else torch.contiguous_format)
+        self.task.memory_format = self.memory_format
         self.model = model.to(self.device, memory_format=self.memory_format)
-        self.optimizer = torch.optim.SGD(parameter_groups(self.model, config.weight_decay),
-                                         lr=config.lr, momentum=config.momentum,
-                                         nesterov=config.nesterov)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda epoch: lr_factor(config, epoch))
+        self.optimizer = build_optimizer(config, self.model)
+        for group in self.optimizer.param_groups:
+            group["base_lr"] = group["lr"]
+        self.per_rank_batch = config.batch_size // self.ctx.world_size
+        self.schedule = LRSchedule(config, len(self.train_loader(0)))
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay),
+                                  use_buffers=True) if config.ema_decay else None)
         self.wrapped: nn.Module = self.model
         if self.ctx.enabled:
             if self.device.type == "cuda":
@@ -136,104 +158,182 @@ class Trainer:
             self.wrapped = DistributedDataParallel(
                 self.wrapped, device_ids=[self.device.index] if self.device.type == "cuda"
                 else None)
-        self.forward = torch.compile(self.wrapped) if config.compile else self.wrapped
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-        self.amp = config.amp and self.device.type == "cuda"
-        self.amp_dtype = (torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported()
-                          else torch.float16)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp
-                                           and self.amp_dtype == torch.float16)
+        self.forward = self._compiled(self.wrapped) if config.compile else self.wrapped
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype
+                                           == torch.float16)
         self.start_epoch = 0
-        self.best_acc1 = -1.0
+        self.best_score: tuple[float, ...] | None = None
         self.writer = self._tensorboard() if config.tensorboard and self.ctx.is_main else None
 
+    def _amp_dtype(self) -> torch.dtype | None:
+        mode, kind = self.config.amp, self.device.type
+        if mode == "off":
+            return None
+        if kind == "cpu":
+            if mode == "fp16":
+                raise ValueError("--amp fp16 needs CUDA; on CPU use --amp bf16 (or auto)")
+            return torch.bfloat16
+        if kind != "cuda":
+            raise ValueError(f"--amp is supported on cuda and cpu, not {kind}")
+        if mode == "auto":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if mode == "bf16" else torch.float16
+
+    @staticmethod
+    def _compiled(module: nn.Module) -> nn.Module:
+        # Static shapes: one graph for the full batches, one more for a smaller last batch.
+        return torch.compile(module, dynamic=False)
+
     # -- data ---------------------------------------------------------------------------------
-    def _loader(self, dataset, sampler, batch_size: int) -> DataLoader:  # noqa: ANN001
+    def _loader(self, dataset, sampler, batch_size: int, drop_last: bool = False  # noqa: ANN001
+                ) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
-                          num_workers=self.config.workers,
-                          pin_memory=self.device.type == "cuda",
+                          num_workers=self.config.workers, collate_fn=self.task.collate_fn,
+                          pin_memory=self.device.type == "cuda", drop_last=drop_last,
                           persistent_workers=False)
 
     def train_loader(self, epoch: int) -> DataLoader:
+        """This process's shard of the shuffled training set. The last batch is dropped only
+        when it would hold a single sample (BatchNorm cannot train on one)."""
         sampler = DistributedSampler(self.train_set, num_replicas=self.ctx.world_size,
                                      rank=self.ctx.rank, shuffle=True, seed=self.config.seed)
         sampler.set_epoch(epoch)
-        return self._loader(self.train_set, sampler,
-                            self.config.batch_size // self.ctx.world_size)
+        drop_last = len(sampler) % self.per_rank_batch == 1 and len(sampler) > 1
+        return self._loader(self.train_set, sampler, self.per_rank_batch, drop_last)
 
     def test_loader(self) -> DataLoader:
         sampler = ShardSampler(len(self.test_set), self.ctx.rank, self.ctx.world_size)
         return self._loader(self.test_set, sampler, self.config.eval_batch_size)
 
     # -- steps --------------------------------------------------------------------------------
-    def _autocast(self):  # noqa: ANN202
-        return (torch.autocast("cuda", dtype=self.amp_dtype) if self.amp else nullcontext())
+    def autocast(self):  # noqa: ANN201
+        """Mixed-precision context of this run (a no-op without ``--amp``)."""
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _set_lr(self, iteration: int) -> float:
+        factor = self.schedule(iteration)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        return self.optimizer.param_groups[0]["lr"]
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the training set. Running sums stay on the device and are read every
+        ``log_interval`` iterations and at the end (the epoch's only host synchronisations);
+        a non-finite loss is caught there, naming the first step where it occurred."""
         seed_everything(self.config.seed * 1_000_003 + epoch * 7919 + self.ctx.rank)
         self.wrapped.train()
-        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
         loader = self.train_loader(epoch)
+        accumulate = torch.float64 if self.device.type in ("cpu", "cuda") else torch.float32
+        sums: dict[str, torch.Tensor] = {}
+        samples = torch.zeros((), dtype=accumulate, device=self.device)
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        bad_value = torch.zeros((), dtype=torch.float32, device=self.device)
+        interval = self.config.log_interval
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False,
                    disable=not self.progress)
-        for step, (images, labels) in enumerate(bar):
-            images = images.to(self.device, non_blocking=True,
-                               memory_format=self.memory_format)
-            labels = labels.to(self.device, non_blocking=True)
-            with self._autocast():
-                logits = self.forward(images)
-                loss = self.criterion(logits, labels)
-            # a copy: on CPU the detached loss shares memory, and the reduction is in place
-            global_loss = self.ctx.all_reduce_sum(loss.detach().float().reshape(1).cpu().clone())
-            if not bool(torch.isfinite(global_loss).all()):
-                raise NonFiniteLossError(
-                    f"training stopped: the loss became {float(global_loss[0])} at epoch "
-                    f"{epoch + 1}, step {step + 1}; the last good checkpoint is "
-                    f"{self.run_dir / 'checkpoints' / 'last.pt'}")
+        step = -1
+        for step, batch in enumerate(bar):
+            iteration = epoch * self.schedule.iters_per_epoch + step
+            self._set_lr(iteration)
+            batch = move_to(batch, self.device, self.memory_format)
+            size = self.task.batch_size_of(batch)
+            with self.autocast():
+                losses, stats = self.task.losses(self.forward, batch)
+            if isinstance(losses, dict):
+                loss = sum(losses.values())
+                for name, value in losses.items():
+                    stats[f"loss_{name}"] = value.detach().float() * size
+            else:
+                loss = losses
+            detached = loss.detach().float()
+            bad = ~torch.isfinite(detached)
+            newly_bad = bad & (first_bad < 0)
+            first_bad = torch.where(newly_bad, torch.full_like(first_bad, step), first_bad)
+            bad_value = torch.where(newly_bad, detached, bad_value)
+            stats["loss"] = detached * size
+            for name, value in stats.items():
+                value = value.detach().to(accumulate)
+                sums[name] = sums[name] + value if name in sums else value
+            samples += size
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            if self.config.clip_grad_norm:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            batch = labels.shape[0]
-            totals += torch.tensor([float(loss.detach()) * batch,
-                                    float((logits.argmax(1) == labels).sum()), batch],
-                                   dtype=torch.float64)
-            if self.progress and step % 10 == 0:
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        self.ctx.all_reduce_sum(totals)
-        return {"train_loss": float(totals[0] / totals[2]),
-                "train_acc1": float(100 * totals[1] / totals[2])}
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            if (step + 1) % interval == 0:
+                self._check_finite(first_bad, bad_value, epoch)
+                if self.progress:
+                    bar.set_postfix(loss=f"{float(sums['loss'] / samples):.3f}")
+        if step < 0:
+            raise ValueError("the training loader yielded no batch: the training set is "
+                             "smaller than one batch per process")
+        self._check_finite(first_bad, bad_value, epoch)
+        totals = reduce_sums({**sums, "_samples": samples}, self.ctx)
+        return self.task.train_metrics(totals, totals.pop("_samples"))
 
-    @torch.no_grad()
+    def _check_finite(self, first_bad: torch.Tensor, bad_value: torch.Tensor,
+                      epoch: int) -> None:
+        """Stop on every process at once when any process saw a non-finite loss."""
+        state = torch.stack([first_bad.to(torch.float64), bad_value.to(torch.float64),
+                             (first_bad >= 0).to(torch.float64)])
+        flags = self.ctx.all_reduce_sum(state.clone())
+        if float(flags[2]) == 0:
+            return
+        step = int(state[0]) if int(state[0]) >= 0 else None
+        value = float(state[1]) if step is not None else float("nan")
+        last = self.run_dir / "checkpoints" / "last.pt"
+        kept = (f"the last good checkpoint is {last}" if last.is_file() else
+                "no checkpoint was written (the loss was not finite in the first epoch)")
+        where = f"epoch {epoch + 1}, step {step + 1}" if step is not None else \
+            f"epoch {epoch + 1} (on another process)"
+        raise NonFiniteLossError(f"training stopped: the loss became {value} at {where}; "
+                                 f"{kept}. Try a lower --lr, warm-up or --clip-grad-norm.")
+
+    def sync_buffers(self) -> None:
+        """Give every process rank 0's buffers (BatchNorm statistics), so that a distributed
+        evaluation measures exactly the weights rank 0 saves."""
+        if self.ctx.enabled:
+            modules = [self.model] + ([self.ema] if self.ema is not None else [])
+            for module in modules:
+                for buffer in module.buffers():
+                    self.ctx.broadcast(buffer)
+
     def evaluate(self) -> dict[str, float]:
-        """Test loss, top-1 and top-5 accuracy (%) over the whole test split."""
-        self.model.eval()
-        totals = torch.zeros(4, dtype=torch.float64)  # loss sum, top1, top5, count
-        for images, labels in tqdm(self.test_loader(), desc="eval", leave=False,
-                                   disable=not self.progress):
-            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-            labels = labels.to(self.device, non_blocking=True)
-            with self._autocast():
-                logits = self.model(images)
-            loss = nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-            top1, top5 = accuracy_counts(logits, labels)
-            totals += torch.tensor([float(loss), top1, top5, labels.shape[0]],
-                                   dtype=torch.float64)
-        self.ctx.all_reduce_sum(totals)
-        return {"test_loss": float(totals[0] / totals[3]),
-                "test_acc1": float(100 * totals[1] / totals[3]),
-                "test_acc5": float(100 * totals[2] / totals[3])}
+        """The task's metrics over the whole evaluation split (and ``ema_``-prefixed ones of the
+        weight average when ``ema_decay`` is set)."""
+        self.sync_buffers()
+        metrics = self.task.evaluate(self.model, self.test_loader(), self.ctx, self.autocast,
+                                     progress=self.progress)
+        if self.ema is not None:
+            ema = self.task.evaluate(self.ema.module, self.test_loader(), self.ctx,
+                                     self.autocast, progress=self.progress)
+            metrics.update({f"ema_{k}": v for k, v in ema.items()})
+        return metrics
+
+    def score(self, metrics: dict[str, float]) -> tuple[float, ...]:
+        """What selects ``best.pt``: the task's metrics, of the weight average when kept."""
+        prefix = "ema_" if self.ema is not None else ""
+        return tuple(metrics[prefix + name] for name in self.task.select_metrics)
 
     # -- state --------------------------------------------------------------------------------
     def state(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
-        return {"model": self.spec, "state_dict": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "epoch": epoch,
-                "best_acc1": self.best_acc1, "rng": _rng_state(),
-                "config": {**self.config.to_dict(),
-                           "data": {"dataset": self.config.dataset,
-                                    "data_dir": self.config.data_dir}},
-                "metrics": metrics}
+        state = {"task": self.config.task, "model": self.spec,
+                 "state_dict": self.model.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                 "epoch": epoch, "iteration": (epoch + 1) * self.schedule.iters_per_epoch,
+                 "best_score": list(self.best_score or ()), "rng": _rng_state(),
+                 "config": self.config.to_dict(), "metrics": metrics}
+        if self.ema is not None:
+            state["ema_state_dict"] = self.ema.module.state_dict()
+            state["ema_n_averaged"] = self.ema.n_averaged.detach().cpu()
+        return state
 
     def resume(self) -> None:
         """Continue from ``checkpoints/last.pt`` of the run directory."""
@@ -246,10 +346,20 @@ class Trainer:
                              f"{self.spec}; use another --output or the original settings")
         self.model.load_state_dict(checkpoint["state_dict"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        for group in self.optimizer.param_groups:
+            group["base_lr"] = self.config.lr
+        if "scaler" in checkpoint:
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        if self.ema is not None:
+            if "ema_state_dict" not in checkpoint:
+                raise ValueError(f"--resume: {path} has no weight average; --ema-decay cannot "
+                                 "be turned on in a resumed run")
+            self.ema.module.load_state_dict(checkpoint["ema_state_dict"])
+            self.ema.n_averaged.copy_(checkpoint["ema_n_averaged"])
         _set_rng_state(checkpoint["rng"])
         self.start_epoch = checkpoint["epoch"] + 1
-        self.best_acc1 = checkpoint["best_acc1"]
+        best = checkpoint.get("best_score")
+        self.best_score = tuple(best) if best else None
         self._trim_metrics(checkpoint["epoch"])
 
     def _trim_metrics(self, last_epoch: int) -> None:
@@ -276,13 +386,14 @@ class Trainer:
         metrics: dict[str, float] = {}
         for epoch in range(self.start_epoch, self.config.epochs):
             start = time.perf_counter()
-            lr = self.optimizer.param_groups[0]["lr"]
+            lr = self.schedule(epoch * self.schedule.iters_per_epoch) * self.config.lr
             metrics = {"epoch": epoch + 1, "lr": lr, **self.train_epoch(epoch),
                        **self.evaluate()}
-            self.scheduler.step()
             metrics["seconds"] = time.perf_counter() - start
-            improved = metrics["test_acc1"] > self.best_acc1
-            self.best_acc1 = max(self.best_acc1, metrics["test_acc1"])
+            score = self.score(metrics)
+            improved = self.best_score is None or score > self.best_score
+            if improved:
+                self.best_score = score
             if self.ctx.is_main:
                 with open(self.run_dir / "metrics.jsonl", "a") as handle:
                     handle.write(json.dumps(metrics) + "\n")
@@ -294,11 +405,17 @@ class Trainer:
                     for key, value in metrics.items():
                         self.writer.add_scalar(key, value, epoch + 1)
                 if self.progress:
-                    tqdm.write(f"epoch {epoch + 1}: train loss {metrics['train_loss']:.4f}  "
-                               f"test acc {metrics['test_acc1']:.2f}%  "
-                               f"({metrics['seconds']:.1f}s)")
+                    tqdm.write(f"epoch {epoch + 1}: " + "  ".join(
+                        f"{k} {v:.4g}" for k, v in metrics.items()
+                        if k.startswith(("train_loss", "test_", "ema_test_"))
+                        and not k.endswith(("images", "boards")))
+                        + f"  ({metrics['seconds']:.1f}s)")
             self.ctx.barrier()
-        if self.ctx.is_main:
+        if self.ctx.is_main and metrics:
+            final = self.task.final_results(self.model, progress=self.progress)
+            if final:
+                (self.run_dir / "result.json").write_text(
+                    json.dumps({"metrics": metrics, **final}, indent=1) + "\n")
             write_report(self.run_dir)
         return metrics
 
@@ -311,21 +428,27 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
 
 
 def write_report(run_dir: str | Path) -> Path:
-    """A short ``report.md``: the run's settings and final and best test accuracy."""
+    """A short ``report.md``: the run's settings and its last and best epochs (every ``test_``
+    metric of the task)."""
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
     rows = read_metrics(run_dir)
-    last = rows[-1]
-    best = max(rows, key=lambda r: r["test_acc1"])
-    text = [f"# {config['model']} + {config['attention']} on {config['dataset']}", "",
-            f"recipe `{config['recipe']}`, seed {config['seed']}, {config['epochs']} epochs, "
-            f"batch {config['batch_size']}, lr {config['lr']} ({config['schedule']})", "",
-            "| | epoch | test top-1 | test top-5 | test loss |", "|---|---:|---:|---:|---:|",
-            f"| last | {last['epoch']} | {last['test_acc1']:.2f} | {last['test_acc5']:.2f} | "
-            f"{last['test_loss']:.4f} |",
-            f"| best | {best['epoch']} | {best['test_acc1']:.2f} | {best['test_acc5']:.2f} | "
-            f"{best['test_loss']:.4f} |", "",
-            f"training time {sum(r['seconds'] for r in rows):.0f} s", ""]
+    task = task_class(config.get("task", "classification"))
+    best = max(rows, key=lambda r: tuple(r.get(n, float("-inf")) for n in task.select_metrics))
+    columns = [k for k in rows[-1] if k.startswith(("test_", "ema_test_"))]
+    what = (f"{config['model']} + {config['attention']}" if config.get("task",
+            "classification") == "classification" else f"{config['model']} ({config['norm']})")
+    text = [f"# {what} on {config['dataset']}", "",
+            f"task `{config.get('task', 'classification')}`, recipe `{config['recipe']}`, "
+            f"seed {config['seed']}, {config['epochs']} epochs, batch {config['batch_size']}, "
+            f"{config.get('optimizer', 'sgd')} lr {config['lr']} ({config['schedule']})", "",
+            "| | epoch | " + " | ".join(columns) + " |",
+            "|---|---:|" + "---:|" * len(columns)]
+    for label, row in (("last", rows[-1]), ("best", best)):
+        text.append(f"| {label} | {row['epoch']} | "
+                    + " | ".join(f"{row.get(c, float('nan')):.4g}" for c in columns) + " |")
+    text += ["", f"best.pt is selected by {', '.join(task.select_metrics)}; training time "
+             f"{sum(r['seconds'] for r in rows):.0f} s", ""]
     path = run_dir / "report.md"
     path.write_text("\n".join(text))
     return path

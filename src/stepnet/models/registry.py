@@ -7,6 +7,8 @@ from typing import Any
 from torch import nn
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+# Models registered by modules outside stepnet.models, imported on first use.
+_LAZY: dict[str, str] = {"sudoku": "stepnet.dynamics.task"}
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -19,7 +21,7 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
 def list_models() -> list[str]:
     """Names accepted by :func:`create_model`, sorted."""
-    return sorted(_MODELS)
+    return sorted(set(_MODELS) | set(_LAZY))
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
@@ -32,6 +34,10 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 
     >>> model = create_model("resnet164", num_classes=100, attention="stepnet")
     """
+    if name not in _MODELS and name in _LAZY:
+        import importlib
+
+        importlib.import_module(_LAZY[name])
     try:
         builder = _MODELS[name]
     except KeyError:

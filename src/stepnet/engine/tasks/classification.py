@@ -1,0 +1,87 @@
+"""Image classification: the StepNet paper's CIFAR / ImageNet / STL-10 experiments."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from ...data import build_dataset, dataset_info, stratified_subset
+from .base import Losses, Task, move_to, reduce_sums
+
+
+def accuracy_counts(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """(top-1, top-5) correct predictions in a batch as device scalars (top-5 capped at the
+    number of classes)."""
+    k = min(5, logits.shape[1])
+    hits = logits.topk(k, dim=1).indices == labels[:, None]
+    return hits[:, 0].sum(), hits.any(dim=1).sum()
+
+
+class ClassificationTask(Task):
+    """Cross-entropy (with optional label smoothing) on (image, label) batches; top-1 / top-5
+    accuracy; ``best.pt`` by test top-1."""
+
+    name = "classification"
+    select_metrics = ("test_acc1",)
+
+    def __init__(self, config) -> None:  # noqa: ANN001
+        super().__init__(config)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+    def datasets(self) -> tuple[Dataset, Dataset]:
+        c = self.config
+        train = stratified_subset(build_dataset(c.dataset, c.data_dir, train=True,
+                                                download=c.download,
+                                                cache_images=c.cache_images),
+                                  c.train_subset, c.seed)
+        test = build_dataset(c.dataset, c.data_dir, train=False, cache_images=c.cache_images)
+        return train, test
+
+    def model_spec(self) -> dict[str, Any]:
+        c = self.config
+        info = dataset_info(c.dataset, c.data_dir)
+        kwargs: dict[str, Any] = dict(num_classes=info.num_classes, in_chans=info.in_chans,
+                                      attention=c.attention, norm=c.norm,
+                                      input_size=info.image_size, **c.model_options)
+        if c.attention_options:
+            kwargs["attention_options"] = dict(c.attention_options)
+        if c.attention_blocks is not None:
+            kwargs["attention_blocks"] = list(c.attention_blocks)
+        return {"name": c.model, "kwargs": kwargs}
+
+    def losses(self, model: nn.Module, batch: Any) -> tuple[Losses, dict[str, Tensor]]:
+        images, labels = batch
+        logits = model(images)
+        loss = self.criterion(logits, labels)
+        return loss, {"correct": (logits.detach().argmax(1) == labels).sum()}
+
+    def train_metrics(self, sums: dict[str, float], samples: float) -> dict[str, float]:
+        return {"train_loss": sums["loss"] / samples,
+                "train_acc1": 100 * sums["correct"] / samples}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: Any, ctx, autocast,  # noqa: ANN001
+                 progress: bool = False) -> dict[str, float]:
+        """Test loss, top-1 and top-5 accuracy (%) over the whole split."""
+        model.eval()
+        sums = {k: torch.zeros((), dtype=torch.float64, device=ctx.device)
+                for k in ("loss", "top1", "top5", "count")}
+        for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
+            images, labels = move_to(batch, ctx.device, self.memory_format)
+            with autocast():
+                logits = model(images)
+            sums["loss"] += nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+            top1, top5 = accuracy_counts(logits, labels)
+            sums["top1"] += top1
+            sums["top5"] += top5
+            sums["count"] += labels.shape[0]
+        totals = reduce_sums(sums, ctx)
+        if totals["count"] == 0:
+            raise ValueError("the evaluation split is empty")
+        return {"test_loss": totals["loss"] / totals["count"],
+                "test_acc1": 100 * totals["top1"] / totals["count"],
+                "test_acc5": 100 * totals["top5"] / totals["count"],
+                "test_images": int(totals["count"])}

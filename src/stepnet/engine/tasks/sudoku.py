@@ -1,0 +1,133 @@
+"""Sudoku with looped self-attention (Tomihari & Karakida): the model is
+:class:`stepnet.dynamics.task.SudokuModel`, puzzles are generated with unique solutions."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset, TensorDataset
+from tqdm.auto import tqdm
+
+from .base import Losses, Task, move_to, reduce_sums, unwrap_model
+
+SUDOKU_DATASETS = ("sudoku",)
+
+
+def sudoku_counts(logits: Tensor, puzzles: Tensor, solutions: Tensor) -> dict[str, Tensor]:
+    """Device scalars of a batch: blank cells, blanks predicted right, boards with every blank
+    right. logits [B, 81, 9], puzzles / solutions [B, 81] (0 = blank, digits 1..9)."""
+    blank = puzzles == 0
+    right = (logits.argmax(-1) + 1) == solutions
+    return {"blanks": blank.sum(), "right": (right & blank).sum(),
+            "solved": (right | ~blank).all(dim=1).sum()}
+
+
+class SudokuTask(Task):
+    """Cross-entropy of every blank cell after ``loops`` loops (plus the spectral regulariser
+    when ``spectral_weight`` > 0, reported as a separate named loss); cell accuracy (share of
+    blanks right) and board accuracy (every blank right); ``best.pt`` by board, then cell
+    accuracy. Data: ``train_puzzles`` / ``test_puzzles`` generated with ``givens`` givens from
+    seeds (seed, seed + 1); the final results add ``eval_loops`` loop counts and harder
+    puzzles (``hard_givens``, seed + 2)."""
+
+    name = "sudoku"
+    select_metrics = ("test_board", "test_cell")
+
+    def __init__(self, config) -> None:  # noqa: ANN001
+        super().__init__(config)
+        if config.dataset not in SUDOKU_DATASETS:
+            raise ValueError(f"the sudoku task has no dataset {config.dataset!r}; valid: "
+                             f"{', '.join(SUDOKU_DATASETS)}")
+        if config.model != "sudoku":
+            raise ValueError(f"the sudoku task trains the model 'sudoku', not {config.model!r}")
+        from ...dynamics.models import NORMS
+
+        if config.norm not in NORMS:
+            raise ValueError(f"unknown norm {config.norm!r} for the sudoku model; valid: "
+                             f"{', '.join(NORMS)}")
+        if config.dim % config.heads:
+            raise ValueError(f"--dim {config.dim} must be divisible by --heads {config.heads}")
+
+    def puzzles(self, split: str) -> tuple[Any, Any]:
+        """(puzzles, solutions) int8 arrays [N, 81] of ``train``, ``test`` or ``hard``."""
+        from ...dynamics.sudoku import generate
+
+        c = self.config
+        n, givens, offset = {"train": (c.train_puzzles, c.givens, 0),
+                             "test": (c.test_puzzles, c.givens, 1),
+                             "hard": (c.test_puzzles, c.hard_givens, 2)}[split]
+        return generate(n, tuple(givens), c.seed + offset)
+
+    def datasets(self) -> tuple[Dataset, Dataset]:
+        return tuple(TensorDataset(*(torch.as_tensor(a).long() for a in self.puzzles(split)))
+                     for split in ("train", "test"))  # type: ignore[return-value]
+
+    def model_spec(self) -> dict[str, Any]:
+        c = self.config
+        return {"name": "sudoku", "kwargs": {"dim": c.dim, "heads": c.heads, "norm": c.norm,
+                                             "loops": c.loops, "symmetric": c.symmetric,
+                                             "position": c.position}}
+
+    def losses(self, model: nn.Module, batch: Any) -> tuple[Losses, dict[str, Tensor]]:
+        puzzles, solutions = batch
+        logits = model(puzzles)
+        blank = puzzles == 0
+        losses = {"ce": nn.functional.cross_entropy(logits[blank], solutions[blank] - 1)}
+        if self.config.spectral_weight:
+            from ...dynamics.models import spectral_regularizer
+
+            core = unwrap_model(model).core
+            losses["spectral"] = self.config.spectral_weight * spectral_regularizer(
+                core.attention)
+        counts = sudoku_counts(logits.detach(), puzzles, solutions)
+        return losses, counts
+
+    def train_metrics(self, sums: dict[str, float], samples: float) -> dict[str, float]:
+        metrics = {"train_loss": sums["loss"] / samples,
+                   "train_cell": sums["right"] / max(sums["blanks"], 1),
+                   "train_board": sums["solved"] / samples}
+        if "loss_spectral" in sums:
+            metrics["train_ce"] = sums["loss_ce"] / samples
+            metrics["train_spectral"] = sums["loss_spectral"] / samples
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: Any, ctx, autocast,  # noqa: ANN001
+                 progress: bool = False, loops: int | None = None) -> dict[str, float]:
+        """Test loss (blanks), cell and board accuracy after ``loops`` loops (default: the
+        training loops)."""
+        model.eval()
+        sums = {k: torch.zeros((), dtype=torch.float64, device=ctx.device)
+                for k in ("loss", "blanks", "right", "solved", "boards")}
+        for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
+            puzzles, solutions = move_to(batch, ctx.device)
+            with autocast():
+                logits = model(puzzles, loops) if loops else model(puzzles)
+            blank = puzzles == 0
+            sums["loss"] += nn.functional.cross_entropy(logits[blank].float(),
+                                                        solutions[blank] - 1, reduction="sum")
+            for key, value in sudoku_counts(logits, puzzles, solutions).items():
+                sums[key] += value
+            sums["boards"] += puzzles.shape[0]
+        totals = reduce_sums(sums, ctx)
+        if totals["boards"] == 0:
+            raise ValueError("the evaluation split is empty")
+        blanks = max(totals["blanks"], 1)
+        return {"test_loss": totals["loss"] / blanks, "test_cell": totals["right"] / blanks,
+                "test_board": totals["solved"] / totals["boards"],
+                "test_boards": int(totals["boards"])}
+
+    def final_results(self, model: nn.Module, progress: bool = False) -> dict[str, Any]:
+        """Board and cell accuracy at every ``eval_loops`` count, in distribution (``test``)
+        and on harder puzzles (``hard``): ``{"accuracy": {split: {loops: {board, cell}}}}``."""
+        from ...dynamics.task import evaluate
+
+        model = unwrap_model(model)
+        device = next(model.parameters()).device
+        accuracy = {}
+        for split in ("test", "hard"):
+            puzzles, solutions = self.puzzles(split)
+            accuracy[split] = {str(t): evaluate(model, puzzles, solutions, t, device=device)
+                               for t in self.config.eval_loops}
+        return {"accuracy": accuracy}
