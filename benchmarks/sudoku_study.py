@@ -29,9 +29,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from stepnet.dynamics.task import (SudokuConfig, analyze_sudoku, load_sudoku_model,  # noqa: E402
-                                   train_sudoku)
-from stepnet.engine import NonFiniteLossError  # noqa: E402
+from stepnet.dynamics.task import analyze_sudoku, load_sudoku_model  # noqa: E402
+from stepnet.engine import NonFiniteLossError, Trainer, read_metrics, resolve_config  # noqa: E402
 from stepnet.stiffness.correlation import rank_correlation  # noqa: E402
 
 VARIANTS = {  # label: (run folder, options)
@@ -46,24 +45,33 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_variant(name: str, args: argparse.Namespace, threads: int) -> dict[str, Any]:
-    """Train, evaluate and analyse one variant (in a worker process)."""
+    """Train (through the engine's sudoku task, Adam(W) without weight decay, constant lr),
+    evaluate and analyse one variant in a worker process. A finished run is not trained
+    again; an interrupted one resumes from its last checkpoint."""
     torch.set_num_threads(threads)
     folder, options = VARIANTS[name]
     run = args.runs / folder
-    config = SudokuConfig(dim=args.dim, heads=4, loops=16, train_puzzles=args.train_puzzles,
-                          test_puzzles=args.test_puzzles, epochs=args.epochs,
-                          batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                          output=str(run), **options)
-    try:
-        result = train_sudoku(config, progress=False)
-    except NonFiniteLossError as error:
-        return {"variant": name, "diverged": str(error)}
-    model, saved = load_sudoku_model(run)
+    config = resolve_config("sudoku", dict(
+        dim=args.dim, heads=4, loops=16, train_puzzles=args.train_puzzles,
+        test_puzzles=args.test_puzzles, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, seed=args.seed, output=str(run), **options))
+    if not (run / "result.json").is_file():
+        try:
+            trainer = Trainer(config, progress=False)
+            if (run / "checkpoints" / "last.pt").is_file():
+                trainer.resume()
+            trainer.fit()
+        except NonFiniteLossError as error:
+            return {"variant": name, "diverged": str(error)}
+    result = json.loads((run / "result.json").read_text())
+    history = read_metrics(run)
+    model, saved = load_sudoku_model(run / "checkpoints" / "last.pt")
     analysis = analyze_sudoku(model, saved, boards=args.boards, progress=False)
     return {"variant": name, "accuracy": result["accuracy"],
             "max_exponent": analysis["max_exponent_mean"],
-            "exponents": analysis["exponents"], "history": result["history"],
-            "final_loss": result["history"][-1]["loss"], "seconds": result["seconds"]}
+            "exponents": analysis["exponents"], "history": history,
+            "final_loss": history[-1]["train_loss"],
+            "seconds": sum(h["seconds"] for h in history)}
 
 
 def describe(row: dict[str, Any]) -> str:

@@ -38,6 +38,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLossError as error:
         print(f"stepnet {args.command}: {error}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt as error:
+        print(f"stepnet {args.command}: interrupted" + (f"; {error}" if str(error) else ""),
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

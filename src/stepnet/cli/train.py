@@ -88,7 +88,7 @@ def train_one(config: TrainConfig, resume: bool, quiet: bool) -> dict[str, float
         last = Path(config.output) / "checkpoints" / "last.pt"
         hint = (f"resume from {last} with the same command and --resume" if last.is_file()
                 else "no checkpoint was written yet")
-        raise ValueError(f"interrupted; {hint}") from None
+        raise KeyboardInterrupt(hint) from None
     finally:
         teardown_distributed()
 

@@ -6,6 +6,7 @@ label) with the paper's augmentation on the training split and per-dataset norma
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,18 +118,31 @@ def _image_folder_split(root: Path, train: bool) -> Path:
         f"{root}/train/<class>/<image> and {root}/test/<class>/<image> (or val/)")
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp"}
+
+
 def _first_image_size(folder: Path) -> int:
+    """The larger side of the first image of the first class folder that has one (reads one
+    directory at a time, not the whole tree)."""
     from PIL import Image
 
-    for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp"}:
-            with Image.open(path) as image:
-                return max(image.size)
-    raise DatasetNotFoundError(f"no images under {folder}")
+    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        for path in sorted(class_dir.iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                with Image.open(path) as image:
+                    return max(image.size)
+    raise DatasetNotFoundError(f"no images under {folder}/<class>/")
 
 
 def dataset_info(name: str, root: str | Path | None = None) -> DatasetInfo:
-    """Classes, channels and (training) image size of a dataset."""
+    """Classes, channels and (training) image size of a dataset; computed once per dataset
+    and directory in a process (``dataset_info.cache_clear()`` forgets)."""
+    return _dataset_info(name, str(Path(root or ".").resolve()) if name == "imagefolder"
+                         else None)
+
+
+@functools.lru_cache(maxsize=64)
+def _dataset_info(name: str, root: str | None) -> DatasetInfo:
     if name == "digits":
         return DatasetInfo(10, 1, 8)
     if name == "cifar10":
@@ -257,3 +271,6 @@ def stratified_subset(dataset: Dataset, size: int | None, seed: int = 0) -> Data
     chosen, _ = train_test_split(np.arange(len(targets)), train_size=size, stratify=targets,
                                  random_state=seed)
     return Subset(dataset, np.sort(chosen).tolist())
+
+
+dataset_info.cache_clear = _dataset_info.cache_clear  # type: ignore[attr-defined]

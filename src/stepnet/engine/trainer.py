@@ -329,7 +329,8 @@ class Trainer:
                  "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                  "epoch": epoch, "iteration": (epoch + 1) * self.schedule.iters_per_epoch,
                  "best_score": list(self.best_score or ()), "rng": _rng_state(),
-                 "config": self.config.to_dict(), "metrics": metrics}
+                 "config": self.config.to_dict(), "metrics": metrics,
+                 "task_state": self.task.state_dict(self.model)}
         if self.ema is not None:
             state["ema_state_dict"] = self.ema.module.state_dict()
             state["ema_n_averaged"] = self.ema.n_averaged.detach().cpu()
@@ -356,6 +357,7 @@ class Trainer:
                                  "be turned on in a resumed run")
             self.ema.module.load_state_dict(checkpoint["ema_state_dict"])
             self.ema.n_averaged.copy_(checkpoint["ema_n_averaged"])
+        self.task.load_state_dict(self.model, checkpoint.get("task_state", {}))
         _set_rng_state(checkpoint["rng"])
         self.start_epoch = checkpoint["epoch"] + 1
         best = checkpoint.get("best_score")

@@ -88,8 +88,14 @@ class Task:
         """Extra results written to ``result.json`` when training ends (none by default)."""
         return {}
 
-    def score(self, metrics: dict[str, float]) -> tuple[float, ...]:
-        return tuple(metrics[name] for name in self.select_metrics)
+    # -- state beyond the weights --------------------------------------------------------------
+    def state_dict(self, model: nn.Module) -> dict[str, Any]:
+        """Training state the task keeps outside the model's state dict (saved in every
+        checkpoint so that a resumed run ends where the uninterrupted one would)."""
+        return {}
+
+    def load_state_dict(self, model: nn.Module, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` on a resumed run."""
 
 
 def move_to(batch: Any, device: torch.device,

@@ -92,6 +92,18 @@ class SudokuTask(Task):
             metrics["train_spectral"] = sums["loss_spectral"] / samples
         return metrics
 
+    def state_dict(self, model: nn.Module) -> dict[str, Any]:
+        """The spectral regulariser's power-iteration vectors (kept on the attention module
+        between steps)."""
+        vectors = unwrap_model(model).core.attention.__dict__.get("_power_vectors", {})
+        return {"power_vectors": {k: v.detach().cpu() for k, v in vectors.items()}}
+
+    def load_state_dict(self, model: nn.Module, state: dict[str, Any]) -> None:
+        attention = unwrap_model(model).core.attention
+        device = next(attention.parameters()).device
+        attention.__dict__["_power_vectors"] = {
+            k: v.to(device) for k, v in state.get("power_vectors", {}).items()}
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: Any, ctx, autocast,  # noqa: ANN001
                  progress: bool = False, loops: int | None = None) -> dict[str, float]:
