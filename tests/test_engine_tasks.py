@@ -354,3 +354,16 @@ def test_unwritable_output_is_refused_before_training(tmp_path, capsys):
     assert main(["train", "--quiet", "--output", str(tmp_path / "file" / "run")]) == 2
     err = capsys.readouterr().err
     assert "cannot write to the run directory" in err and err.count("\n") == 1
+
+
+def test_cpu_mixed_precision_is_bf16_autocast_and_fp16_is_refused(tmp_path, capsys):
+    trainer = Trainer(config_for("classification", tmp_path / "a", epochs=1, amp="bf16"),
+                      progress=False)
+    assert trainer.amp_dtype is torch.bfloat16
+    with trainer.autocast():
+        assert torch.get_autocast_dtype("cpu") is torch.bfloat16
+        assert trainer.model(torch.randn(2, 1, 8, 8)).dtype is torch.bfloat16
+    metrics = trainer.fit()
+    assert math.isfinite(metrics["train_loss"]) and metrics["test_images"] == 360
+    assert main(["train", "--quiet", "--amp", "fp16", "--output", str(tmp_path / "b")]) == 2
+    assert "--amp fp16 needs CUDA" in capsys.readouterr().err
