@@ -4,20 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torchvision
 from torchvision import datasets
 
 from stepnet.data import (DatasetNotFoundError, build_dataset, dataset_info, stratified_subset,
                           targets_of)
 from tests.fake_datasets import write_cifar10, write_cifar100, write_image_folder, write_stl10
-
-
-@pytest.fixture
-def skip_integrity(monkeypatch):
-    """Generated files cannot match torchvision's MD5s: bypass the check (tests only)."""
-    for cls in (datasets.CIFAR10, datasets.CIFAR100, datasets.STL10):
-        monkeypatch.setattr(cls, "_check_integrity", lambda self: True)
-    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args: True)
 
 
 def test_digits_split_is_fixed_and_stratified():

@@ -4,9 +4,13 @@ A residual block is one explicit Euler step ``x_next = x + fx * h`` (paper Eq. 7
 attention module supplies the step size ``h``:
 
     forward(x: Tensor[B, C, H, W], fx: Tensor[B, C, H, W]) -> h, broadcastable to fx
+    forward(x: Tensor[B, N, D], fx: Tensor[B, N, D]) -> h, broadcastable to fx   (tokens)
 
 ``x`` is the block's shortcut output and ``fx`` its residual-branch output. SE-family modules look
-only at ``fx``; StepNet looks at ``x`` and ``x + fx``.
+only at ``fx``; StepNet looks at ``x`` and ``x + fx``. On feature maps a channel gate is
+[B, C, 1, 1] and pools over H x W; on tokens it is [B, 1, D] and pools over the N tokens (the
+token mean plays GAP's role). Modules that need a 2-D map (``supports_tokens = False``) refuse
+tokens.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 
 class StepSize(nn.Module):
@@ -26,10 +31,12 @@ class StepSize(nn.Module):
       the multiplication.
     * ``uses_spatial_size`` -- the constructor takes ``spatial_size`` (the feature map's side at
       the block's stage), which builders pass in.
+    * ``supports_tokens`` -- the module also works on token sequences [B, N, D].
     """
 
     is_identity: bool = False
     uses_spatial_size: bool = False
+    supports_tokens: bool = True
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -45,8 +52,27 @@ class StepSize(nn.Module):
         return f"channels={self.channels}"
 
 
-class _GlobalAvgPool(torch.autograd.Function):
-    """Spatial mean whose backward returns a broadcast view instead of a new [B, C, H, W] tensor.
+def is_tokens(t: Tensor) -> bool:
+    """True for a token sequence [B, N, D], False for a feature map [B, C, H, W] (and while
+    torch.fx traces a model, whose symbolic shapes cannot be branched on: traced models are
+    CNNs)."""
+    return not is_fx_symbolic_tracing() and t.dim() == 3
+
+
+def refuse_tokens(module: StepSize, fx: Tensor) -> None:
+    """``ValueError`` naming the modules that do support tokens, when ``fx`` is [B, N, D]."""
+    if is_tokens(fx):
+        from .registry import list_attention, get_attention_class
+
+        valid = [n for n in list_attention() if get_attention_class(n).supports_tokens]
+        raise ValueError(f"attention {getattr(module, 'registry_name', type(module).__name__)!r} "
+                         f"needs a 2-D feature map [B, C, H, W]; on tokens use one of: "
+                         f"{', '.join(valid)}")
+
+
+class _MeanOver(torch.autograd.Function):
+    """Mean over fixed dimensions whose backward returns a broadcast view instead of a new
+    full-size tensor.
 
     autograd's own ``mean`` backward writes a full-size gradient that is then added into the
     input's other gradients -- a full memory pass per block that made StepNet (which pools both
@@ -56,34 +82,40 @@ class _GlobalAvgPool(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(t: Tensor, keepdim: bool) -> Tensor:
-        return t.mean(dim=(2, 3), keepdim=keepdim)
+    def forward(t: Tensor, dims: tuple[int, ...], keepdim: bool) -> Tensor:
+        return t.mean(dim=dims, keepdim=keepdim)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
-        ctx.shape, ctx.keepdim = inputs[0].shape, inputs[1]
+        ctx.shape, ctx.dims, ctx.keepdim = inputs[0].shape, inputs[1], inputs[2]
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # noqa: ANN001
         if not ctx.keepdim:
-            grad = grad[..., None, None]
-        return (grad / (ctx.shape[2] * ctx.shape[3])).expand(ctx.shape), None
+            for d in sorted(ctx.dims):
+                grad = grad.unsqueeze(d)
+        count = math.prod(ctx.shape[d] for d in ctx.dims)
+        return (grad / count).expand(ctx.shape), None, None
 
     @staticmethod
-    def jvp(ctx, tangent: Tensor, _keepdim: None) -> Tensor:  # noqa: ANN001
-        return tangent.mean(dim=(2, 3), keepdim=ctx.keepdim)
+    def jvp(ctx, tangent: Tensor, _dims: None, _keepdim: None) -> Tensor:  # noqa: ANN001
+        return tangent.mean(dim=ctx.dims, keepdim=ctx.keepdim)
 
 
 def global_avg_pool(t: Tensor, keepdim: bool = False) -> Tensor:
-    """[B, C, H, W] -> [B, C] (or [B, C, 1, 1] with ``keepdim``): mean over spatial positions.
+    """Channel descriptor: [B, C, H, W] -> [B, C] (mean over positions; [B, C, 1, 1] with
+    ``keepdim``), or tokens [B, N, D] -> [B, D] (mean over tokens; [B, 1, D] with ``keepdim``).
 
     Differentiable in reverse and forward mode; its backward allocates no full-size tensor.
     """
-    return _GlobalAvgPool.apply(t, keepdim)
+    return _MeanOver.apply(t, (1,) if is_tokens(t) else (2, 3), keepdim)
 
 
-def as_channel_gate(z: Tensor) -> Tensor:
-    """[B, C] -> [B, C, 1, 1], a per-channel step size broadcastable to a feature map."""
+def as_channel_gate(z: Tensor, like: Tensor | None = None) -> Tensor:
+    """[B, C] -> a per-channel step size broadcastable to ``like``: [B, C, 1, 1] for a feature
+    map (the default), [B, 1, D] for tokens."""
+    if like is not None and is_tokens(like):
+        return z[:, None, :]
     return z[:, :, None, None]
 
 

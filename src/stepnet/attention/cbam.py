@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import StepSize, as_channel_gate, global_avg_pool
+from .base import StepSize, as_channel_gate, global_avg_pool, refuse_tokens
 from .registry import register_attention
 
 
@@ -19,6 +19,8 @@ class CBAM(StepSize):
 
     Extra parameters: C^2/8 + 17C/16 + 2k^2 + 2 (= +100 at k = 7).
     """
+
+    supports_tokens = False
 
     def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7,
                  bias: bool = True) -> None:
@@ -41,5 +43,6 @@ class CBAM(StepSize):
         return torch.sigmoid(self.spatial_bn(self.spatial_conv(pooled)))
 
     def forward(self, x: Tensor, fx: Tensor) -> Tensor:
+        refuse_tokens(self, fx)
         channel = self.channel_gate(fx)
         return channel * self.spatial_gate(fx * channel)

@@ -29,4 +29,4 @@ class EfficientChannelAttention(StepSize):
         return self.conv(z.unsqueeze(1)).squeeze(1)
 
     def forward(self, x: Tensor, fx: Tensor) -> Tensor:
-        return as_channel_gate(torch.sigmoid(self.logits(global_avg_pool(fx))))
+        return as_channel_gate(torch.sigmoid(self.logits(global_avg_pool(fx))), fx)

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .base import StepSize, as_channel_gate
+from .base import StepSize, as_channel_gate, refuse_tokens
 from .registry import register_attention
 
 # FcaNet's frequency ranking on a 7x7 DCT grid ("top" selection), in order of importance.
@@ -67,6 +67,8 @@ class FrequencyChannelAttention(StepSize):
 
     uses_spatial_size = True
 
+    supports_tokens = False
+
     def __init__(self, channels: int, reduction: int = 16, spatial_size: int = 7,
                  num_frequencies: int = 16, bias: bool = True) -> None:
         super().__init__(channels)
@@ -78,5 +80,6 @@ class FrequencyChannelAttention(StepSize):
         self.fc2 = nn.Linear(hidden, channels, bias=bias)
 
     def forward(self, x: Tensor, fx: Tensor) -> Tensor:
+        refuse_tokens(self, fx)
         z = (_resize_to(fx, self.spatial_size) * self.dct).sum(dim=(2, 3))
         return as_channel_gate(torch.sigmoid(self.fc2(torch.relu(self.fc1(z)))))

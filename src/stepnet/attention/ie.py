@@ -24,7 +24,7 @@ class InstanceEnhancement(StepSize):
 
     def forward(self, x: Tensor, fx: Tensor) -> Tensor:
         return as_channel_gate(torch.sigmoid(torch.addcmul(self.bias, self.weight,
-                                                           global_avg_pool(fx))))
+                                                           global_avg_pool(fx))), fx)
 
 
 class _IEBatchNorm(nn.Module):

@@ -28,4 +28,4 @@ class SqueezeExcitation(StepSize):
         return self.fc2(torch.relu(self.fc1(z)))
 
     def forward(self, x: Tensor, fx: Tensor) -> Tensor:
-        return as_channel_gate(torch.sigmoid(self.logits(global_avg_pool(fx))))
+        return as_channel_gate(torch.sigmoid(self.logits(global_avg_pool(fx))), fx)

@@ -35,4 +35,4 @@ class SwitchableExcitation(StepSize):
         s = torch.sigmoid(self.switch(z))
         gate = (torch.sigmoid(s[:, 0:1] * se) * torch.sigmoid(s[:, 1:2] * eca)
                 * torch.sigmoid(s[:, 2:3] * ie))
-        return as_channel_gate(gate)
+        return as_channel_gate(gate, fx)

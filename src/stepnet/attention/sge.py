@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import StepSize
+from .base import StepSize, refuse_tokens
 from .registry import register_attention
 
 
@@ -15,6 +15,8 @@ class SpatialGroupEnhance(StepSize):
 
     gamma starts at 0 and beta at 1. C must be divisible by ``groups``. Extra parameters: 2G.
     """
+
+    supports_tokens = False
 
     def __init__(self, channels: int, groups: int = 64, eps: float = 1e-5) -> None:
         super().__init__(channels)
@@ -28,6 +30,7 @@ class SpatialGroupEnhance(StepSize):
         self.bias = nn.Parameter(torch.ones(1, groups, 1, 1))
 
     def forward(self, x: Tensor, fx: Tensor) -> Tensor:
+        refuse_tokens(self, fx)
         b, height, width = fx.shape[0], fx.shape[2], fx.shape[3]
         per_group = self.channels // self.groups
         g = fx.reshape(b * self.groups, per_group, height, width)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import StepSize, as_channel_gate
+from .base import StepSize, as_channel_gate, is_tokens
 from .registry import register_attention
 
 
@@ -12,7 +12,7 @@ from .registry import register_attention
 class StyleRecalibration(StepSize):
     """h = sigmoid(BN(w_mean * mean(fx) + w_std * std(fx))), shape [B, C, 1, 1].
 
-    std is sqrt(unbiased variance + eps) over the spatial positions; the per-channel mixing weights
+    std is sqrt(unbiased variance + eps) over the spatial positions (the tokens, on [B, N, D]); the per-channel mixing weights
     ``cfc`` [C, 2] start at 0. All SRM parameters are reported by :meth:`no_weight_decay`, as in the
     original training recipe. Extra parameters: 4C.
     """
@@ -24,11 +24,11 @@ class StyleRecalibration(StepSize):
         self.bn = nn.BatchNorm1d(channels)
 
     def forward(self, x: Tensor, fx: Tensor) -> Tensor:
-        flat = fx.flatten(2)
+        flat = fx.transpose(1, 2) if is_tokens(fx) else fx.flatten(2)   # [B, C, positions]
         mean = flat.mean(dim=-1)
         std = (flat.var(dim=-1, unbiased=True) + self.eps).sqrt()
         z = mean * self.cfc[:, 0] + std * self.cfc[:, 1]
-        return as_channel_gate(torch.sigmoid(self.bn(z)))
+        return as_channel_gate(torch.sigmoid(self.bn(z)), fx)
 
     def no_weight_decay(self) -> set[str]:
         return {name for name, _ in self.named_parameters()}

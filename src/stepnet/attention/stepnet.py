@@ -105,7 +105,7 @@ class StepNetAdaptor(StepSize):
 
     def forward(self, x: Tensor, fx: Tensor) -> Tensor:
         z = self.difference(self.pre_norm(self.states(x, fx)))
-        return as_channel_gate(torch.sigmoid(self.norm(z)))
+        return as_channel_gate(torch.sigmoid(self.norm(z)), fx)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, input={self.input!r}, structure={self.structure!r}"

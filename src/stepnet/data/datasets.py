@@ -41,26 +41,47 @@ class DatasetNotFoundError(ValueError):
     """A dataset is missing where it was looked for; the message says how to get it."""
 
 
+AUTO_AUGMENT = ("none", "autoaugment", "randaugment")
+
+
+def auto_augment_transform(policy: str | None) -> list:
+    """torchvision's AutoAugment (CIFAR-10 policy) or RandAugment (2 ops, magnitude 9) as a
+    list of steps (empty for ``none``); they work on PIL images and uint8 tensors."""
+    if policy in (None, "none"):
+        return []
+    if policy == "autoaugment":
+        return [transforms.AutoAugment(transforms.AutoAugmentPolicy.CIFAR10)]
+    if policy == "randaugment":
+        return [transforms.RandAugment(num_ops=2, magnitude=9)]
+    raise ValueError(f"unknown auto_augment {policy!r}; valid: {', '.join(AUTO_AUGMENT)}")
+
+
 def small_image_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...],
                           train: bool, flip: bool = True, padding: int = 4,
-                          from_pil: bool = True) -> transforms.Compose:
-    """CIFAR-style: random crop with padding + horizontal flip (train), then normalise.
-    ``from_pil=False`` for datasets whose items are already tensors."""
+                          from_pil: bool = True, auto_augment: str | None = None
+                          ) -> transforms.Compose:
+    """CIFAR-style: random crop with padding + horizontal flip (train), an optional
+    AutoAugment / RandAugment policy (train), then normalise. ``from_pil=False`` for datasets
+    whose items are already float tensors."""
     steps: list = []
     if train:
         steps.append(transforms.RandomCrop(size, padding=padding))
         if flip:
             steps.append(transforms.RandomHorizontalFlip())
+        steps += auto_augment_transform(auto_augment)
     if from_pil:
         steps.append(transforms.ToTensor())
     steps.append(transforms.Normalize(mean, std))
     return transforms.Compose(steps)
 
 
-def imagenet_transform(train: bool, size: int = 224) -> transforms.Compose:
-    """ImageNet-style: random resized crop + flip (train), resize 256 / center crop (test)."""
+def imagenet_transform(train: bool, size: int = 224,
+                       auto_augment: str | None = None) -> transforms.Compose:
+    """ImageNet-style: random resized crop + flip (+ AutoAugment / RandAugment) for training,
+    resize 256 / center crop for test."""
     if train:
-        steps = [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()]
+        steps = [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
+                 *auto_augment_transform(auto_augment)]
     else:
         steps = [transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size)]
     return transforms.Compose(steps + [transforms.ToTensor(),
@@ -161,17 +182,22 @@ def _dataset_info(name: str, root: str | None) -> DatasetInfo:
 
 def build_dataset(name: str, root: str | Path | None = None, train: bool = True,
                   augment: bool | None = None, download: bool = False,
-                  cache_images: bool = False) -> Dataset:
+                  cache_images: bool = False, auto_augment: str | None = None) -> Dataset:
     """The ``train`` or test split of ``name``; ``augment`` defaults to ``train``.
 
     Datasets expose ``targets`` (class ids) for stratified subsets. ``imagefolder`` trees of
     small images (<= 64 px) get CIFAR-style augmentation, larger ones ImageNet-style;
-    ``cache_images`` decodes a small-image tree once into memory (DecodedImageFolder).
+    ``cache_images`` decodes a small-image tree once into memory (DecodedImageFolder);
+    ``auto_augment`` adds AutoAugment or RandAugment to the augmentation of image datasets.
     """
+    auto_augment_transform(auto_augment)  # validates the name
+    policy = auto_augment if (train if augment is None else augment) else None
     augment = train if augment is None else augment
     root = Path(root) if root is not None else Path("data")
     if name == "digits":
         images, labels = digits_arrays(train)
+        if policy not in (None, "none"):
+            raise ValueError("auto_augment works on image datasets, not on the 8x8 digits")
         transform = small_image_transform(8, DIGITS_MEAN, DIGITS_STD, augment, flip=False,
                                           padding=1, from_pil=False)
         return _TransformedTensors(images, labels, transform)
@@ -181,7 +207,8 @@ def build_dataset(name: str, root: str | Path | None = None, train: bool = True,
                                                                              CIFAR100_STD)
         try:
             return cls(str(root), train=train, download=download,
-                       transform=small_image_transform(32, mean, std, augment))
+                       transform=small_image_transform(32, mean, std, augment,
+                                                       auto_augment=policy))
         except RuntimeError as error:
             raise _missing(name, root, f"{cls.base_folder}/") from error
         except OSError as error:  # URLError and socket errors from a download attempt
@@ -191,7 +218,8 @@ def build_dataset(name: str, root: str | Path | None = None, train: bool = True,
             dataset = datasets.STL10(str(root), split="train" if train else "test",
                                      download=download,
                                      transform=small_image_transform(96, STL10_MEAN, STL10_STD,
-                                                                     augment, padding=12))
+                                                                     augment, padding=12,
+                                                                     auto_augment=policy))
         except RuntimeError as error:
             raise _missing(name, root, f"{datasets.STL10.base_folder}/") from error
         except OSError as error:
@@ -207,9 +235,10 @@ def build_dataset(name: str, root: str | Path | None = None, train: bool = True,
             if size > 64:
                 raise ValueError(f"--cache-images is for small images (<= 64 px); {folder} "
                                  f"holds {size} px images")
-            return DecodedImageFolder(folder, size, augment)
-        transform = (small_image_transform(size, IMAGENET_MEAN, IMAGENET_STD, augment)
-                     if size <= 64 else imagenet_transform(augment))
+            return DecodedImageFolder(folder, size, augment, auto_augment=policy)
+        transform = (small_image_transform(size, IMAGENET_MEAN, IMAGENET_STD, augment,
+                                           auto_augment=policy)
+                     if size <= 64 else imagenet_transform(augment, auto_augment=policy))
         return datasets.ImageFolder(str(folder), transform=transform)
     raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
 
@@ -221,14 +250,15 @@ class DecodedImageFolder(Dataset):
     ``--workers 0``. Decoding uses torchvision.io (libjpeg), which can differ from PIL's by a
     grey level on some pixels."""
 
-    def __init__(self, folder: Path, size: int, augment: bool) -> None:
+    def __init__(self, folder: Path, size: int, augment: bool,
+                 auto_augment: str | None = None) -> None:
         tree = datasets.ImageFolder(str(folder))
         self.samples, self.targets, self.classes = tree.samples, tree.targets, tree.classes
         self.size = size
         self.images = torch.zeros(len(self.samples), 3, size, size, dtype=torch.uint8)
         self.decoded = torch.zeros(len(self.samples), dtype=torch.bool)
-        steps = ([transforms.RandomCrop(size, padding=4), transforms.RandomHorizontalFlip()]
-                 if augment else [])
+        steps = ([transforms.RandomCrop(size, padding=4), transforms.RandomHorizontalFlip(),
+                  *auto_augment_transform(auto_augment)] if augment else [])
         self.transform = transforms.Compose(steps + [transforms.ConvertImageDtype(torch.float32),
                                                      transforms.Normalize(IMAGENET_MEAN,
                                                                           IMAGENET_STD)])

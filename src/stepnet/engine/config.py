@@ -61,8 +61,12 @@ class TrainConfig:
     attention_blocks: list[int] | None = option(None, "only these block indices get the "
                                                 "step-size module (default: every block)",
                                                 group="model")
-    norm: str = option("bn", "normalisation: bn | iebn for ResNets; rmsnorm | layernorm | "
-                       "sphere | none for Sudoku's ItrSA", group="model")
+    norm: str | None = option(None, "normalisation (default: the model's own): bn | iebn for "
+                              "ResNets; layernorm for ViTs; rmsnorm | layernorm | sphere | none "
+                              "for Sudoku's ItrSA", group="model")
+    step_branches: str | None = option(None, "ViTs: which residuals get the step size: attn | "
+                                       "mlp | both | mixer (default: the model's)",
+                                       group="model")
     model_options: dict[str, Any] = option({}, "JSON keyword arguments of the model builder, "
                                            "e.g. '{\"preact\": false}'", group="model")
     # -- data -------------------------------------------------------------------------------
@@ -75,6 +79,9 @@ class TrainConfig:
                                       group="data")
     cache_images: bool = option(False, "decode a small-image imagefolder tree once into memory "
                                 "(use with --workers 0)", group="data", bookkeeping=True)
+    auto_augment: str = option("none", "extra training augmentation: torchvision's AutoAugment "
+                               "(CIFAR-10 policy) or RandAugment (2 ops, magnitude 9)",
+                               group="data", choices=("none", "autoaugment", "randaugment"))
     workers: int = option(0, "DataLoader worker processes", group="data", bookkeeping=True)
     eval_batch_size: int = option(256, "batch size of evaluation", group="data",
                                   bookkeeping=True)
@@ -147,7 +154,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` on values no run can use, naming the flag."""
         for name in ("task", "optimizer", "schedule", "amp", "weight_decay_exempt",
-                     "position"):
+                     "position", "auto_augment"):
             choices = FIELDS[name].metadata["choices"]
             if getattr(self, name) not in choices:
                 raise ValueError(f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; "
@@ -389,6 +396,14 @@ RECIPES: dict[str, dict[str, Any]] = {
     "digits": dict(model="resnet20", dataset="digits", epochs=15, batch_size=64, lr=0.05,
                    schedule="cosine", weight_decay=5e-4, workers=0,
                    weight_decay_exempt="requested"),
+    # The common from-scratch CIFAR ViT (omihub777/ViT-CIFAR: 200 epochs, batch 128, lr 1e-3,
+    # 5 warm-up epochs, cosine to 1e-5, label smoothing 0.1, AutoAugment), with AdamW at DeiT's
+    # weight decay 0.05 and gradient clipping at 1.0.
+    "cifar-vit": dict(model="vit_cifar", dataset="cifar10", epochs=200, batch_size=128,
+                      optimizer="adamw", lr=1e-3, betas=[0.9, 0.999], weight_decay=0.05,
+                      weight_decay_exempt="timm", schedule="cosine", warmup_epochs=5.0,
+                      min_lr=1e-5, label_smoothing=0.1, auto_augment="autoaugment",
+                      clip_grad_norm=1.0, workers=4, eval_batch_size=512),
     "sudoku": dict(task="sudoku", model="sudoku", dataset="sudoku", norm="rmsnorm",
                    optimizer="adamw", lr=1e-3, weight_decay=0.0, schedule="constant",
                    epochs=10, batch_size=64, dim=128, heads=4, loops=16, train_puzzles=9000,

@@ -35,7 +35,8 @@ class ClassificationTask(Task):
         c = self.config
         train = stratified_subset(build_dataset(c.dataset, c.data_dir, train=True,
                                                 download=c.download,
-                                                cache_images=c.cache_images),
+                                                cache_images=c.cache_images,
+                                                auto_augment=c.auto_augment),
                                   c.train_subset, c.seed)
         test = build_dataset(c.dataset, c.data_dir, train=False, cache_images=c.cache_images)
         return train, test
@@ -44,8 +45,12 @@ class ClassificationTask(Task):
         c = self.config
         info = dataset_info(c.dataset, c.data_dir)
         kwargs: dict[str, Any] = dict(num_classes=info.num_classes, in_chans=info.in_chans,
-                                      attention=c.attention, norm=c.norm,
-                                      input_size=info.image_size, **c.model_options)
+                                      attention=c.attention, input_size=info.image_size)
+        if c.norm is not None:
+            kwargs["norm"] = c.norm
+        if c.step_branches is not None:
+            kwargs["step_branches"] = c.step_branches
+        kwargs.update(c.model_options)
         if c.attention_options:
             kwargs["attention_options"] = dict(c.attention_options)
         if c.attention_blocks is not None:
