@@ -1,7 +1,8 @@
 """Cost of each attention (step-size) module on its backbone, as ratios to the plain ResNet.
 
-For CIFAR ResNet-164 (batch 64, 32x32) and ImageNet ResNet-50 (batch 8, 224x224), every variant
-is built and timed side by side in one process: each round times every variant once, in turn,
+For CIFAR ResNet-164 (batch 64, 32x32), ImageNet ResNet-50 (batch 8, 224x224) and the CIFAR ViT
+(``vit_cifar``, batch 64, 32x32; only the modules that work on tokens, ``stepnet:both`` etc.
+for other ``step_branches``), every variant is built and timed side by side in one process: each round times every variant once, in turn,
 and the reported figure is the median over rounds (the machines are shared and noisy).
 
 * params -- trainable parameters;
@@ -29,13 +30,26 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from stepnet import create_model, list_attention
+from stepnet.attention import get_attention_class
 
 SETTINGS = {"resnet164": dict(batch=64, size=32, num_classes=10),
-            "resnet50": dict(batch=8, size=224, num_classes=1000)}
+            "resnet50": dict(batch=8, size=224, num_classes=1000),
+            "vit_cifar": dict(batch=64, size=32, num_classes=10)}
 
 
 def variant_kwargs(variant: str) -> dict[str, Any]:
-    return {"norm": "iebn"} if variant == "iebn" else {"attention": variant}
+    """``iebn`` (ResNet norm), an attention name, or ``name:branches`` (ViT step_branches)."""
+    if variant == "iebn":
+        return {"norm": "iebn"}
+    name, _, branches = variant.partition(":")
+    return {"attention": name, **({"step_branches": branches} if branches else {})}
+
+
+def applies(model: str, variant: str) -> bool:
+    """Which variants a model can build: ViTs take token modules only, ResNets no branches."""
+    if model.startswith("vit"):
+        return variant != "iebn" and get_attention_class(variant.split(":")[0]).supports_tokens
+    return ":" not in variant
 
 
 def count_flops(model: torch.nn.Module, size: int) -> int:
@@ -77,6 +91,7 @@ def timed(fn, steps: int) -> float:
 
 def benchmark_model(name: str, variants: list[str], rounds: int, steps: int) -> list[dict]:
     cfg = SETTINGS[name]
+    variants = [v for v in variants if applies(name, v)]
     runners = {v: Runner(name, v, cfg["batch"], cfg["size"], cfg["num_classes"]) for v in variants}
     for r in runners.values():  # warm-up: allocator, kernels, first-call overheads
         r.train_step()
@@ -105,12 +120,12 @@ def benchmark_model(name: str, variants: list[str], rounds: int, steps: int) -> 
 
 
 def format_table(rows: list[dict]) -> str:
-    header = (f"{'model':<10} {'variant':<8} {'params':>10} {'x':>6} {'GFLOPs':>8} {'x':>6} "
+    header = (f"{'model':<10} {'variant':<14} {'params':>10} {'x':>6} {'GFLOPs':>8} {'x':>6} "
               f"{'train im/s':>10} {'x':>6} {'eval im/s':>10} {'x':>6}")
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
-            f"{r['model']:<10} {r['variant']:<8} {r['params']:>10,} {r['params_ratio']:>6.3f} "
+            f"{r['model']:<10} {r['variant']:<14} {r['params']:>10,} {r['params_ratio']:>6.3f} "
             f"{r['flops'] / 1e9:>8.3f} {r['flops_ratio']:>6.3f} {r['train_images_per_s']:>10.1f} "
             f"{r['train_images_per_s_ratio']:>6.3f} {r['eval_images_per_s']:>10.1f} "
             f"{r['eval_images_per_s_ratio']:>6.3f}")
@@ -120,7 +135,8 @@ def format_table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--variants", nargs="+", default=list_attention() + ["iebn"])
+    parser.add_argument("--variants", nargs="+", default=list_attention() + [
+        "iebn", "stepnet:mlp", "stepnet:both", "stepnet:mixer"])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2, help="steps per timing")
     parser.add_argument("--output", type=Path,

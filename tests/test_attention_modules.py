@@ -182,8 +182,11 @@ def test_sem_definition():
 def test_bad_construction_names_the_constraint():
     with pytest.raises(ValueError, match="divisible by num_frequencies=16"):
         create_attention("fca", 24)
-    with pytest.raises(ValueError, match="divisible by groups=64"):
-        create_attention("sge", 16)
+    with pytest.raises(ValueError, match="divisible by groups=64.*that divide 16: 1, 2, 4, 8, 16"):
+        create_attention("sge", 16, groups=64)
+    assert create_attention("sge", 16).groups == 16       # narrow layers: gcd(C, 64)
+    assert create_attention("sge", 48).groups == 16
+    assert create_attention("sge", 256).groups == 64
     with pytest.raises(ValueError, match="unknown attention 'sse'; valid names: cbam, eca"):
         create_attention("sse", 16)
     with pytest.raises(ValueError, match="does not take option.*reductoin.*it takes: reduction"):

@@ -34,9 +34,29 @@ def test_torchrun_two_processes_match_one(tmp_path):
                    check=True, env=env, capture_output=True, timeout=300)
     rank0 = torch.load(tmp_path / "ddp" / "rank0.pt")
     rank1 = torch.load(tmp_path / "ddp" / "rank1.pt")
-    parameters = [k for k in rank0 if "running" not in k and "num_batches" not in k]
-    # every parameter is identical on both ranks (BN running statistics are per process)
-    assert parameters and all(torch.equal(rank0[k], rank1[k]) for k in parameters)
+    # every parameter is identical on both ranks, and so is every buffer: before evaluating,
+    # each process takes rank 0's BatchNorm statistics
+    assert rank0.keys() == rank1.keys()
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+
+    # the sharded evaluation reported for the last epoch is exactly what the saved checkpoint
+    # gives when evaluated alone
+    from stepnet.cli.main import main
+
+    last = json.loads((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()[-1])
+    saved = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=True)
+    assert all(torch.equal(saved["state_dict"][k], rank0[k]) for k in rank0)
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["evaluate", str(tmp_path / "ddp" / "checkpoints" / "last.pt"),
+                     "--device", "cpu"]) == 0
+    alone = json.loads(out.getvalue())
+    assert alone["test_images"] == last["test_images"] == 360
+    assert alone["test_acc1"] == last["test_acc1"]
+    assert alone["test_loss"] == pytest.approx(last["test_loss"], rel=1e-6)
 
     single = Trainer(resolve_config("digits", {**SETTINGS, "output": str(tmp_path / "one")}),
                      progress=False)

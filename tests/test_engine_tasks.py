@@ -353,7 +353,7 @@ def test_unwritable_output_is_refused_before_training(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert main(["train", "--quiet", "--output", str(tmp_path / "file" / "run")]) == 2
     err = capsys.readouterr().err
-    assert "cannot write to the run directory" in err and err.count("\n") == 1
+    assert "cannot write to the output directory" in err and err.count("\n") == 1
 
 
 def test_cpu_mixed_precision_is_bf16_autocast_and_fp16_is_refused(tmp_path, capsys):

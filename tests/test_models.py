@@ -178,7 +178,10 @@ def test_bad_input_messages():
     with pytest.raises(ValueError, match="mask has 3 entries; the model has 9"):
         create_model("resnet20", attention="se", attention_blocks=[True, False, True])
     with pytest.raises(ValueError, match="divisible by groups=64, got channels=16"):
-        create_model("resnet20", attention="sge")
+        create_model("resnet20", attention="sge", attention_options={"groups": 64})
+    # SGE's default group count fits narrow layers: resnet20 (16/32/64 channels) builds
+    sge = [b.attention.groups for b in create_model("resnet20", attention="sge").residual_blocks()]
+    assert sge == [16] * 3 + [32] * 3 + [64] * 3
     model = create_model("resnet20")
     with pytest.raises(ValueError, match=r"expected input of shape \[batch, 3, height, width\], "
                                          r"got \(2, 1, 32, 32\)"):

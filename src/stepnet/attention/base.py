@@ -108,7 +108,10 @@ def global_avg_pool(t: Tensor, keepdim: bool = False) -> Tensor:
 
     Differentiable in reverse and forward mode; its backward allocates no full-size tensor.
     """
-    return _MeanOver.apply(t, (1,) if is_tokens(t) else (2, 3), keepdim)
+    dims = (1,) if is_tokens(t) else (2, 3)
+    if torch.jit.is_tracing():   # TorchScript cannot hold a Python autograd function
+        return t.mean(dim=dims, keepdim=keepdim)
+    return _MeanOver.apply(t, dims, keepdim)
 
 
 def as_channel_gate(z: Tensor, like: Tensor | None = None) -> Tensor:

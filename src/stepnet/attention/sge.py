@@ -1,6 +1,8 @@
 """Spatial Group-wise Enhance (Li et al., 2019)."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -13,17 +15,21 @@ class SpatialGroupEnhance(StepSize):
     """Per group g: a_g = <fx_g(i), GAP(fx_g)> at each position i, standardised over positions,
     h_g = sigmoid(gamma_g a_g + beta_g), shared by the group's channels. h: [B, C, H, W].
 
-    gamma starts at 0 and beta at 1. C must be divisible by ``groups``. Extra parameters: 2G.
+    gamma starts at 0 and beta at 1. C must be divisible by ``groups``; the default is SGE's 64
+    where C allows it, else gcd(C, 64) (16 groups on a 16-channel layer). Extra parameters: 2G.
     """
 
     supports_tokens = False
 
-    def __init__(self, channels: int, groups: int = 64, eps: float = 1e-5) -> None:
+    def __init__(self, channels: int, groups: int | None = None, eps: float = 1e-5) -> None:
         super().__init__(channels)
+        if groups is None:   # SGE's 64 groups where the width allows, else the largest fit
+            groups = math.gcd(channels, 64)
         if groups < 1 or channels % groups:
+            divisors = [g for g in range(1, min(channels, 64) + 1) if channels % g == 0]
             raise ValueError(
-                f"sge needs channels divisible by groups={groups}, got channels={channels}"
-            )
+                f"sge needs channels divisible by groups={groups}, got channels={channels}; "
+                f"groups that divide {channels}: {', '.join(map(str, divisors))}")
         self.groups = groups
         self.eps = eps
         self.weight = nn.Parameter(torch.zeros(1, groups, 1, 1))

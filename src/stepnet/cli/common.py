@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -10,6 +11,18 @@ from torch.utils.data import Dataset
 from ..data import DATASETS, build_dataset
 from ..engine import TrainConfig, load_checkpoint, model_from_checkpoint, resolve_device
 from ..engine.tasks import task_of_checkpoint
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` and prove a file can be written there, before any training."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".stepnet-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"cannot write to the output directory {folder}: "
+                         f"{error.strerror or error}") from None
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:

@@ -23,6 +23,11 @@ DEMO_ATTENTION = ("none", "se", "stepnet")
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..attention import get_attention_class
+
+    for attention in args.attention:   # every name checked before anything is written
+        get_attention_class(attention)
+    resolve_config("digits", {"epochs": args.epochs, "seed": args.seed})
     output = Path(args.output)
     rows = []
     start = time.perf_counter()
@@ -72,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_command(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("demo", help="train and analyse small models on embedded data",
                             description=__doc__.split("\n\n")[1])
     parser.add_argument("--output", default="runs/demo")

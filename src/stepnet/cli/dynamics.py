@@ -10,6 +10,9 @@ from .train import add_train_arguments, run_train
 
 
 def run_analyze(args: argparse.Namespace) -> int:
+    if args.boards < 1 or args.max_loops < 1:
+        raise ValueError(f"--boards and --max-loops must be at least 1, got {args.boards} and "
+                         f"{args.max_loops}")
     try:
         model, config = load_sudoku_model(args.run_dir)
     except FileNotFoundError as error:
@@ -27,7 +30,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_command(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("dynamics", help="looped self-attention on Sudoku (train, analyze)",
                             description="Recurrent self-attention dynamics on Sudoku puzzles "
                             "generated with unique solutions.")

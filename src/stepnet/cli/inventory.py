@@ -18,6 +18,11 @@ PAPER_TABLE1_PARAMS_M = {
 }
 
 
+# The models the paper's Table 1 measured (ResNet-164, either activation layout: the counts
+# differ by a few BatchNorms); other backbones show no paper column.
+PAPER_MODELS = ("resnet164",)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -30,24 +35,30 @@ def parameter_table(model: str = "resnet164") -> list[dict[str, Any]]:
     rows = []
     for label, kwargs in variants:
         counts = [count_parameters(create_model(model, num_classes=c, **kwargs)) for c in (10, 100)]
-        paper = PAPER_TABLE1_PARAMS_M.get(label, (None, None))
+        paper = PAPER_TABLE1_PARAMS_M.get(label, (None, None)) if model in PAPER_MODELS \
+            else (None, None)
         rows.append({"variant": label, "params_10": counts[0], "params_100": counts[1],
                      "paper_m_10": paper[0], "paper_m_100": paper[1]})
     return rows
 
 
 def format_parameter_table(rows: list[dict[str, Any]], model: str) -> str:
+    """An aligned table; the paper's column only for the model the paper measured."""
     def paper(v: float | None) -> str:
         return "-" if v is None else f"{v:.2f}"
 
-    lines = [f"{model}: parameters (paper = StepNet Table 1 #P(M), for reference)",
-             f"{'variant':<9} {'CIFAR-10':>11} {'M':>5} {'paper':>6}   "
-             f"{'CIFAR-100':>11} {'M':>5} {'paper':>6}"]
+    show_paper = model in PAPER_MODELS
+    title = (f"{model}: parameters (paper = StepNet Table 1 #P(M), for reference)" if show_paper
+             else f"{model}: parameters (the paper's Table 1 measured resnet164 only)")
+    head = f"{'variant':<9} {'10 classes':>11} {'M':>6}" + (f" {'paper':>6}" if show_paper else "")
+    head += "   " + f"{'100 classes':>11} {'M':>6}" + (f" {'paper':>6}" if show_paper else "")
+    lines = [title, head]
     for r in rows:
-        lines.append(
-            f"{r['variant']:<9} {r['params_10']:>11,} {r['params_10'] / 1e6:>5.2f} "
-            f"{paper(r['paper_m_10']):>6}   {r['params_100']:>11,} {r['params_100'] / 1e6:>5.2f} "
-            f"{paper(r['paper_m_100']):>6}")
+        line = f"{r['variant']:<9} {r['params_10']:>11,} {r['params_10'] / 1e6:>6.2f}"
+        line += f" {paper(r['paper_m_10']):>6}" if show_paper else ""
+        line += f"   {r['params_100']:>11,} {r['params_100'] / 1e6:>6.2f}"
+        line += f" {paper(r['paper_m_100']):>6}" if show_paper else ""
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -60,11 +71,36 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def first_sentence(doc: str | None) -> str:
+    """The first sentence of a docstring's first paragraph, on one line."""
+    paragraph = " ".join((doc or "").strip().split("\n\n")[0].split())
+    end = paragraph.find(". ")
+    return paragraph if end < 0 else paragraph[:end + 1]
+
+
+def attention_table() -> str:
+    """Name, token support, options and the definition of every step-size module, aligned;
+    the definition wraps under its own column."""
+    import shutil
+    import textwrap
+
+    rows = [(name, "yes" if get_attention_class(name).supports_tokens else "no",
+             ", ".join(attention_options(name)) or "-",
+             first_sentence(get_attention_class(name).__doc__)) for name in list_attention()]
+    header = ("module", "tokens", "options", "definition")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(3)]
+    indent = sum(widths) + 3 * 2
+    width = max(shutil.get_terminal_size((100, 20)).columns - indent, 30)
+    lines = []
+    for row in [header] + rows:
+        wrapped = textwrap.wrap(row[3], width) or [""]
+        lines.append("  ".join(v.ljust(w) for v, w in zip(row[:3], widths)) + "  " + wrapped[0])
+        lines += [" " * indent + more for more in wrapped[1:]]
+    return "\n".join(lines)
+
+
 def run_attention(args: argparse.Namespace) -> int:
-    for name in list_attention():
-        doc = (get_attention_class(name).__doc__ or "").strip().splitlines()[0]
-        options = ", ".join(attention_options(name)) or "-"
-        print(f"{name:<8} options: {options:<40} {doc}")
+    print(attention_table())
     return 0
 
 

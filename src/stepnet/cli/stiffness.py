@@ -8,32 +8,45 @@ from torch.utils.data import DataLoader
 
 from ..engine.checkpoint import resolve_checkpoint
 from ..stiffness import analyze, summary_table, write_report
-from .common import add_checkpoint_arguments, load_checkpoint_and_data
+from ..stiffness.analysis import check_spectrum_blocks
+from .common import add_checkpoint_arguments, check_writable, load_checkpoint_and_data
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.max_inputs is not None and args.max_inputs < 1:
+        raise ValueError(f"--max-inputs must be at least 1, got {args.max_inputs}")
+    blocks = None
+    if args.spectrum:
+        try:
+            blocks = [int(b) for b in args.spectrum_blocks.split(",") if b.strip()]
+        except ValueError:
+            raise ValueError(f"--spectrum-blocks must list block indices, e.g. 1,20; got "
+                             f"{args.spectrum_blocks!r}") from None
+        if not blocks:
+            raise ValueError("--spectrum-blocks must list block indices, e.g. 1,20")
     checkpoint, model, dataset, dataset_name = load_checkpoint_and_data(
         args, train=args.split == "train")
+    if blocks:
+        check_spectrum_blocks(model, blocks)   # before any computing
+    source = Path(args.checkpoint)
+    output = Path(args.output) if args.output else (
+        (source if source.is_dir() else source.parent.parent if source.parent.name ==
+         "checkpoints" else source.parent) / "stiffness")
+    check_writable(output)
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
                         num_workers=args.workers)
-    blocks = [int(b) for b in args.spectrum_blocks.split(",")] if args.spectrum else None
-    if args.spectrum and not blocks:
-        raise ValueError("--spectrum-blocks must list block indices, e.g. 1,20")
     result, trajectory = analyze(model, loader, args.max_inputs, args.device,
                                  divide_by_step=args.divide_by_step, spectrum_blocks=blocks,
                                  progress=not args.quiet)
     result.update({"checkpoint": str(resolve_checkpoint(args.checkpoint)),
                    "model": checkpoint["model"], "dataset": dataset_name, "split": args.split})
-    source = Path(args.checkpoint)
-    output = Path(args.output) if args.output else (
-        (source if source.is_dir() else source.parent) / "stiffness")
     files = write_report(result, trajectory, output, title=checkpoint["model"]["name"])
     print(summary_table(result))
     print(f"wrote {len(files)} files to {output}")
     return 0
 
 
-def add_command(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "stiffness", help="stiffness analysis (NSI, TNS, p_hat, SI) of a checkpoint",
         description="Record the feature trajectory of a trained model on a dataset and write "

@@ -14,22 +14,10 @@ from ..engine import (RECIPES, TrainConfig, Trainer, add_config_arguments, load_
                       overrides_from_args, read_metrics, resolve_config, setup_distributed,
                       teardown_distributed)
 from ..engine.config import BOOKKEEPING, FIELDS, RESUMABLE, flag
-from .common import add_checkpoint_arguments, load_checkpoint_for_task
+from .common import add_checkpoint_arguments, check_writable, load_checkpoint_for_task
 
 
 # -- train --------------------------------------------------------------------------------------
-def check_writable(folder: Path) -> None:
-    """Create ``folder`` and prove a file can be written there, before any training."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".stepnet-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise ValueError(f"cannot write to the run directory {folder}: "
-                         f"{error.strerror or error}") from None
-
-
 def prepare_run_dir(folder: Path, overwrite: bool) -> None:
     """A fresh run refuses a directory that already holds a run, unless ``overwrite``, which
     removes that run's metrics, checkpoints and reports first."""
@@ -102,6 +90,7 @@ def run_train(args: argparse.Namespace) -> int:
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds lists a seed twice: {seeds}")
     for seed in seeds:
+        created = False
         given = {**overrides, **({"seed": seed} if seed is not None else {})}
         if args.resume:
             if not args.output and "output" not in given:
@@ -121,8 +110,15 @@ def run_train(args: argparse.Namespace) -> int:
             config.output = str(output / f"seed{seed}" if args.seeds and len(seeds) > 1
                                 else output)
             if int(os.environ.get("RANK", "0")) == 0:
+                created = not Path(config.output).exists()
                 prepare_run_dir(Path(config.output), args.overwrite)
-        final = train_one(config, args.resume, args.quiet)
+        try:
+            final = train_one(config, args.resume, args.quiet)
+        except BaseException:
+            folder = Path(config.output)
+            if not args.resume and created and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()   # a run that failed before writing anything leaves no folder
+            raise
         if int(os.environ.get("RANK", "0")) == 0 and final:
             shown = {k: round(v, 4) for k, v in final.items() if k.startswith("test_")}
             print(f"{config.output}: {json.dumps(shown)}")

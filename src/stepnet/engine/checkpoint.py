@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +62,20 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint (file or run directory); ``ValueError`` if it is not one of ours."""
     path = resolve_checkpoint(path)
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"{path} is empty (0 bytes): not a checkpoint; was its write "
+                         f"interrupted? stepnet writes checkpoints atomically, so look for "
+                         f"another one in the run's checkpoints/ folder")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a readable stepnet checkpoint ({size:,} bytes that are "
+                         f"not a PyTorch archive)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        raise ValueError(f"{path} is not a readable stepnet checkpoint: {error}") from error
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ValueError(f"{path} is not a readable stepnet checkpoint (a PyTorch archive "
+                         f"that does not load as plain tensors and values: {reason})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a stepnet checkpoint (format {FORMAT!r} expected)")
     payload["path"] = str(path)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,6 +164,9 @@ class TrainConfig:
                      "loops", "train_puzzles", "test_puzzles"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
+        for name, value in self.to_dict().items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{flag(name)} must be a finite number, got {value}")
         if not self.lr > 0:
             raise ValueError(f"--lr must be positive, got {self.lr}")
         for name in ("weight_decay", "warmup_epochs", "warmup_iters", "clip_grad_norm",

@@ -61,8 +61,8 @@ class EulerStep(nn.Module):
     def forward(self, x: Tensor, fx: Tensor, h: Tensor | None) -> Tensor:
         if h is None:
             return x + fx
-        if is_fx_symbolic_tracing():  # symbolic tracing records the plain op (same values)
-            return torch.addcmul(x, fx, h)
+        if is_fx_symbolic_tracing() or torch.jit.is_tracing():
+            return torch.addcmul(x, fx, h)   # tracers record the plain op (same values)
         return _EulerStepFunction.apply(x, fx, h)
 
 

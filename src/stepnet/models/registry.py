@@ -42,4 +42,11 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         builder = _MODELS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}") from None
-    return builder(**kwargs)
+    try:
+        return builder(**kwargs)
+    except TypeError as error:   # an unknown keyword: one clear line instead of a traceback
+        if "unexpected keyword argument" not in str(error):
+            raise
+        wrong = str(error).rsplit("argument", 1)[-1].strip()
+        raise ValueError(f"model {name!r} does not take the option {wrong}; its options are "
+                         f"the keywords of {builder.__module__}.{builder.__name__}") from None

@@ -34,6 +34,33 @@ def default_grid(trajectory: Trajectory, points: int = 50) -> tuple[np.ndarray, 
     return np.linspace(0, top1, points), np.linspace(0, top2, points)
 
 
+def check_spectrum_blocks(model: nn.Module, blocks: Sequence[int]) -> list[int]:
+    """The block indices, if each names a block whose residual branch has a square Jacobian;
+    otherwise ``ValueError`` listing the valid indices (shape-changing blocks have none)."""
+    found = find_blocks(model)
+    valid = [i for i, (_, block, _) in enumerate(found)
+             if not getattr(block, "changes_shape", False)]
+    bad = [b for b in blocks if b not in valid]
+    if bad:
+        ranges = _ranges(valid)
+        raise ValueError(f"--spectrum-blocks {','.join(map(str, bad))}: not a block with a "
+                         f"square Jacobian; this model's are {ranges} (of 0..{len(found) - 1}; "
+                         f"shape-changing blocks have none)")
+    return list(blocks)
+
+
+def _ranges(values: Sequence[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8'."""
+    parts, start = [], None
+    for i, v in enumerate(values):
+        if start is None:
+            start = v
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            parts.append(f"{start}-{v}" if v != start else f"{v}")
+            start = None
+    return ", ".join(parts)
+
+
 def block_spectra(model: nn.Module, sample: torch.Tensor, blocks: Sequence[int],
                   include_step: bool = False, k: int = 4) -> list[dict[str, Any]]:
     """SI of the residual branch of each chosen block (indices into the model's blocks) at the
@@ -66,6 +93,10 @@ def analyze(model: nn.Module, batches: Iterable, max_inputs: int | None = None,
             divide_by_step: bool = False, spectrum_blocks: Sequence[int] | None = None,
             progress: bool = True) -> tuple[dict[str, Any], Trajectory]:
     """Record trajectories over ``batches`` and compute every statistic (see module docs)."""
+    if max_inputs is not None and max_inputs < 1:
+        raise ValueError(f"--max-inputs must be at least 1, got {max_inputs}")
+    if spectrum_blocks:
+        check_spectrum_blocks(model, spectrum_blocks)
     trajectory = record_trajectories(model, batches, max_inputs, device,
                                      divide_by_step=divide_by_step, progress=progress)
     m1, m2 = default_grid(trajectory, grid_points)

@@ -1,0 +1,51 @@
+"""``stepnet export``: ONNX (checked with onnxruntime), TorchScript and ExportedProgram files
+that compute what the checkpoint's PyTorch model computes, at another batch size too."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+from stepnet.cli.main import main
+from stepnet.engine import Trainer, model_from_checkpoint, resolve_config
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("export") / "run"
+    config = resolve_config("digits", {"attention": "stepnet", "epochs": 1, "train_subset": 64,
+                                       "output": str(folder)})
+    Trainer(config, progress=False).fit()
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "exported-program"])
+def test_export_matches_the_pytorch_model(run, fmt, tmp_path, capsys):
+    output = tmp_path / f"model.{fmt}"
+    assert main(["export", str(run), "--format", fmt, "--output", str(output)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["max_abs_difference"] <= 1e-4 and output.is_file()
+    model = model_from_checkpoint(run).eval()
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    if fmt == "onnx":   # independently of the command's own check: onnxruntime, batch 5
+        session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"input": x.numpy()})[0]
+    elif fmt == "torchscript":
+        got = torch.jit.load(str(output))(x).detach().numpy()
+    else:
+        got = torch.export.load(str(output)).module()(x).detach().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_export_bad_input_is_one_line(run, tmp_path, capsys):
+    assert main(["export", str(run), "--format", "tflite"]) == 2
+    assert "unknown format 'tflite'; valid: onnx, torchscript, exported-program" in \
+        capsys.readouterr().err
+    assert main(["export", str(tmp_path / "none")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
