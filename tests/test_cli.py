@@ -31,7 +31,18 @@ def test_unknown_model_exits_with_usage_error(capsys):
     assert "invalid choice: 'nope'" in capsys.readouterr().err
 
 
-def test_console_script_runs():
-    result = subprocess.run([sys.executable, "-m", "stepnet.cli.main", "models"],
-                            capture_output=True, text=True, check=True)
-    assert "resnet50" in result.stdout
+def test_installed_console_script_runs():
+    """The `stepnet` entry point that pip installed (not `python -m`): it must exist beside the
+    interpreter and run."""
+    import shutil
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "stepnet"
+    script = script if script.is_file() else Path(shutil.which("stepnet") or "")
+    assert script.is_file(), "the stepnet console script is not installed"
+    result = subprocess.run([str(script), "models"], capture_output=True, text=True,
+                            check=True)
+    assert "resnet50" in result.stdout and "vit_cifar" in result.stdout
+    version = subprocess.run([str(script), "--version"], capture_output=True, text=True,
+                             check=True)
+    assert version.stdout.strip().startswith("stepnet ")

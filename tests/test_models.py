@@ -46,17 +46,32 @@ def test_euler_step_exposes_x_fx_h_and_output(attention, preact):
     randomize_parameters(model, 0.1)
     randomize_batchnorm(model)
     seen = []
+    captured_input = {}
+    for b in model.residual_blocks():
+        b.register_forward_pre_hook(lambda m, args: captured_input.__setitem__(m,
+                                                                                args[0].clone()))
 
-    def hook(module, inputs, output):
-        x, fx, h = inputs
-        expected = x + fx if h is None else x + fx * h
-        seen.append(torch.allclose(output, expected, atol=1e-6))
+    def hook(module, inputs, output):   # snapshots: post-activation ReLUs work in place
+        seen.append((module, tuple(None if t is None else t.clone() for t in inputs),
+                     output.clone()))
 
-    handles = [b.step.register_forward_hook(hook) for b in model.residual_blocks()]
+    blocks = model.residual_blocks()
+    handles = [b.step.register_forward_hook(hook) for b in blocks]
     model(torch.randn(2, 3, 32, 32))
     for handle in handles:
         handle.remove()
-    assert seen == [True] * 3
+    assert [m for m, _, _ in seen] == [b.step for b in blocks]
+    for block, (_, (x, fx, h), output) in zip(blocks, seen):
+        # x is the shortcut and fx the residual branch, recomputed from the block's input;
+        # h is the attention module's value on exactly these (None when h = 1)
+        shortcut, branch = block.branches(captured_input[block])
+        torch.testing.assert_close(x, shortcut)
+        torch.testing.assert_close(fx, branch)
+        if attention == "none":
+            assert h is None
+        else:
+            torch.testing.assert_close(h, block.attention(shortcut, branch))
+        torch.testing.assert_close(output, x + fx if h is None else x + fx * h)
 
 
 def test_preact_bottleneck_manual_forward():

@@ -105,11 +105,34 @@ def test_exact_tns_equals_grid_integral_and_converges():
     assert exact > 0
 
 
-def test_exact_tns_is_fast_for_large_inputs():
-    values = torch.rand(10_000, 54, dtype=torch.float64)
+def union_area_by_intervals(widths: np.ndarray, heights: np.ndarray) -> float:
+    """Area of the union of rectangles [0, w] x [0, h], by the elementary intervals between
+    distinct widths: over (a, b] the union's height is the largest h among rectangles that
+    reach b. O(n^2), independent of the staircase's sorting and running maximum."""
+    widths, heights = np.clip(widths, 0, None), np.clip(heights, 0, None)
+    edges = np.unique(np.concatenate([[0.0], widths]))
+    area = 0.0
+    for a, b in zip(edges[:-1], edges[1:]):
+        reaching = heights[widths >= b]
+        area += (b - a) * (reaching.max() if reaching.size else 0.0)
+    return area
+
+
+def test_exact_tns_on_large_inputs_equals_an_independent_union_area():
+    g = torch.Generator().manual_seed(3)
+    values = torch.rand(10_000, 54, generator=g, dtype=torch.float64)
     stage = torch.arange(54) // 18
     areas = total_neural_stiffness(values, stage, per_input=True)
-    assert areas.shape == (10_000,) and bool((areas >= 0).all())
+    assert areas.shape == (10_000,)
+    mu = stage_means(values, stage).numpy()
+    rows = torch.randint(0, 10_000, (40,), generator=g).tolist()
+    expected = [union_area_by_intervals(values[r].numpy() / mu[r] - 1, values[r].numpy())
+                for r in rows]
+    np.testing.assert_allclose(areas[rows].numpy(), expected, rtol=1e-12, atol=1e-15)
+    all_rows = [union_area_by_intervals(values[r].numpy() / mu[r] - 1, values[r].numpy())
+                for r in range(0, 10_000, 97)]
+    assert float(total_neural_stiffness(values[::97], stage)) == pytest.approx(
+        np.mean(all_rows), rel=1e-12)
 
 
 def test_bad_grids_and_shapes():

@@ -138,6 +138,7 @@ def analyze_sudoku(model: SudokuModel, config: dict[str, Any], boards: int = 4,
                                    for t in loops}
     if output is not None:
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
         output = Path(output)
         output.mkdir(parents=True, exist_ok=True)
@@ -153,6 +154,8 @@ def analyze_sudoku(model: SudokuModel, config: dict[str, Any], boards: int = 4,
         axis.axvline(model.loops, color="grey", linestyle="--", linewidth=0.8)
         axis.set_xlabel("loop")
         axis.set_ylabel("pseudo-energy")
+        axis.set_title(f"pseudo-energy along the loops ({model.loops} in training, dashed)")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.legend()
         save_figure(figure, output / "pseudo_energy.png")
         figure, axis = plt.subplots(figsize=(5, 3.5))
@@ -163,6 +166,7 @@ def analyze_sudoku(model: SudokuModel, config: dict[str, Any], boards: int = 4,
         axis.set_xscale("log", base=2)
         axis.set_xlabel("loops at test time")
         axis.set_ylabel("accuracy")
+        axis.set_title(f"accuracy vs test-time loops ({len(puzzles)} test puzzles)")
         axis.legend()
         save_figure(figure, output / "accuracy_vs_loops.png")
     return result

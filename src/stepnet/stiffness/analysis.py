@@ -153,7 +153,8 @@ def write_report(result: dict[str, Any], trajectory: Trajectory, directory: str 
                                              f"{prefix}stiffness proportion"),
                              directory / "proportion.png"))
     files.append(save_figure(plot_nsi_vs_attention(trajectory.nsi, trajectory.step_mean,
-                                                   trajectory.stage),
+                                                   trajectory.stage,
+                                                   f"{prefix}NSI vs attention value"),
                              directory / "nsi_vs_attention.png"))
     if result.get("spectrum"):
         eigen = {s["block"]: np.array(s["eigenvalues_real"]) + 1j * np.array(
@@ -161,7 +162,67 @@ def write_report(result: dict[str, Any], trajectory: Trajectory, directory: str 
         files.append(save_figure(plot_eigenvalues(eigen, title=f"{prefix}block Jacobian "
                                                   "eigenvalues (extremes)"),
                                  directory / "eigenvalues.png"))
+    files.append(write_html_report(result, [f for f in files if f.suffix == ".png"],
+                                   directory / "report.html", title))
     return files
+
+
+CONVENTIONS = [
+    ("NSI", "||x_(t+1) - x_t|| / (Delta_t ||x_t||) per input and block, norms over every "
+            "feature (C x H x W, or N x D tokens)"),
+    ("Delta_t", "1, or the block's step size h with --divide-by-step (the paper's Sec. 2.4 "
+                "reading for attention networks)"),
+    ("excluded blocks", "blocks whose shape changes (no square Jacobian; their NSI is "
+                        "undefined)"),
+    ("TNS", "the exact area under delta(M) over the grid, in closed form"),
+    ("p_hat(M)", "share of stiff (input, block) pairs over the included blocks"),
+]
+
+
+def write_html_report(result: dict[str, Any], figures: Sequence[Path], path: Path,
+                      title: str = "") -> Path:
+    """One self-contained HTML page: the summary, per-block table, the conventions used and
+    every figure embedded as base64 PNG (no other file needed to view it)."""
+    import base64
+    import html
+
+    def esc(value: object) -> str:
+        return html.escape(str(value))
+
+    rows = "".join(
+        f"<tr><td>{esc(b['name'])}</td><td>{b['stage'] + 1}</td>"
+        f"<td>{'yes' if b['excluded'] else ''}</td><td>{b['nsi_mean']:.4f}</td>"
+        f"<td>{b['nsi_std']:.4f}</td><td>{b['step_mean']:.3f}</td></tr>"
+        for b in result["per_block"])
+    spectrum = "".join(f"<li>SI of {esc(s['block'])}: {s['si']:.4f} ({s['unknowns']} "
+                       f"unknowns)</li>" for s in result.get("spectrum", []))
+    images = "".join(
+        f'<figure><img alt="{esc(f.stem)}" src="data:image/png;base64,'
+        f'{base64.b64encode(f.read_bytes()).decode()}"><figcaption>{esc(f.stem)}</figcaption>'
+        f"</figure>" for f in figures)
+    conventions = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in CONVENTIONS)
+    source = {k: result[k] for k in ("checkpoint", "dataset", "split") if k in result}
+    correlation = result.get("nsi_attention_correlation", {})
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>stiffness: {esc(title)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}
+td:first-child{{text-align:left}}figure{{display:inline-block;margin:8px}}
+img{{max-width:520px}}dt{{font-weight:bold}}</style></head><body>
+<h1>Stiffness analysis{': ' + esc(title) if title else ''}</h1>
+<p>{esc(', '.join(f'{k}: {v}' for k, v in source.items()))}</p>
+<p><b>TNS {result['tns']:.4f}</b> over {result['inputs']} inputs;
+NSI-attention correlation (Pearson, mean over {correlation.get('defined', 0)} defined):
+{esc(correlation.get('mean'))}</p>
+<ul>{spectrum}</ul>
+<h2>Figures</h2>{images}
+<h2>Blocks</h2><table><tr><th>block</th><th>stage</th><th>excluded</th><th>NSI mean</th>
+<th>NSI std</th><th>mean h</th></tr>{rows}</table>
+<h2>Conventions</h2><dl>{conventions}</dl>
+</body></html>
+"""
+    path.write_text(page)
+    return path
 
 
 def summary_table(result: dict[str, Any]) -> str:

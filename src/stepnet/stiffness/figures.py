@@ -14,6 +14,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+LINE_STYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1)))
+MARKERS = ("o", "s", "^", "D", "v")
 
 from .metrics import EXCLUDED  # noqa: E402
 
@@ -46,7 +50,8 @@ def plot_nsi_along_depth(nsi: torch.Tensor, block_stage: torch.Tensor,
     values = np.asarray(nsi, dtype=float)
     stages = np.asarray(block_stage)
     ids = sorted(set(stages.tolist()))
-    figure, axes = plt.subplots(1, len(ids), figsize=(4 * len(ids), 3.2), squeeze=False)
+    figure, axes = plt.subplots(1, len(ids), figsize=(4 * len(ids), 3.4), squeeze=False,
+                                layout="constrained")
     for axis, s in zip(axes[0], ids):
         columns = np.flatnonzero(stages == s)
         block_values = values[:, columns]
@@ -57,6 +62,7 @@ def plot_nsi_along_depth(nsi: torch.Tensor, block_stage: torch.Tensor,
         axis.plot(x, q50, marker=".", label="median")
         axis.set_title(f"stage {s + 1}")
         axis.set_xlabel("block in stage")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][0].set_ylabel("NSI")
     axes[0][0].legend()
     figure.suptitle(title)
@@ -65,11 +71,17 @@ def plot_nsi_along_depth(nsi: torch.Tensor, block_stage: torch.Tensor,
 
 def plot_proportion(proportion: torch.Tensor, m1: Sequence[float], m2: Sequence[float],
                     title: str = "stiffness proportion") -> Figure:
-    """p_hat(M) as curves over M1, one per M2 (paper Fig. 6)."""
-    figure, axis = plt.subplots(figsize=(5, 3.5))
+    """p_hat(M) as curves over M1, one per M2 (paper Fig. 6). Each curve has its own line
+    style and markers, so curves that coincide stay visible."""
+    figure, axis = plt.subplots(figsize=(5, 3.5), layout="constrained")
     values = np.asarray(proportion)
-    for j in np.linspace(0, len(m2) - 1, min(5, len(m2))).astype(int):
-        axis.plot(m1, values[:, j], label=f"M2 = {m2[j]:.3g}")
+    chosen = np.unique(np.linspace(0, len(m2) - 1, min(5, len(m2))).astype(int))
+    every = max(1, len(m1) // 8)
+    for k, j in enumerate(chosen):
+        axis.plot(m1, values[:, j], label=f"M2 = {m2[j]:.3g}",
+                  linestyle=LINE_STYLES[k % len(LINE_STYLES)],
+                  marker=MARKERS[k % len(MARKERS)], markevery=(k % every, every),
+                  markersize=4, linewidth=1.4, alpha=0.9)
     axis.set_xlabel("M1")
     axis.set_ylabel("p_hat(M)")
     axis.set_title(title)
@@ -87,14 +99,16 @@ def plot_tns_vs_accuracy(tns: Mapping[str, float], accuracy: Mapping[str, float]
         axis.annotate(n, (tns[n], accuracy[n]), textcoords="offset points", xytext=(4, 4))
     axis.set_xlabel("TNS")
     axis.set_ylabel("accuracy")
+    title = "TNS vs accuracy across models"
     if correlation:
-        axis.set_title(f"Kendall {correlation['kendall']['statistic']:.2f}, "
-                       f"Spearman {correlation['spearman']['statistic']:.2f}")
+        title += (f"\nKendall {correlation['kendall']['statistic']:.2f}, "
+                  f"Spearman {correlation['spearman']['statistic']:.2f} (n = {len(names)})")
+    axis.set_title(title)
     return figure
 
 
 def plot_nsi_vs_attention(nsi: torch.Tensor, step_mean: torch.Tensor,
-                          stage: torch.Tensor) -> Figure:
+                          stage: torch.Tensor, title: str = "NSI vs attention value") -> Figure:
     """NSI against the block's mean attention value h, every input and included block
     (paper Fig. 9)."""
     keep = np.asarray(stage) != EXCLUDED
@@ -103,6 +117,7 @@ def plot_nsi_vs_attention(nsi: torch.Tensor, step_mean: torch.Tensor,
                  s=4, alpha=0.3)
     axis.set_xlabel("mean attention value h")
     axis.set_ylabel("NSI")
+    axis.set_title(title)
     return figure
 
 
