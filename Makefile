@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # everything else comes from pyproject.toml.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-fast benchmark clean
+.PHONY: demo test test-fast benchmark mutation clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,16 @@ test-fast: $(STAMP)
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/train_throughput.py --workers 2 --cache-images
+	$(PY) benchmarks/stiffness_cost.py
+
+# Mutation testing of the numeric core (attention modules, stiffness metrics, linalg, Lyapunov
+# exponents; settings in pyproject.toml [tool.mutmut]). Long: about an hour on 2 cores.
+mutation: $(STAMP)
+	$(PY) -m pip install -q -e ".[test,dev]"
+	rm -rf mutants
+	$(VENV)/bin/mutmut run
+	$(VENV)/bin/mutmut results
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache mutants

@@ -1,4 +1,4 @@
-"""Parameter counts against DESIGN §3 and the StepNet paper's Table 1 (#P(M), rounded to 0.01M)."""
+"""Parameter counts against docs/design.md and the StepNet paper's Table 1 (#P(M), rounded to 0.01M)."""
 from __future__ import annotations
 
 import pytest
@@ -11,7 +11,7 @@ def n_params(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-# Exact integers from DESIGN §3 (pre-activation ResNet-164 unless noted).
+# Exact integers of docs/design.md (pre-activation ResNet-164 unless noted).
 @pytest.mark.parametrize("kwargs, num_classes, expected", [
     ({"attention": "none"}, 10, 1_703_258),
     ({"attention": "none"}, 100, 1_726_388),
@@ -49,12 +49,12 @@ def test_documented_departures_from_table1():
                  2) == 1.93
     fca_no_bias = create_model("resnet164", attention="fca", attention_options={"bias": False})
     assert round(n_params(fca_no_bias) / 1e6, 2) == 1.90
-    # SGE and IE are not in Table 1; DESIGN §3 gives 1.71M and 1.72M.
+    # SGE and IE are not in Table 1; the design gives 1.71M and 1.72M.
     assert round(n_params(create_model("resnet164", attention="sge")) / 1e6, 2) == 1.71
     assert round(n_params(create_model("resnet164", attention="ie")) / 1e6, 2) == 1.72
 
 
-# Per-block formulas of DESIGN §3, checked module by module.
+# Per-block formulas of docs/design.md, checked module by module.
 @pytest.mark.parametrize("channels", [64, 128, 256])
 def test_per_module_formulas(channels):
     c = channels

@@ -10,6 +10,7 @@ from .eca import EfficientChannelAttention
 from .fca import FrequencyChannelAttention, dct_filters
 from .identity import NoAttention
 from .ie import IEBatchNorm1d, IEBatchNorm2d, InstanceEnhancement
+from .norms import DescriptorBatchNorm1d, FrozenBatchNorm1d, freeze_batch_norms
 from .registry import (attention_options, create_attention, get_attention_class,
                        list_attention, register_attention)
 from .se import SqueezeExcitation
@@ -19,6 +20,7 @@ from .srm import StyleRecalibration
 from .stepnet import STEPNET_INPUTS, STEPNET_STRUCTURES, StepNetAdaptor
 
 __all__ = [
+    "DescriptorBatchNorm1d", "FrozenBatchNorm1d", "freeze_batch_norms",
     "CBAM", "EfficientChannelAttention", "FrequencyChannelAttention", "IEBatchNorm1d", "IEBatchNorm2d",
     "InstanceEnhancement", "NoAttention", "STEPNET_INPUTS", "STEPNET_STRUCTURES",
     "SpatialGroupEnhance", "SqueezeExcitation", "StepNetAdaptor", "StepSize",

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import StepSize, as_channel_gate, global_avg_pool
+from .norms import DescriptorBatchNorm1d
 from .registry import register_attention
 
 
@@ -75,7 +76,8 @@ class IEBatchNorm2d(_IEBatchNorm):
 
 
 class IEBatchNorm1d(_IEBatchNorm):
-    """IEBN for [B, C] (the descriptor is x itself) -- e.g. pooled channel descriptors."""
+    """IEBN for [B, C] (the descriptor is x itself) -- e.g. pooled channel descriptors; trains
+    at batch 1 too (see :class:`~stepnet.attention.norms.DescriptorBatchNorm1d`)."""
 
-    _batch_norm = nn.BatchNorm1d
+    _batch_norm = DescriptorBatchNorm1d
     _input_dims = 2

@@ -5,6 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import StepSize, as_channel_gate, is_tokens
+from .norms import DescriptorBatchNorm1d
 from .registry import register_attention
 
 
@@ -21,7 +22,7 @@ class StyleRecalibration(StepSize):
         super().__init__(channels)
         self.eps = eps
         self.cfc = nn.Parameter(torch.zeros(channels, 2))
-        self.bn = nn.BatchNorm1d(channels)
+        self.bn = DescriptorBatchNorm1d(channels)
 
     def forward(self, x: Tensor, fx: Tensor) -> Tensor:
         flat = fx.transpose(1, 2) if is_tokens(fx) else fx.flatten(2)   # [B, C, positions]

@@ -41,6 +41,7 @@ from torch.nn import functional as F
 
 from .base import StepSize, as_channel_gate, global_avg_pool
 from .ie import IEBatchNorm1d
+from .norms import DescriptorBatchNorm1d
 from .registry import register_attention
 
 STEPNET_INPUTS = ("pair", "x", "next", "diff")
@@ -73,7 +74,7 @@ class StepNetAdaptor(StepSize):
         if structure in ("default", "c"):
             self.norm: nn.Module = IEBatchNorm1d(channels)
         elif structure == "b":
-            self.norm = nn.BatchNorm1d(channels)
+            self.norm = DescriptorBatchNorm1d(channels)
         else:
             self.norm = nn.Identity()
 

@@ -73,17 +73,56 @@ def load_checkpoint_for_task(args: argparse.Namespace, task: str | None = None,
     return checkpoint, model.to(args.device).eval(), config
 
 
+class DetectorBody(nn.Module):
+    """A detector's backbone body as an image model for the stiffness tools: images
+    [B, 3, S, S] in [0, 1] -> the last stage's features; ``residual_blocks()`` are the body's."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def residual_blocks(self) -> list[nn.Module]:
+        return self.detector.residual_blocks()
+
+    def forward(self, images: Any) -> Any:
+        return list(self.detector.body_features(images).values())[-1]
+
+
+class _SquareImages(Dataset):
+    """(image resized to S x S, 0) from a detection dataset, for stacking into batches."""
+
+    def __init__(self, dataset: Dataset, size: int) -> None:
+        self.dataset, self.size = dataset, size
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        from torch.nn import functional as F
+
+        image = self.dataset[index][0]
+        return F.interpolate(image[None], size=(self.size, self.size), mode="bilinear",
+                             align_corners=False)[0], 0
+
+
 def load_checkpoint_and_data(args: argparse.Namespace, train: bool = False
                              ) -> tuple[dict[str, Any], nn.Module, Dataset, str]:
-    """(classification checkpoint, its model on args.device, the un-augmented split, the
-    dataset name)."""
+    """(checkpoint, its model on args.device, the un-augmented split, the dataset name) for the
+    stiffness tools: a classification model, or a detector's backbone body on its images
+    resized to ``args.image_size`` squares."""
     try:
-        checkpoint, model, config = load_checkpoint_for_task(args, task="classification")
-    except ValueError as error:
-        if "checkpoint, not a classification one" in str(error):
-            raise ValueError(f"{error}: stiffness analysis reads the Euler steps of residual "
-                             f"networks; for a Sudoku model use `stepnet dynamics analyze`"
-                             ) from None
+        checkpoint, model, config = load_checkpoint_for_task(args)
+    except ValueError:
         raise
+    if config.task == "sudoku":
+        raise ValueError(f"{checkpoint['path']} is a sudoku checkpoint: stiffness analysis reads "
+                         f"the Euler steps of residual networks; for a Sudoku model use "
+                         f"`stepnet dynamics analyze`")
+    if config.task == "detection":
+        from ..data.coco import CocoBoxes
+
+        size = getattr(args, "image_size", 512)
+        dataset = _SquareImages(CocoBoxes(config.data_dir, train=train, augment=False), size)
+        return checkpoint, DetectorBody(model).eval(), dataset, config.dataset
     dataset = build_dataset(config.dataset, config.data_dir, train=train, augment=False)
     return checkpoint, model, dataset, config.dataset

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "summarize": ("train", "mean ± std over seeds of finished runs"),
     "stiffness": ("stiffness", "stiffness analysis (NSI, TNS, p_hat, SI) of a checkpoint"),
     "export": ("export", "export a checkpoint to ONNX, TorchScript or an ExportedProgram"),
+    "detect": ("detect", "draw a detection checkpoint's boxes on images"),
     "demo": ("demo", "train and analyse small models on embedded data"),
     "dynamics": ("dynamics", "looped self-attention on Sudoku (train, analyze)"),
 }

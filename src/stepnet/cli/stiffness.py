@@ -13,6 +13,8 @@ from .common import add_checkpoint_arguments, check_writable, load_checkpoint_an
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.image_size < 32:
+        raise ValueError(f"--image-size must be at least 32, got {args.image_size}")
     if args.max_inputs is not None and args.max_inputs < 1:
         raise ValueError(f"--max-inputs must be at least 1, got {args.max_inputs}")
     blocks = None
@@ -62,6 +64,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         help="also compute the stiffness index (SI) of some blocks")
     parser.add_argument("--spectrum-blocks", default="1",
                         help="comma-separated block indices for --spectrum (default: 1)")
+    parser.add_argument("--image-size", type=int, default=512,
+                        help="detection checkpoints: images resized to this square")
     parser.add_argument("--output", help="output folder (default: <run dir>/stiffness)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)

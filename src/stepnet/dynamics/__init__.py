@@ -1,5 +1,5 @@
 """Recurrent self-attention dynamics (Tomihari & Karakida, NeurIPS 2025), reconstructed as in
-DESIGN §6: the ItrSA model with its norms, pseudo-energy and regularisers
+in docs/design.md: the ItrSA model with its norms, pseudo-energy and regularisers
 (:mod:`~stepnet.dynamics.models`, :mod:`~stepnet.dynamics.monitoring`), the energy-based
 attention flows on the sphere (:mod:`~stepnet.dynamics.energy`), Jacobian spectra and Lyapunov
 exponents of discrete maps (:mod:`~stepnet.dynamics.lyapunov`), the paper's anti-symmetric

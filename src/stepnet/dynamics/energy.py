@@ -6,7 +6,7 @@ Continuous time, tokens x_i on the unit sphere, heads h with score factors A_h a
     k_h(x, y) = exp(beta x^T A_h y)            (kernel="exp", unnormalised)
               or softmax_j(beta x_i^T A_h x_j) (kernel="softmax", rows normalised).
 
-Three variants (DESIGN §6; the paper's statements of Prop. 4.1 / 4.2 were not in our sources):
+Three variants (docs/design.md, recurrent dynamics; the paper's statements of Prop. 4.1 / 4.2 were not in our sources):
 
 * **symmetric** (:class:`SymmetricSphereAttention`): A_h = W_Q W_K^T = W_V = W_V^T. With the exp
   kernel the flow is the Riemannian gradient flow of the pair energy

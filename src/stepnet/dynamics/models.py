@@ -1,5 +1,5 @@
 """Looped (recurrent) self-attention as a discrete dynamical system -- reconstruction of
-Tomihari & Karakida (NeurIPS 2025) following DESIGN §6; every reconstructed choice is an option.
+Tomihari & Karakida (NeurIPS 2025) as in docs/design.md; every reconstructed choice is an option.
 
 ItrSA: ``X_{t+1} = Norm(X_t + eta * (C + MSA(X_t)))`` on token states X in R^{S x D}, C the
 embedded input (input injection), H heads, unconstrained weights, no MLP, eta learnable.

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TASKS = ("classification", "sudoku")
+TASKS = ("classification", "sudoku", "detection")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("multistep", "cosine", "constant")
 AMP_MODES = ("off", "auto", "bf16", "fp16")
@@ -51,8 +51,9 @@ class TrainConfig:
     learning rate follows the schedule per iteration, after a linear warm-up."""
 
     # -- what is trained --------------------------------------------------------------------
-    task: str = option("classification", "what is learned: image classification or Sudoku "
-                       "with looped self-attention", group="task", choices=TASKS)
+    task: str = option("classification", "what is learned: image classification, Sudoku with "
+                       "looped self-attention, or object detection", group="task",
+                       choices=TASKS)
     recipe: str = option("digits", "the named base settings this config started from",
                          group="task", bookkeeping=True)
     model: str = option("resnet20", "registered model name (stepnet models)", group="model")
@@ -72,7 +73,8 @@ class TrainConfig:
                                            "e.g. '{\"preact\": false}'", group="model")
     # -- data -------------------------------------------------------------------------------
     dataset: str = option("digits", "dataset name (classification: cifar10, cifar100, digits, "
-                          "imagefolder, stl10; sudoku: sudoku, generated puzzles)", group="data")
+                          "imagefolder, stl10; sudoku: sudoku, generated puzzles; detection: "
+                          "coco, a COCO tree)", group="data")
     data_dir: str | None = option(None, "dataset root folder", group="data")
     download: bool = option(False, "let torchvision download the dataset (needs internet)",
                             group="data", bookkeeping=True)
@@ -90,7 +92,11 @@ class TrainConfig:
     epochs: int = option(15, "training epochs", group="optimization", resumable=True)
     batch_size: int = option(64, "global training batch size", group="optimization")
     optimizer: str = option("sgd", "optimizer", group="optimization", choices=OPTIMIZERS)
-    lr: float = option(0.05, "peak learning rate", group="optimization")
+    lr: float = option(0.05, "peak learning rate (for --lr-reference-batch images, if given)",
+                       group="optimization")
+    lr_reference_batch: int | None = option(None, "scale --lr linearly: the lr used is "
+                                            "lr x batch-size / this (e.g. 0.02 for 16 images)",
+                                            group="optimization")
     momentum: float = option(0.9, "SGD momentum", group="optimization")
     nesterov: bool = option(False, "SGD with Nesterov momentum", group="optimization")
     betas: list[float] = option([0.9, 0.999], "AdamW betas", group="optimization")
@@ -117,6 +123,16 @@ class TrainConfig:
                               group="optimization")
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy",
                                     group="optimization")
+    # -- detection --------------------------------------------------------------------------
+    min_size: int = option(800, "detection: shorter image side after resizing", group="detection")
+    max_size: int = option(1333, "detection: longest image side after resizing",
+                           group="detection")
+    trainable_layers: int | None = option(None, "detection: trainable backbone stages 0..5 "
+                                          "(default: 3 from a backbone checkpoint, else 5)",
+                                          group="detection")
+    backbone_checkpoint: str | None = option(None, "detection: a classification checkpoint "
+                                             "(stepnet train, ImageNet recipe) that initialises "
+                                             "the detector's body", group="detection")
     # -- sudoku -----------------------------------------------------------------------------
     dim: int = option(128, "sudoku: token width D", group="sudoku")
     heads: int = option(4, "sudoku: attention heads", group="sudoku")
@@ -161,7 +177,7 @@ class TrainConfig:
                 raise ValueError(f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; "
                                  f"valid: {', '.join(choices)}")
         for name in ("epochs", "batch_size", "eval_batch_size", "log_interval", "dim", "heads",
-                     "loops", "train_puzzles", "test_puzzles"):
+                     "loops", "train_puzzles", "test_puzzles", "min_size", "max_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
         for name, value in self.to_dict().items():
@@ -183,6 +199,14 @@ class TrainConfig:
             raise ValueError(f"--betas takes two numbers in [0, 1), got {self.betas}")
         if self.warmup_epochs and self.warmup_iters:
             raise ValueError("give --warmup-epochs or --warmup-iters, not both")
+        if self.lr_reference_batch is not None and self.lr_reference_batch < 1:
+            raise ValueError(f"--lr-reference-batch must be at least 1, got "
+                             f"{self.lr_reference_batch}")
+        if self.trainable_layers is not None and not 0 <= self.trainable_layers <= 5:
+            raise ValueError(f"--trainable-layers must be in 0..5, got {self.trainable_layers}")
+        if self.min_size > self.max_size:
+            raise ValueError(f"--min-size {self.min_size} is larger than --max-size "
+                             f"{self.max_size}")
         if self.train_subset is not None and self.train_subset < 1:
             raise ValueError(f"--train-subset must be positive, got {self.train_subset}")
         if any(m < 1 for m in self.milestones):
@@ -194,6 +218,14 @@ class TrainConfig:
                                  f"got {value}")
         if not self.eval_loops or min(self.eval_loops) < 1:
             raise ValueError(f"--eval-loops must list loop counts >= 1, got {self.eval_loops}")
+
+    @property
+    def scaled_lr(self) -> float:
+        """The peak learning rate used: ``lr``, times batch_size / lr_reference_batch when a
+        reference batch is given (the linear scaling rule)."""
+        if self.lr_reference_batch:
+            return self.lr * self.batch_size / self.lr_reference_batch
+        return self.lr
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -331,8 +363,8 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 # -- command line -------------------------------------------------------------------------------
 GROUP_TITLES = {"task": "task", "model": "model", "data": "data",
-                "optimization": "optimization", "sudoku": "sudoku task",
-                "run": "execution"}
+                "optimization": "optimization", "detection": "detection task",
+                "sudoku": "sudoku task", "run": "execution"}
 
 
 def add_config_arguments(parser: argparse.ArgumentParser,
@@ -408,12 +440,27 @@ RECIPES: dict[str, dict[str, Any]] = {
                       weight_decay_exempt="timm", schedule="cosine", warmup_epochs=5.0,
                       min_lr=1e-5, label_smoothing=0.1, auto_augment="autoaugment",
                       clip_grad_norm=1.0, workers=4, eval_batch_size=512),
+    # MMDetection's 1x schedule for Faster R-CNN: SGD lr 0.02 for 16 images (scaled linearly
+    # with the batch), 500-iteration linear warm-up, x0.1 at epochs 8 and 11, 12 epochs, images
+    # resized to 800 (shorter side) / 1333.
+    "coco-faster-rcnn": dict(task="detection", model="fasterrcnn_resnet50_fpn", dataset="coco",
+                             epochs=12, batch_size=16, optimizer="sgd", lr=0.02,
+                             lr_reference_batch=16, momentum=0.9, weight_decay=1e-4,
+                             weight_decay_exempt="requested", schedule="multistep",
+                             milestones=[8, 11], gamma=0.1, warmup_iters=500, min_size=800,
+                             max_size=1333, workers=4, eval_batch_size=8),
+    # The same schedule at CPU scale: ResNet-18-FPN, small images, 2 images a batch.
+    "coco-cpu": dict(task="detection", model="fasterrcnn_resnet18_fpn", dataset="coco",
+                     epochs=12, batch_size=2, optimizer="sgd", lr=0.02, lr_reference_batch=16,
+                     momentum=0.9, weight_decay=1e-4, weight_decay_exempt="requested",
+                     schedule="multistep", milestones=[8, 11], gamma=0.1, warmup_iters=100,
+                     min_size=320, max_size=512, workers=0, eval_batch_size=4),
     "sudoku": dict(task="sudoku", model="sudoku", dataset="sudoku", norm="rmsnorm",
                    optimizer="adamw", lr=1e-3, weight_decay=0.0, schedule="constant",
                    epochs=10, batch_size=64, dim=128, heads=4, loops=16, train_puzzles=9000,
                    test_puzzles=1000),
 }
-DEFAULT_RECIPE = {"classification": "digits", "sudoku": "sudoku"}
+DEFAULT_RECIPE = {"classification": "digits", "sudoku": "sudoku", "detection": "coco-cpu"}
 
 
 def resolve_config(recipe: str | None, overrides: dict[str, Any],

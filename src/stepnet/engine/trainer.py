@@ -63,10 +63,10 @@ def parameter_groups(model: nn.Module, weight_decay: float,
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     groups = parameter_groups(model, config.weight_decay, config.weight_decay_exempt)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
+        return torch.optim.SGD(groups, lr=config.scaled_lr, momentum=config.momentum,
                                nesterov=config.nesterov and config.momentum > 0)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas))
+        return torch.optim.AdamW(groups, lr=config.scaled_lr, betas=tuple(config.betas))
     raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: sgd, adamw")
 
 
@@ -80,7 +80,7 @@ class LRSchedule:
         self.config, self.iters_per_epoch = config, iters_per_epoch
         self.total = config.epochs * iters_per_epoch
         self.warmup = config.warmup_iters or round(config.warmup_epochs * iters_per_epoch)
-        self.floor = config.min_lr / config.lr
+        self.floor = config.min_lr / config.scaled_lr
 
     def __call__(self, iteration: int) -> float:
         c = self.config
@@ -146,7 +146,7 @@ class Trainer:
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.optimizer = build_optimizer(config, self.model)
         for group in self.optimizer.param_groups:
-            group["base_lr"] = group["lr"]
+            group["base_lr"] = config.scaled_lr
         self.per_rank_batch = config.batch_size // self.ctx.world_size
         self.schedule = LRSchedule(config, len(self.train_loader(0)))
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay),
@@ -182,7 +182,13 @@ class Trainer:
 
     @staticmethod
     def _compiled(module: nn.Module) -> nn.Module:
-        # Static shapes: one graph for the full batches, one more for a smaller last batch.
+        """torch.compile of the training forward, quietly: static shapes (one graph for the
+        full batches, one more for a smaller last batch; evaluation runs uncompiled), and the
+        compiler's start-up notices (e.g. a CPU build looking for a CUDA toolkit) silenced."""
+        import logging
+
+        for name in ("torch.utils.cpp_extension", "torch._inductor", "torch._dynamo"):
+            logging.getLogger(name).setLevel(logging.ERROR)
         return torch.compile(module, dynamic=False)
 
     # -- data ---------------------------------------------------------------------------------
@@ -348,7 +354,7 @@ class Trainer:
         self.model.load_state_dict(checkpoint["state_dict"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         for group in self.optimizer.param_groups:
-            group["base_lr"] = self.config.lr
+            group["base_lr"] = self.config.scaled_lr
         if "scaler" in checkpoint:
             self.scaler.load_state_dict(checkpoint["scaler"])
         if self.ema is not None:
@@ -388,7 +394,7 @@ class Trainer:
         metrics: dict[str, float] = {}
         for epoch in range(self.start_epoch, self.config.epochs):
             start = time.perf_counter()
-            lr = self.schedule(epoch * self.schedule.iters_per_epoch) * self.config.lr
+            lr = self.schedule(epoch * self.schedule.iters_per_epoch) * self.config.scaled_lr
             metrics = {"epoch": epoch + 1, "lr": lr, **self.train_epoch(epoch),
                        **self.evaluate()}
             metrics["seconds"] = time.perf_counter() - start

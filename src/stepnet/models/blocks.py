@@ -62,14 +62,16 @@ class BasicBlock(ResidualBlock):
     """Post-activation basic block: relu(shortcut(x) + bn2(conv2(relu(bn1(conv1(x))))) * h)."""
 
     def __init__(self, in_planes: int, planes: int, stride: int, attention: StepSize,
-                 norm: NormLayer = nn.BatchNorm2d) -> None:
+                 norm: NormLayer = nn.BatchNorm2d,
+                 downsample_norm: NormLayer = nn.BatchNorm2d) -> None:
         super().__init__(in_planes, planes, stride, attention)
         self.conv1 = conv3x3(in_planes, planes, stride)
         self.bn1 = norm(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = norm(planes)
-        self.downsample = (nn.Sequential(conv1x1(in_planes, planes, stride), nn.BatchNorm2d(planes))
+        self.downsample = (nn.Sequential(conv1x1(in_planes, planes, stride),
+                                         downsample_norm(planes))
                            if self.changes_shape else None)
 
     def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -86,7 +88,8 @@ class Bottleneck(ResidualBlock):
     expansion = 4
 
     def __init__(self, in_planes: int, planes: int, stride: int, attention: StepSize,
-                 norm: NormLayer = nn.BatchNorm2d) -> None:
+                 norm: NormLayer = nn.BatchNorm2d,
+                 downsample_norm: NormLayer = nn.BatchNorm2d) -> None:
         super().__init__(in_planes, planes, stride, attention)
         out = self.out_planes
         self.conv1 = conv1x1(in_planes, planes)
@@ -96,7 +99,7 @@ class Bottleneck(ResidualBlock):
         self.conv3 = conv1x1(planes, out)
         self.bn3 = norm(out)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = (nn.Sequential(conv1x1(in_planes, out, stride), nn.BatchNorm2d(out))
+        self.downsample = (nn.Sequential(conv1x1(in_planes, out, stride), downsample_norm(out))
                            if self.changes_shape else None)
 
     def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -6,7 +6,7 @@ strictly and give identical logits. Attention modules live at ``layerS.B.attenti
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -14,7 +14,9 @@ from torch import Tensor, nn
 
 from .base import ResidualNetwork
 from .blocks import BasicBlock, Bottleneck
-from .layers import AttentionFactory, check_input, norm_layer
+from ..attention import freeze_batch_norms
+from .layers import AttentionFactory, check_input, is_frozen_norm
+from .layers import norm_layer as norm_by_name
 from .registry import register_model
 
 # check_input is a leaf under torch.fx tracing; fx.wrap patches this module's global name.
@@ -27,6 +29,13 @@ class ResNet(ResidualNetwork):
     Input [B, in_chans, H, W] -> logits [B, num_classes]. ``zero_init_residual`` zeroes the last
     BN weight of each residual branch (torchvision's option). ``norm="iebn"`` replaces the stem BN
     and every BN inside the residual branches by IEBN (never the downsample BNs).
+
+    ``norm_layer`` (a callable ``C -> module``, as torchvision's: ``nn.BatchNorm2d``,
+    ``torchvision.ops.FrozenBatchNorm2d``, ...) overrides ``norm`` and is used for every norm,
+    the downsample's included. With a frozen norm layer the step-size modules' own batch norms are
+    frozen too (:func:`~stepnet.attention.freeze_batch_norms`). The stem, ``layer1..4`` and
+    ``inplanes`` follow torchvision's layout, so torchvision's detection helpers
+    (``_resnet_fpn_extractor``, ``IntermediateLayerGetter``) accept the model.
     """
 
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: Sequence[int],
@@ -34,10 +43,12 @@ class ResNet(ResidualNetwork):
                  attention_options: dict[str, Any] | None = None,
                  attention_blocks: Sequence[int] | Sequence[bool] | None = None,
                  norm: str = "bn", in_chans: int = 3, zero_init_residual: bool = False,
-                 input_size: int = 224) -> None:
+                 input_size: int = 224, norm_layer: Callable[[int], nn.Module] | None = None
+                 ) -> None:
         super().__init__()
         self.in_chans = in_chans
-        make_norm = norm_layer(norm)
+        make_norm = norm_layer or norm_by_name(norm)
+        downsample_norm = norm_layer or nn.BatchNorm2d
         make_attention = AttentionFactory(attention, sum(layers), attention_blocks,
                                           attention_options)
         self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -53,13 +64,17 @@ class ResNet(ResidualNetwork):
             for i in range(count):
                 out_planes = planes * block.expansion
                 blocks.append(block(in_planes, planes, stride if i == 0 else 1,
-                                    make_attention(index, out_planes, size), make_norm))
+                                    make_attention(index, out_planes, size), make_norm,
+                                    downsample_norm))
                 in_planes, index = out_planes, index + 1
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.inplanes = in_planes   # torchvision's name, read by its detection helpers
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(in_planes, num_classes)
         self._finish_blocks(stages)
+        if norm_layer is not None and is_frozen_norm(norm_layer):
+            freeze_batch_norms(self)
         self._init_backbone(lambda conv: nn.init.kaiming_normal_(
             conv.weight, mode="fan_out", nonlinearity="relu"))
         if zero_init_residual:

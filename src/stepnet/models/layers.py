@@ -75,6 +75,14 @@ def norm_layer(norm: str) -> Callable[[int], nn.Module]:
     raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
 
 
+def is_frozen_norm(norm_layer: Callable[[int], nn.Module]) -> bool:
+    """True for a norm layer without trainable statistics (torchvision's FrozenBatchNorm2d)."""
+    from torchvision.ops import FrozenBatchNorm2d
+
+    probe = norm_layer(1)
+    return isinstance(probe, FrozenBatchNorm2d)
+
+
 class AttentionFactory:
     """Builds each block's step-size module: ``name`` where the block is selected, ``none`` else.
 

@@ -6,9 +6,11 @@ from typing import Any
 from ..config import TASKS
 from .base import Task, move_to, reduce_sums, unwrap_model
 from .classification import ClassificationTask, accuracy_counts
+from .detection import DetectionTask
 from .sudoku import SudokuTask, sudoku_counts
 
-_TASKS: dict[str, type[Task]] = {t.name: t for t in (ClassificationTask, SudokuTask)}
+_TASKS: dict[str, type[Task]] = {t.name: t for t in (ClassificationTask, SudokuTask,
+                                                      DetectionTask)}
 assert tuple(_TASKS) == TASKS, "config.TASKS lists the registered tasks"
 
 
@@ -30,8 +32,11 @@ def task_of_checkpoint(checkpoint: dict[str, Any]) -> str:
     task = checkpoint.get("task") or (checkpoint.get("config") or {}).get("task")
     if task:
         return task
-    return "sudoku" if checkpoint.get("model", {}).get("name") == "sudoku" else "classification"
+    name = checkpoint.get("model", {}).get("name", "")
+    if name.startswith("fasterrcnn_"):
+        return "detection"
+    return "sudoku" if name == "sudoku" else "classification"
 
 
-__all__ = ["ClassificationTask", "SudokuTask", "Task", "accuracy_counts", "create_task",
+__all__ = ["ClassificationTask", "DetectionTask", "SudokuTask", "Task", "accuracy_counts", "create_task",
            "move_to", "reduce_sums", "sudoku_counts", "task_class", "task_of_checkpoint", "unwrap_model"]
