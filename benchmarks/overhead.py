@@ -136,7 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--variants", nargs="+", default=list_attention() + [
-        "iebn", "stepnet:mlp", "stepnet:both", "stepnet:mixer"])
+        "iebn", "stepnet:attn", "stepnet:both", "stepnet:mixer"])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2, help="steps per timing")
     parser.add_argument("--output", type=Path,

@@ -211,4 +211,4 @@ def test_overfits_a_few_real_images_to_a_high_ap50():
     assert metrics["AP50"] >= OVERFIT_AP50, metrics
 
 
-OVERFIT_STEPS, OVERFIT_AP50 = 100, 80.0
+OVERFIT_STEPS, OVERFIT_AP50 = 80, 90.0   # measured: AP50 100 (AP 62.6) after 50 steps
