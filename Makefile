@@ -32,11 +32,12 @@ benchmark: $(STAMP)
 	$(PY) benchmarks/stiffness_cost.py
 
 # Mutation testing of the numeric core (attention modules, stiffness metrics, linalg, Lyapunov
-# exponents; settings in pyproject.toml [tool.mutmut]). Long: about an hour on 2 cores.
+# exponents; settings in pyproject.toml [tool.mutmut]). One OpenMP thread: mutants run in forked
+# processes, where a multi-threaded OpenMP pool deadlocks. About 10 minutes on 2 cores.
 mutation: $(STAMP)
 	$(PY) -m pip install -q -e ".[test,dev]"
 	rm -rf mutants
-	$(VENV)/bin/mutmut run
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(VENV)/bin/mutmut run
 	$(VENV)/bin/mutmut results
 
 clean:
