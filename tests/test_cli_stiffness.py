@@ -24,7 +24,11 @@ def test_stiffness_command_writes_json_and_figures(tmp_path, capsys):
     out = run / "stiffness"
     names = sorted(p.name for p in out.iterdir())
     assert names == ["delta.png", "eigenvalues.png", "nsi_depth.png", "nsi_vs_attention.png",
-                     "proportion.png", "stiffness.json"]
+                     "proportion.png", "report.html", "stiffness.json"]
+    page = (out / "report.html").read_text()
+    # self-contained: every figure embedded, the conventions stated, no external file needed
+    assert page.count("data:image/png;base64,") == 5 and "<h2>Conventions</h2>" in page
+    assert 'src="http' not in page and "TNS" in page
     result = json.loads((out / "stiffness.json").read_text())
     assert result["inputs"] == 64 and result["dataset"] == "digits"
     assert len(result["per_block"]) == 9

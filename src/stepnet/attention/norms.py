@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch.nn import functional as F
 
 
@@ -20,7 +21,10 @@ class DescriptorBatchNorm1d(nn.BatchNorm1d):
     update) the running statistics."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training and x.shape[0] == 1 and self.track_running_stats:
+        if is_fx_symbolic_tracing():   # no shape checks on symbolic inputs: the plain op
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                self.training, self.momentum or 0.0, self.eps)
+        if self.training and self.track_running_stats and x.shape[0] == 1:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                 False, 0.0, self.eps)
         return super().forward(x)
