@@ -168,6 +168,7 @@ def test_demo_writes_report_and_figures(tmp_path, capsys):
     report = (tmp_path / "report.md").read_text()
     for attention in ("none", "se", "stepnet"):
         assert f"| {attention} |" in report
+    assert "cannot rank these modules" in report and "± 1 s.e." in report
         assert (tmp_path / attention / "stiffness" / "delta.png").is_file()
         assert (tmp_path / attention / "checkpoints" / "last.pt").is_file()
     summary = json.loads((tmp_path / "summary.json").read_text())
