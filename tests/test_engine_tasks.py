@@ -34,7 +34,8 @@ class Interrupted(Exception):
 @pytest.mark.parametrize("task, extra", [
     ("classification", {"attention": "stepnet", "warmup_epochs": 0.5}),
     ("classification", {"optimizer": "adamw", "lr": 1e-3, "ema_decay": 0.9,
-                        "clip_grad_norm": 1.0, "schedule": "multistep", "milestones": [2]}),
+                        "clip_grad_norm": 1.0, "schedule": "multistep", "milestones": [2],
+                        "mixup_alpha": 0.2, "cutmix_alpha": 1.0, "label_smoothing": 0.1}),
     ("sudoku", {"spectral_weight": 1e-4, "warmup_iters": 2, "schedule": "cosine"}),
 ])
 def test_stop_after_first_epoch_and_resume_is_bit_identical(tmp_path, monkeypatch, task, extra):
@@ -367,3 +368,25 @@ def test_cpu_mixed_precision_is_bf16_autocast_and_fp16_is_refused(tmp_path, caps
     assert math.isfinite(metrics["train_loss"]) and metrics["test_images"] == 360
     assert main(["train", "--quiet", "--amp", "fp16", "--output", str(tmp_path / "b")]) == 2
     assert "--amp fp16 needs CUDA" in capsys.readouterr().err
+
+
+def test_mixup_and_cutmix_mix_labels_and_images():
+    from stepnet.engine.tasks import create_task
+
+    config = resolve_config("digits", {"mixup_alpha": 0.4})
+    task = create_task(config)
+    seen = {}
+
+    def model(images):
+        seen["images"] = images
+        return torch.zeros(images.shape[0], 10, requires_grad=True)
+
+    images, labels = torch.randn(6, 1, 8, 8), torch.tensor([0, 1, 2, 3, 4, 5])
+    torch.manual_seed(3)
+    loss, stats = task.losses(model, (images, labels))
+    mixed = seen["images"]
+    # each mixed image is lam * x_i + (1 - lam) * x_(i-1), the rolled batch, as torchvision's
+    lam = float(((mixed - images.roll(1, 0)) / (images - images.roll(1, 0)))[0].flatten()[0])
+    torch.testing.assert_close(mixed, lam * images + (1 - lam) * images.roll(1, 0))
+    assert loss.item() == pytest.approx(math.log(10))     # uniform logits: ln K for any target
+    assert resolve_config("cifar-resnet164", {}).model_options == {"preact": False}

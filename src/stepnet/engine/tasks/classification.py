@@ -30,6 +30,21 @@ class ClassificationTask(Task):
     def __init__(self, config) -> None:  # noqa: ANN001
         super().__init__(config)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self._mix: Any = None
+
+    def _mixing(self, num_classes: int) -> Any:
+        """torchvision's v2 MixUp / CutMix on a batch (one of them per batch when both are
+        on); labels become [B, classes] probabilities."""
+        from torchvision.transforms import v2
+
+        c = self.config
+        choices = ([v2.MixUp(alpha=c.mixup_alpha, num_classes=num_classes)]
+                   if c.mixup_alpha else []) + \
+                  ([v2.CutMix(alpha=c.cutmix_alpha, num_classes=num_classes)]
+                   if c.cutmix_alpha else [])
+        if not choices:
+            return None
+        return choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
 
     def datasets(self) -> tuple[Dataset, Dataset]:
         c = self.config
@@ -59,9 +74,15 @@ class ClassificationTask(Task):
 
     def losses(self, model: nn.Module, batch: Any) -> tuple[Losses, dict[str, Tensor]]:
         images, labels = batch
+        if self.config.mixup_alpha or self.config.cutmix_alpha:
+            if self._mix is None:
+                self._mix = self._mixing(dataset_info(self.config.dataset,
+                                                      self.config.data_dir).num_classes)
+            images, labels = self._mix(images, labels)   # accuracy vs the dominant label
         logits = model(images)
         loss = self.criterion(logits, labels)
-        return loss, {"correct": (logits.detach().argmax(1) == labels).sum()}
+        hard = labels.argmax(1) if labels.dim() == 2 else labels
+        return loss, {"correct": (logits.detach().argmax(1) == hard).sum()}
 
     def train_metrics(self, sums: dict[str, float], samples: float) -> dict[str, float]:
         return {"train_loss": sums["loss"] / samples,
