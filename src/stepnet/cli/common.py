@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from ..data import DATASETS, build_dataset
 from ..engine import TrainConfig, load_checkpoint, model_from_checkpoint, resolve_device
-from ..engine.tasks import task_of_checkpoint
+from ..engine.checkpoint import config_of_checkpoint
 
 
 def check_writable(folder: Path) -> None:
@@ -36,20 +36,6 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
 
 
-def checkpoint_config(checkpoint: dict[str, Any]) -> TrainConfig:
-    """The training config saved in a checkpoint, in today's form (older checkpoints kept the
-    data under ``config["data"]`` and Sudoku's givens as ``train_givens``)."""
-    values = dict(checkpoint.get("config") or {})
-    values.update(values.pop("data", None) or {})
-    if "train_givens" in values:
-        values["givens"] = list(values.pop("train_givens"))
-    values["task"] = task_of_checkpoint(checkpoint)
-    if values["task"] == "sudoku":
-        values.setdefault("model", "sudoku")
-        values.setdefault("dataset", "sudoku")
-    return TrainConfig.from_dict(values, strict=False)
-
-
 def load_checkpoint_for_task(args: argparse.Namespace, task: str | None = None,
                              weights: str = "auto") -> tuple[dict[str, Any], nn.Module,
                                                               TrainConfig]:
@@ -63,7 +49,7 @@ def load_checkpoint_for_task(args: argparse.Namespace, task: str | None = None,
     except FileNotFoundError as error:
         raise ValueError(str(error)) from None
     model = model_from_checkpoint(checkpoint, task=task, weights=weights)
-    config = checkpoint_config(checkpoint)
+    config = config_of_checkpoint(checkpoint)
     if args.dataset:
         config.dataset = args.dataset
     if args.data_dir:
@@ -110,10 +96,7 @@ def load_checkpoint_and_data(args: argparse.Namespace, train: bool = False
     """(checkpoint, its model on args.device, the un-augmented split, the dataset name) for the
     stiffness tools: a classification model, or a detector's backbone body on its images
     resized to ``args.image_size`` squares."""
-    try:
-        checkpoint, model, config = load_checkpoint_for_task(args)
-    except ValueError:
-        raise
+    checkpoint, model, config = load_checkpoint_for_task(args)
     if config.task == "sudoku":
         raise ValueError(f"{checkpoint['path']} is a sudoku checkpoint: stiffness analysis reads "
                          f"the Euler steps of residual networks; for a Sudoku model use "

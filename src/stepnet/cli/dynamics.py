@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..dynamics.task import analyze_sudoku, load_sudoku_model
+from ..engine.checkpoint import run_directory
 from .train import add_train_arguments, run_train
 
 
@@ -17,10 +18,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         model, config = load_sudoku_model(args.run_dir)
     except FileNotFoundError as error:
         raise ValueError(str(error)) from None
-    source = Path(args.run_dir)
-    run = source if source.is_dir() else (
-        source.parent.parent if source.parent.name == "checkpoints" else source.parent)
-    output = Path(args.output) if args.output else run / "analysis"
+    output = Path(args.output) if args.output else run_directory(args.run_dir) / "analysis"
     result = analyze_sudoku(model, config, boards=args.boards, max_loops=args.max_loops,
                             output=output, progress=not args.quiet)
     print(f"max Lyapunov exponent (mean over {args.boards} boards, {model.loops} loops): "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from ..engine.checkpoint import resolve_checkpoint
+from ..engine.checkpoint import resolve_checkpoint, run_directory
 from ..stiffness import analyze, summary_table, write_report
 from ..stiffness.analysis import check_spectrum_blocks
 from .common import add_checkpoint_arguments, check_writable, load_checkpoint_and_data
@@ -30,10 +30,7 @@ def run(args: argparse.Namespace) -> int:
         args, train=args.split == "train")
     if blocks:
         check_spectrum_blocks(model, blocks)   # before any computing
-    source = Path(args.checkpoint)
-    output = Path(args.output) if args.output else (
-        (source if source.is_dir() else source.parent.parent if source.parent.name ==
-         "checkpoints" else source.parent) / "stiffness")
+    output = Path(args.output) if args.output else run_directory(args.checkpoint) / "stiffness"
     check_writable(output)
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
                         num_workers=args.workers)

@@ -66,7 +66,6 @@ def resume_config(folder: Path, overrides: dict[str, Any]) -> TrainConfig | None
 def train_one(config: TrainConfig, resume: bool, quiet: bool) -> dict[str, float]:
     """Train one config (under torchrun: this process's part); returns the last metrics."""
     ctx = setup_distributed(config.device)
-    trainer = None
     try:
         trainer = Trainer(config, ctx, progress=not quiet)
         if resume and (Path(config.output) / "checkpoints" / "last.pt").is_file():
@@ -86,6 +85,7 @@ def run_train(args: argparse.Namespace) -> int:
     base = load_config_file(args.config) if args.config else None
     if base is not None and args.recipe:
         raise ValueError("give --recipe or --config, not both")
+    is_main = int(os.environ.get("RANK", "0")) == 0   # under torchrun, rank 0 writes
     seeds = args.seeds or [overrides.get("seed")]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds lists a seed twice: {seeds}")
@@ -109,17 +109,17 @@ def run_train(args: argparse.Namespace) -> int:
             output = Path(args.output) if args.output else Path("runs") / name
             config.output = str(output / f"seed{seed}" if args.seeds and len(seeds) > 1
                                 else output)
-            if int(os.environ.get("RANK", "0")) == 0:
+            if is_main:
                 created = not Path(config.output).exists()
                 prepare_run_dir(Path(config.output), args.overwrite)
         try:
             final = train_one(config, args.resume, args.quiet)
         except BaseException:
             folder = Path(config.output)
-            if not args.resume and created and folder.is_dir() and not any(folder.iterdir()):
+            if created and folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()   # a run that failed before writing anything leaves no folder
             raise
-        if int(os.environ.get("RANK", "0")) == 0 and final:
+        if is_main and final:
             shown = {k: round(v, 4) for k, v in final.items() if k.startswith("test_")}
             print(f"{config.output}: {json.dumps(shown)}")
             result = Path(config.output) / "result.json"

@@ -35,24 +35,33 @@ def coco_paths(root: str | Path, train: bool) -> tuple[Path, Path]:
     return images, annotations
 
 
-def read_annotations(path: Path) -> dict[str, Any]:
-    """The annotation file as JSON, checked: COCO's images / annotations / categories lists and
-    boxes of positive width and height."""
+def load_coco(images: Path, annotations: Path, transforms: Any = None) -> Any:
+    """torchvision's ``CocoDetection`` of a split, its annotation file parsed once (by
+    pycocotools) and checked: COCO's images / annotations / categories lists and boxes of
+    positive width and height."""
+    from torchvision import datasets
+
     try:
-        data = json.loads(path.read_text())
+        with contextlib.redirect_stdout(io.StringIO()):   # pycocotools' loading chatter
+            coco = datasets.CocoDetection(str(images), str(annotations), transforms=transforms)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not a COCO annotation file (not JSON: {error})") from None
+        raise ValueError(f"{annotations} is not a COCO annotation file (not JSON: {error})"
+                         ) from None
+    except (AssertionError, KeyError, TypeError) as error:   # pycocotools on a wrong layout
+        raise ValueError(f"{annotations} is not a COCO annotation file ({error!r})") from None
+    data = coco.coco.dataset
     missing = [k for k in ("images", "annotations", "categories")
                if not isinstance(data, dict) or not isinstance(data.get(k), list)]
     if missing:
-        raise ValueError(f"{path} is not a COCO annotation file: no {', '.join(missing)} list")
+        raise ValueError(f"{annotations} is not a COCO annotation file: no "
+                         f"{', '.join(missing)} list")
     bad = [a for a in data["annotations"]
            if len(a.get("bbox", [])) != 4 or a["bbox"][2] <= 0 or a["bbox"][3] <= 0]
     if bad:
-        raise ValueError(f"{path}: {len(bad)} box(es) without positive width and height "
+        raise ValueError(f"{annotations}: {len(bad)} box(es) without positive width and height "
                          f"(first: annotation {bad[0].get('id')}, bbox {bad[0].get('bbox')}); "
                          f"remove or fix them")
-    return data
+    return coco
 
 
 class CocoBoxes(Dataset):
@@ -66,16 +75,14 @@ class CocoBoxes(Dataset):
         from torchvision.transforms import v2
 
         images, annotations = coco_paths(root, train)
-        self.annotations = read_annotations(annotations)
-        self.categories = {c["id"]: c["name"] for c in self.annotations["categories"]}
         augment = train if augment is None else augment
         steps: list = [v2.ToImage()]
         if augment:
             steps.append(v2.RandomHorizontalFlip(0.5))
         steps += [v2.ToDtype(torch.float32, scale=True), v2.SanitizeBoundingBoxes()]
-        with contextlib.redirect_stdout(io.StringIO()):   # pycocotools' loading chatter
-            coco = datasets.CocoDetection(str(images), str(annotations),
-                                          transforms=v2.Compose(steps))
+        coco = load_coco(images, annotations, v2.Compose(steps))
+        self.ground_truth = coco.coco   # the parsed annotations (pycocotools' COCO), for COCOeval
+        self.categories = {c["id"]: c["name"] for c in coco.coco.dataset["categories"]}
         self.dataset = datasets.wrap_dataset_for_transforms_v2(
             coco, target_keys=("boxes", "labels", "image_id"))
         self.indices = list(range(len(coco)))[:subset] if subset else list(range(len(coco)))

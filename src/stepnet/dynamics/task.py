@@ -91,15 +91,11 @@ def evaluate(model: SudokuModel, puzzles: np.ndarray, solutions: np.ndarray, loo
 def load_sudoku_model(path: str | Path) -> tuple[SudokuModel, dict[str, Any]]:
     """The model and training config of a Sudoku checkpoint (a run folder, its
     ``checkpoints/*.pt``, or the ``model.pt`` of earlier versions)."""
-    from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
-    from ..engine.config import TrainConfig
+    from ..engine.checkpoint import config_of_checkpoint, load_checkpoint, model_from_checkpoint
 
     checkpoint = load_checkpoint(path)
     model = model_from_checkpoint(checkpoint, task="sudoku")
-    config = TrainConfig.from_dict(checkpoint.get("config") or {}, strict=False)
-    if "config" in checkpoint and "train_givens" in checkpoint["config"]:  # earlier versions
-        config.givens = list(checkpoint["config"]["train_givens"])
-    return model.eval(), config.to_dict()
+    return model.eval(), config_of_checkpoint(checkpoint).to_dict()
 
 
 def analyze_sudoku(model: SudokuModel, config: dict[str, Any], boards: int = 4,

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..models import create_model
+from .config import TrainConfig
 
 FORMAT = "stepnet-checkpoint-v1"
 
@@ -59,6 +60,15 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def run_directory(path: str | Path) -> Path:
+    """The run folder of a run directory or of one of its checkpoints (``RUN/checkpoints/x.pt``
+    -> ``RUN``; a checkpoint elsewhere -> its folder): where reports about it go."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint (file or run directory); ``ValueError`` if it is not one of ours."""
     path = resolve_checkpoint(path)
@@ -80,6 +90,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(f"{path} is not a stepnet checkpoint (format {FORMAT!r} expected)")
     payload["path"] = str(path)
     return payload
+
+
+def config_of_checkpoint(checkpoint: dict[str, Any]) -> TrainConfig:
+    """The training config saved in a checkpoint, in today's form (older checkpoints kept the
+    data under ``config["data"]`` and Sudoku's givens as ``train_givens``, and had no task)."""
+    from .tasks import task_of_checkpoint
+
+    values = dict(checkpoint.get("config") or {})
+    values.update(values.pop("data", None) or {})
+    if "train_givens" in values:
+        values["givens"] = list(values.pop("train_givens"))
+    values["task"] = task_of_checkpoint(checkpoint)
+    if values["task"] == "sudoku":
+        values.setdefault("model", "sudoku")
+        values.setdefault("dataset", "sudoku")
+    return TrainConfig.from_dict(values, strict=False)
 
 
 def upgrade_spec(checkpoint: dict[str, Any]) -> dict[str, Any]:

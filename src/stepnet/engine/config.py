@@ -175,10 +175,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` on values no run can use, naming the flag."""
-        for name in ("task", "optimizer", "schedule", "amp", "weight_decay_exempt",
-                     "position", "auto_augment"):
-            choices = FIELDS[name].metadata["choices"]
-            if getattr(self, name) not in choices:
+        for name, spec in FIELDS.items():
+            choices = spec.metadata["choices"]
+            if choices and getattr(self, name) not in choices:
                 raise ValueError(f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; "
                                  f"valid: {', '.join(choices)}")
         for name in ("epochs", "batch_size", "eval_batch_size", "log_interval", "dim", "heads",

@@ -64,9 +64,7 @@ def setup_distributed(device: str) -> DistributedContext:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     wanted = torch.device(device)
-    if wanted.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for, but no CUDA device is available")
+    if wanted.type == "cuda":   # resolve_device checked that CUDA is available
         wanted = torch.device("cuda", local_rank if world_size > 1 else (wanted.index or 0))
         torch.cuda.set_device(wanted)
     if world_size > 1 and not dist.is_initialized():

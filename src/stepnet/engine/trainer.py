@@ -145,8 +145,7 @@ class Trainer:
         self.task.memory_format = self.memory_format
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.optimizer = build_optimizer(config, self.model)
-        for group in self.optimizer.param_groups:
-            group["base_lr"] = config.scaled_lr
+        self._reset_base_lr()
         self.per_rank_batch = config.batch_size // self.ctx.world_size
         self.schedule = LRSchedule(config, len(self.train_loader(0)))
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay),
@@ -219,11 +218,16 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _set_lr(self, iteration: int) -> float:
+    def _reset_base_lr(self) -> None:
+        """The peak learning rate every group's schedule scales (the config's, after a
+        checkpoint's optimizer state is loaded too)."""
+        for group in self.optimizer.param_groups:
+            group["base_lr"] = self.config.scaled_lr
+
+    def _set_lr(self, iteration: int) -> None:
         factor = self.schedule(iteration)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
-        return self.optimizer.param_groups[0]["lr"]
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the training set. Running sums stay on the device and are read every
@@ -353,8 +357,7 @@ class Trainer:
                              f"{self.spec}; use another --output or the original settings")
         self.model.load_state_dict(checkpoint["state_dict"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
-        for group in self.optimizer.param_groups:
-            group["base_lr"] = self.config.scaled_lr
+        self._reset_base_lr()
         if "scaler" in checkpoint:
             self.scaler.load_state_dict(checkpoint["scaler"])
         if self.ema is not None:

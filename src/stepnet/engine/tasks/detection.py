@@ -23,17 +23,19 @@ DETECTION_DATASETS = ("coco",)
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-def coco_evaluate(annotation_file: str, results: list[dict[str, Any]],
+def coco_evaluate(ground_truth: Any, results: list[dict[str, Any]],
                   image_ids: list[int]) -> dict[str, float]:
-    """COCOeval (bbox) of ``results`` (COCO result dicts) on ``image_ids``: AP, AP50, AP75,
-    APs, APm, APl in % (0 when there is no prediction)."""
+    """COCOeval (bbox) of ``results`` (COCO result dicts) on ``image_ids`` against
+    ``ground_truth`` (an annotation file, or pycocotools' ``COCO`` of it, already parsed): AP,
+    AP50, AP75, APs, APm, APl in % (0 when there is no prediction)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     if not results:
         return {name: 0.0 for name in COCO_METRICS}
     with contextlib.redirect_stdout(io.StringIO()):
-        ground_truth = COCO(annotation_file)
+        if not isinstance(ground_truth, COCO):
+            ground_truth = COCO(str(ground_truth))
         detections = ground_truth.loadRes(results)
         evaluator = COCOeval(ground_truth, detections, "bbox")
         evaluator.params.imgIds = sorted(image_ids)
@@ -74,15 +76,16 @@ class DetectionTask(Task):
             raise ValueError(f"unknown detection model {config.model!r}; valid: "
                              f"{', '.join(valid)}")
         self.categories: dict[int, str] = {}
+        self.ground_truth: Any = None   # the evaluation split's annotations, from datasets()
 
     def datasets(self) -> tuple[Dataset, Dataset]:
-        from ...data.coco import CocoBoxes, coco_paths
+        from ...data.coco import CocoBoxes
 
         c = self.config
         root = c.data_dir or "data/coco"
         train = CocoBoxes(root, train=True, subset=c.train_subset)
         test = CocoBoxes(root, train=False)
-        self.annotation_file = str(coco_paths(root, train=False)[1])
+        self.ground_truth = test.ground_truth   # parsed once, evaluated against every epoch
         self.categories = train.categories
         return train, test
 
@@ -146,14 +149,8 @@ class DetectionTask(Task):
             dist.all_gather_object(gathered, (results, image_ids))
             results = [r for part in gathered for r in part[0]]
             image_ids = [i for part in gathered for i in part[1]]
-        annotation_file = getattr(self, "annotation_file", None) or self._annotation_file()
-        metrics = coco_evaluate(annotation_file, results, image_ids)
+        metrics = coco_evaluate(self.ground_truth, results, image_ids)
         return {f"test_{k}": v for k, v in metrics.items()} | {"test_images": len(image_ids)}
-
-    def _annotation_file(self) -> str:
-        from ...data.coco import coco_paths
-
-        return str(coco_paths(self.config.data_dir or "data/coco", train=False)[1])
 
     def state_dict(self, model: nn.Module) -> dict[str, Any]:
         """The category names (COCO id -> name), for pictures of a checkpoint's detections."""
