@@ -72,10 +72,8 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
         model = model_from_checkpoint(run / "checkpoints" / "last.pt").eval()
         test = build_dataset("imagefolder", args.data_dir, train=False, cache_images=True)
         loader = DataLoader(test, batch_size=250)
-        plain, _ = analyze(model, loader, args.stiffness_inputs, progress=False)
-        by_step, _ = analyze(model, loader, args.stiffness_inputs, divide_by_step=True,
-                             progress=False)
-        stiffness = {"tns": plain["tns"], "tns_step": by_step["tns"]}
+        result, _ = analyze(model, loader, args.stiffness_inputs, progress=False)
+        stiffness = {"tns": result["step"]["1"]["tns"], "tns_step": result["step"]["h"]["tns"]}
         stiffness_file.write_text(json.dumps(stiffness))
     return {"variant": variant, "seed": seed, "run": str(run),
             "test_acc1": rows[-1]["test_acc1"], "best_acc1": max(r["test_acc1"] for r in rows),

@@ -23,18 +23,42 @@ def test_stiffness_command_writes_json_and_figures(tmp_path, capsys):
                  "--spectrum-blocks", "1"]) == 0
     out = run / "stiffness"
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["delta.png", "eigenvalues.png", "nsi_depth.png", "nsi_vs_attention.png",
-                     "proportion.png", "report.html", "stiffness.json"]
+    assert names == ["delta.png", "eigenvalues.png", "nsi_attention_correlation.png",
+                     "nsi_depth.png", "nsi_vs_attention.png", "proportion.png", "report.html",
+                     "stiffness.json"]
     page = (out / "report.html").read_text()
     # self-contained: every figure embedded, the conventions stated, no external file needed
-    assert page.count("data:image/png;base64,") == 5 and "<h2>Conventions</h2>" in page
+    assert page.count("data:image/png;base64,") == 6 and "<h2>Conventions</h2>" in page
     assert 'src="http' not in page and "TNS" in page
     result = json.loads((out / "stiffness.json").read_text())
     assert result["inputs"] == 64 and result["dataset"] == "digits"
     assert len(result["per_block"]) == 9
-    assert [b["excluded"] for b in result["per_block"]] == [False] * 3 + [True, False, False] * 2
+    assert [b["excluded"] for b in result["per_block"]] == [True, False, False] * 3
     assert result["tns"] > 0 and result["spectrum"][0]["si"] > 0
-    assert "TNS" in capsys.readouterr().out
+    # both step conventions, the headline being Delta_t = 1
+    assert result["tns"] == result["step"]["1"]["tns"] != result["step"]["h"]["tns"]
+    assert result["conventions"] == {"exclude": "first", "proportion_over": "all",
+                                     "headline_step": "1", "correlation_step": "h",
+                                     "correlation_stages": [1]}
+    # Fig. 9a: the included blocks of stage 1 (blocks 1 and 2), per block across inputs
+    per_block = result["nsi_attention_correlation"]["per_block"]
+    assert [row["block"] for row in per_block] == [1, 2]
+    out = capsys.readouterr().out
+    assert "TNS (Delta_t = 1)" in out and "TNS (Delta_t = h)" in out
+
+
+def test_stiffness_conventions_are_options(tmp_path):
+    run = make_run(tmp_path)
+    assert main(["stiffness", str(run), "--max-inputs", "40", "--quiet", "--exclude", "shape",
+                 "--proportion-over", "included", "--stages", "2,3", "--divide-by-step",
+                 "--output", str(tmp_path / "other")]) == 0
+    result = json.loads((tmp_path / "other" / "stiffness.json").read_text())
+    assert [b["excluded"] for b in result["per_block"]] == [False] * 3 + [True, False, False] * 2
+    assert result["tns"] == result["step"]["h"]["tns"]
+    assert [row["block"] for row in result["nsi_attention_correlation"]["per_block"]] == \
+        [4, 5, 7, 8]
+    assert main(["stiffness", str(run), "--quiet", "--stages", "4",
+                 "--output", str(tmp_path / "bad")]) == 2
 
 
 def test_stiffness_command_errors_are_one_line(tmp_path, capsys):

@@ -84,8 +84,25 @@ def test_delta_and_proportion_match_direct_counting():
         for b, M2 in enumerate(m2):
             counts = [sum(values[i, t] >= max(mu[i, t] * (1 + M1), M2) for t in included)
                       for i in range(values.shape[0])]
-            expected[a, b] = np.mean(counts) / len(included)
+            expected[a, b] = np.mean(counts) / len(stage)   # the paper's 1/L, L = all blocks
     np.testing.assert_allclose(stiffness_proportion(values, stage, m1, m2).numpy(), expected)
+    np.testing.assert_allclose(
+        stiffness_proportion(values, stage, m1, m2, over="included").numpy(),
+        expected * len(stage) / len(included))
+
+
+def test_proportion_on_a_hand_made_trajectory_divides_by_all_blocks():
+    # one input, stages [excluded, 0, 0, 0, excluded, 1, 1]: L = 7 blocks, 5 included.
+    # stage 0 NSI 1, 1, 4 (mu 2): only the 4 reaches mu (1 + 0.5) = 3; stage 1 NSI 2, 2 (mu 2):
+    # both reach 2 at M1 = 0, neither reaches 3 at M1 = 0.5.
+    stage = torch.tensor([EXCLUDED, 0, 0, 0, EXCLUDED, 1, 1])
+    values = torch.tensor([[9.0, 1.0, 1.0, 4.0, 9.0, 2.0, 2.0]])
+    at = stiffness_proportion(values, stage, [0.0, 0.5], [0.0, 3.5])
+    assert at[:, 0].tolist() == [3 / 7, 1 / 7]           # {4, 2, 2} then {4}, over L = 7
+    assert at[:, 1].tolist() == [1 / 7, 1 / 7]           # M2 = 3.5 keeps only the 4
+    assert stiffness_proportion(values, stage, [0.0], [0.0], over="included").item() == 3 / 5
+    with pytest.raises(ValueError, match="valid: all, included"):
+        stiffness_proportion(values, stage, [0.0], [0.0], over="blocks")
 
 
 def test_exact_tns_equals_grid_integral_and_converges():

@@ -7,6 +7,7 @@ import torchvision
 from torch.utils.data import DataLoader, TensorDataset
 
 from stepnet import create_model
+from stepnet.attention.base import StepSize
 from stepnet.stiffness import (EXCLUDED, TrajectoryRecorder, find_blocks,
                                nsi_attention_correlation, record_trajectories)
 from tests.helpers import randomize_batchnorm, randomize_parameters
@@ -48,9 +49,13 @@ def test_recorder_matches_manual_forward(attention, preact):
                                rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(trajectory.step_mean, torch.stack(expected_h, 1), rtol=1e-5,
                                atol=1e-6)
-    changes = [b.changes_shape for b in model.residual_blocks()]
-    assert [s == EXCLUDED for s in trajectory.stage.tolist()] == changes
+    # default: the first block of every stage is excluded, as the paper states
+    assert [s == EXCLUDED for s in trajectory.stage.tolist()] == [True, False, False] * 3
     assert trajectory.block_stage.tolist() == [0] * 3 + [1] * 3 + [2] * 3
+    with TrajectoryRecorder(model, exclude="shape") as recorder, torch.no_grad():
+        model(x)
+    changes = [b.changes_shape for b in model.residual_blocks()]
+    assert [s == EXCLUDED for s in recorder.trajectory().stage.tolist()] == changes
 
 
 def test_hooks_are_removed_on_exit():
@@ -102,8 +107,12 @@ def test_torchvision_resnet_through_the_adapter():
     with TrajectoryRecorder(model) as recorder, torch.no_grad():
         model(torch.randn(2, 3, 64, 64))
     trajectory = recorder.trajectory()
-    assert trajectory.stage.tolist() == [0, 0, EXCLUDED, 1, EXCLUDED, 2, EXCLUDED, 3]
+    assert trajectory.stage.tolist() == [EXCLUDED, 0, EXCLUDED, 1, EXCLUDED, 2, EXCLUDED, 3]
     assert bool((trajectory.step_mean == 1).all())
+    torch.testing.assert_close(trajectory.nsi_step, trajectory.nsi, equal_nan=True)   # h = 1
+    with TrajectoryRecorder(model, exclude="shape") as recorder, torch.no_grad():
+        model(torch.randn(2, 3, 64, 64))
+    assert recorder.trajectory().stage.tolist() == [0, 0, EXCLUDED, 1, EXCLUDED, 2, EXCLUDED, 3]
 
 
 def test_named_blocks_for_any_model():
@@ -124,7 +133,61 @@ def test_named_blocks_for_any_model():
         TrajectoryRecorder(model, blocks=["body.9"])
     with TrajectoryRecorder(model, blocks=["body.0", "body.1", "body.2"]) as recorder:
         model(torch.randn(2, 3, 8, 8))
+    assert recorder.trajectory().stage.tolist() == [EXCLUDED, 0, 0]   # one stage: body
+    with TrajectoryRecorder(model, blocks=["body.0", "body.1", "body.2"],
+                            exclude="shape") as recorder:
+        model(torch.randn(2, 3, 8, 8))
     assert recorder.trajectory().stage.tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="valid: first, shape"):
+        TrajectoryRecorder(model, blocks=["body.0"], exclude="last")
+
+
+@pytest.mark.parametrize("name, builder, blocks_per_stage", [
+    ("resnet20", lambda: create_model("resnet20"), [3, 3, 3]),
+    ("resnet56", lambda: create_model("resnet56"), [9, 9, 9]),
+    ("resnet18", lambda: torchvision.models.resnet18(), [2, 2, 2, 2]),
+])
+def test_exclusion_removes_exactly_the_first_block_of_every_stage(name, builder,
+                                                                  blocks_per_stage):
+    model = builder().eval()
+    with TrajectoryRecorder(model) as recorder, torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+    trajectory = recorder.trajectory()
+    expected = [EXCLUDED if i == 0 else s for s, n in enumerate(blocks_per_stage)
+                for i in range(n)]
+    assert trajectory.stage.tolist() == expected
+    # the included blocks all have a defined NSI; only the excluded first blocks are dropped
+    included = trajectory.stage != EXCLUDED
+    assert int(included.sum()) == sum(blocks_per_stage) - len(blocks_per_stage)
+    assert bool(torch.isfinite(trajectory.nsi[:, included]).all())
+
+
+class ConstantGate(StepSize):
+    """h = value everywhere, [B, C, 1, 1]."""
+
+    def __init__(self, channels: int, value: float) -> None:
+        super().__init__(channels)
+        self.value = value
+
+    def forward(self, x, fx):
+        return torch.full((fx.shape[0], fx.shape[1], 1, 1), self.value)
+
+
+@pytest.mark.parametrize("preact", [True, False])
+def test_step_h_equals_step_one_divided_by_a_constant_gate(preact):
+    model = prepared(preact=preact)
+    for block in model.residual_blocks():
+        block.attention = ConstantGate(block.out_planes, 0.25)
+    with TrajectoryRecorder(model) as recorder, torch.no_grad():
+        model(torch.randn(3, 3, 32, 32))
+    trajectory = recorder.trajectory()
+    torch.testing.assert_close(trajectory.nsi_step, trajectory.nsi / 0.25, equal_nan=True,
+                               rtol=1e-5, atol=0)
+    assert bool((trajectory.step_mean == 0.25).all())
+    assert trajectory.nsi_for("h") is trajectory.nsi_step and trajectory.nsi_for("1") is \
+        trajectory.nsi
+    with pytest.raises(ValueError, match="valid: 1, h"):
+        trajectory.nsi_for("2")
 
 
 def test_nsi_attention_correlation_matches_scipy():

@@ -146,7 +146,7 @@ def test_attention_on_a_subset_of_blocks():
 
 
 def test_recorder_sees_two_euler_steps_per_block():
-    from stepnet.stiffness import TrajectoryRecorder
+    from stepnet.stiffness import EXCLUDED, TrajectoryRecorder
 
     model = create_model("vit_cifar_tiny", attention="stepnet", step_branches="both").eval()
     units = model.residual_blocks()
@@ -162,7 +162,20 @@ def test_recorder_sees_two_euler_steps_per_block():
         x1 = units[0](x0)
     expected = (x1 - x0).flatten(1).norm(dim=1) / x0.flatten(1).norm(dim=1)
     torch.testing.assert_close(trajectory.nsi[:, 0], expected, rtol=1e-5, atol=1e-7)
-    assert torch.isfinite(trajectory.nsi).all() and (trajectory.stage == 0).all()
+    # Delta_t = h with a token gate [B, 1, D]: the update divided by h is the branch output
+    with torch.no_grad():
+        _, fx = units[0].branches(x0)
+        h = units[0].step_size(x0, fx)
+    assert h.shape == (3, 1, fx.shape[-1])
+    torch.testing.assert_close(trajectory.nsi_step[:, 0],
+                               fx.flatten(1).norm(dim=1) / x0.flatten(1).norm(dim=1),
+                               rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(trajectory.nsi[:, 0],
+                               (fx * h).flatten(1).norm(dim=1) / x0.flatten(1).norm(dim=1),
+                               rtol=1e-5, atol=1e-7)
+    assert torch.isfinite(trajectory.nsi).all()
+    # one stage: only its first residual is excluded
+    assert trajectory.stage.tolist() == [EXCLUDED] + [0] * 7
 
 
 @pytest.mark.slow

@@ -44,12 +44,12 @@ def run(args: argparse.Namespace) -> int:
         result, trajectory = analyze(model, test_loader, progress=False)
         write_report(result, trajectory, output / attention / "stiffness",
                      title=f"resnet20 + {attention}")
-        by_step, _ = analyze(model, test_loader, divide_by_step=True, progress=False)
         rows.append({"attention": attention, "test_acc1": metrics["test_acc1"],
                      "params": sum(p.numel() for p in model.parameters()),
-                     "tns": result["tns"], "tns_step": by_step["tns"]})
+                     "tns": result["step"]["1"]["tns"],
+                     "tns_step": result["step"]["h"]["tns"]})
         print(f"  test top-1 {metrics['test_acc1']:.2f}%   TNS {result['tns']:.4f}   "
-              f"TNS (Delta = h) {by_step['tns']:.4f}")
+              f"TNS (Delta = h) {result['step']['h']['tns']:.4f}")
     figures = []
     if len(rows) >= 3:
         correlation = rank_correlation([r["tns"] for r in rows], [r["test_acc1"] for r in rows])

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("train", "evaluate a checkpoint with its task's metrics (alias: eval)"),
     "summarize": ("train", "mean ± std over seeds of finished runs"),
     "stiffness": ("stiffness", "stiffness analysis (NSI, TNS, p_hat, SI) of a checkpoint"),
+    "compare": ("compare", "stiffness and accuracy across runs (TNS-accuracy correlation)"),
     "export": ("export", "export a checkpoint to ONNX, TorchScript or an ExportedProgram"),
     "detect": ("detect", "draw a detection checkpoint's boxes on images"),
     "demo": ("demo", "train and analyse small models on embedded data"),

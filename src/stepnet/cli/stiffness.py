@@ -9,6 +9,8 @@ from torch.utils.data import DataLoader
 from ..engine.checkpoint import resolve_checkpoint, run_directory
 from ..stiffness import analyze, summary_table, write_report
 from ..stiffness.analysis import check_spectrum_blocks
+from ..stiffness.metrics import PROPORTION_DENOMINATORS
+from ..stiffness.recorder import EXCLUSIONS, find_blocks
 from .common import add_checkpoint_arguments, check_writable, load_checkpoint_and_data
 
 
@@ -26,23 +28,47 @@ def run(args: argparse.Namespace) -> int:
                              f"{args.spectrum_blocks!r}") from None
         if not blocks:
             raise ValueError("--spectrum-blocks must list block indices, e.g. 1,20")
+    stages = parse_stages(args.stages)
     checkpoint, model, dataset, dataset_name = load_checkpoint_and_data(
         args, train=args.split == "train")
     if blocks:
         check_spectrum_blocks(model, blocks)   # before any computing
+    known = sorted({stage or 0 for _, _, stage in find_blocks(model)})
+    if not set(stages) <= set(known):
+        raise ValueError(f"--stages {args.stages}: this model's stages are "
+                         f"{', '.join(str(s + 1) for s in known)}")
     output = Path(args.output) if args.output else run_directory(args.checkpoint) / "stiffness"
     check_writable(output)
+    if args.max_inputs is not None and hasattr(dataset, "targets"):
+        from ..data import stratified_subset
+
+        # ImageFolder-style splits are sorted by class: the first N would be a few classes
+        dataset = stratified_subset(dataset, min(args.max_inputs, len(dataset)))
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
                         num_workers=args.workers)
     result, trajectory = analyze(model, loader, args.max_inputs, args.device,
                                  divide_by_step=args.divide_by_step, spectrum_blocks=blocks,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, exclude=args.exclude,
+                                 proportion_over=args.proportion_over,
+                                 correlation_stages=stages)
     result.update({"checkpoint": str(resolve_checkpoint(args.checkpoint)),
                    "model": checkpoint["model"], "dataset": dataset_name, "split": args.split})
     files = write_report(result, trajectory, output, title=checkpoint["model"]["name"])
     print(summary_table(result))
     print(f"wrote {len(files)} files to {output}")
     return 0
+
+
+def parse_stages(text: str) -> list[int]:
+    """``--stages 1,2`` (1-based, as printed) -> [0, 1]."""
+    try:
+        stages = [int(part) - 1 for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--stages takes stage numbers from 1, e.g. 1 or 1,2; got "
+                         f"{text!r}") from None
+    if not stages or min(stages) < 0:
+        raise ValueError(f"--stages takes stage numbers from 1, e.g. 1 or 1,2; got {text!r}")
+    return stages
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -54,9 +80,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_checkpoint_arguments(parser)
     parser.add_argument("--split", choices=("test", "train"), default="test")
     parser.add_argument("--max-inputs", type=int, default=None,
-                        help="analyse at most this many inputs (default: the whole split)")
+                        help="analyse this many inputs, a class-stratified subset (default: "
+                        "the whole split)")
     parser.add_argument("--divide-by-step", action="store_true",
-                        help="NSI with Delta_t = the block's step size h instead of 1")
+                        help="headline TNS and figures with Delta_t = the block's step size h "
+                        "instead of 1 (both are always in stiffness.json)")
+    parser.add_argument("--exclude", choices=EXCLUSIONS, default="first",
+                        help="blocks left out of every statistic: first = the first block of "
+                        "each stage, as the paper (default); shape = only shape-changing ones")
+    parser.add_argument("--proportion-over", choices=PROPORTION_DENOMINATORS, default="all",
+                        help="p_hat(M) divides by L = all blocks, as the paper (default), or "
+                        "by the included blocks")
+    parser.add_argument("--stages", default="1",
+                        help="stages (from 1, comma-separated) of the per-block NSI-attention "
+                        "correlation, Fig. 9a (default: 1)")
     parser.add_argument("--spectrum", action="store_true",
                         help="also compute the stiffness index (SI) of some blocks")
     parser.add_argument("--spectrum-blocks", default="1",

@@ -14,6 +14,7 @@ from ..engine import (RECIPES, TrainConfig, Trainer, add_config_arguments, load_
                       overrides_from_args, read_metrics, resolve_config, setup_distributed,
                       teardown_distributed)
 from ..engine.config import BOOKKEEPING, FIELDS, RESUMABLE, flag
+from ..engine.runs import find_runs, grouping_key, varying_settings
 from .common import add_checkpoint_arguments, check_writable, load_checkpoint_for_task
 
 
@@ -154,14 +155,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 # -- summarize ----------------------------------------------------------------------------------
-def grouping_key(config: dict[str, Any]) -> str:
-    """The whole resolved config except seed and bookkeeping (output, workers, device, ...),
-    as canonical JSON: runs with equal keys are seeds of one experiment."""
-    resolved = TrainConfig.from_dict(config, strict=False).to_dict()
-    kept = {k: v for k, v in resolved.items() if k not in BOOKKEEPING and k != "seed"}
-    return json.dumps(kept, sort_keys=True)
-
-
 def summarize(run_dirs: list[Path]) -> list[dict[str, Any]]:
     """Group finished runs by their resolved config (all but seed and bookkeeping fields):
     n, mean and sample std of the final and best value of each task's selection metric, and
@@ -178,9 +171,7 @@ def summarize(run_dirs: list[Path]) -> list[dict[str, Any]]:
             "final": rows[-1][metric], "best": max(r[metric] for r in rows),
             "epochs": rows[-1]["epoch"]})
     settings = {key: json.loads(key) for key in groups}
-    varying = sorted({k for s in settings.values() for k in s
-                      if len({json.dumps(t.get(k), sort_keys=True)
-                              for t in settings.values()}) > 1})
+    varying = varying_settings(list(groups))
     table = []
     for key, runs in sorted(groups.items(), key=lambda kv: [json.dumps(settings[kv[0]].get(k))
                                                            for k in varying]):
@@ -195,18 +186,6 @@ def summarize(run_dirs: list[Path]) -> list[dict[str, Any]]:
             "best_std": statistics.stdev(best) if len(best) > 1 else float("nan"),
             "runs": [r["run"] for r in runs]})
     return table
-
-
-def find_runs(roots: list[str]) -> list[Path]:
-    """Finished run directories (metrics.jsonl beside config.json) under the given folders."""
-    runs = sorted({p.parent for root in roots for p in Path(root).rglob("metrics.jsonl")
-                   if (p.parent / "config.json").is_file()})
-    if not runs:
-        missing = [r for r in roots if not Path(r).exists()]
-        where = f" ({', '.join(missing)} do not exist)" if missing else ""
-        raise ValueError(f"no finished runs (metrics.jsonl with config.json) under "
-                         f"{' '.join(roots)}{where}")
-    return runs
 
 
 def run_summarize(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ directory)`` writes ``stiffness.json`` and the figures. Both work on any in-memo
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,23 +16,36 @@ import torch
 from torch import nn
 
 from ..linalg import float64
-from .correlation import nsi_attention_correlation
-from .figures import (plot_delta_heatmap, plot_eigenvalues, plot_nsi_along_depth,
+from .correlation import nsi_attention_correlation, nsi_attention_correlation_per_block
+from .figures import (plot_attention_correlation, plot_delta_heatmap, plot_eigenvalues,
+                      plot_nsi_along_depth,
                       plot_nsi_vs_attention, plot_proportion, save_figure)
 from .metrics import EXCLUDED, delta, stage_means, stiffness_proportion, total_neural_stiffness
-from .recorder import Trajectory, find_blocks, record_trajectories
+from .recorder import STEP_CONVENTIONS, Trajectory, find_blocks, record_trajectories
 from .spectrum import block_function, stiffness_index
 
 
-def default_grid(trajectory: Trajectory, points: int = 50) -> tuple[np.ndarray, np.ndarray]:
+def default_grid(nsi: torch.Tensor, stage: torch.Tensor, points: int = 50
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """M1 over [0, max(nsi / mu) - 1] and M2 over [0, max nsi], ``points`` values each: the
-    square outside which delta(M) is 0."""
-    keep = trajectory.stage != EXCLUDED
-    values = trajectory.nsi.double()[:, keep]
-    ratio = values / stage_means(trajectory.nsi, trajectory.stage)[:, keep]
+    square outside which delta(M) is 0. nsi: [inputs, blocks]; stage: [blocks]."""
+    keep = stage != EXCLUDED
+    values = nsi.double()[:, keep]
+    ratio = values / stage_means(nsi, stage)[:, keep]
     top1 = max(float(ratio.max()) - 1, 1e-6)
     top2 = max(float(values.max()), 1e-6)
     return np.linspace(0, top1, points), np.linspace(0, top2, points)
+
+
+def step_statistics(nsi: torch.Tensor, stage: torch.Tensor, grid_points: int = 50,
+                    proportion_over: str = "all") -> dict[str, Any]:
+    """TNS, delta(M) and p_hat(M) on the default grid of one NSI table [inputs, blocks]."""
+    m1, m2 = default_grid(nsi, stage, grid_points)
+    return {"tns": float(total_neural_stiffness(nsi, stage)),
+            "grid": {"m1": m1.tolist(), "m2": m2.tolist(),
+                     "delta": delta(nsi, stage, m1, m2).tolist(),
+                     "proportion": stiffness_proportion(nsi, stage, m1, m2,
+                                                        over=proportion_over).tolist()}}
 
 
 def check_spectrum_blocks(model: nn.Module, blocks: Sequence[int]) -> list[int]:
@@ -91,39 +105,58 @@ def block_spectra(model: nn.Module, sample: torch.Tensor, blocks: Sequence[int],
 def analyze(model: nn.Module, batches: Iterable, max_inputs: int | None = None,
             device: str | torch.device | None = None, grid_points: int = 50,
             divide_by_step: bool = False, spectrum_blocks: Sequence[int] | None = None,
-            progress: bool = True) -> tuple[dict[str, Any], Trajectory]:
-    """Record trajectories over ``batches`` and compute every statistic (see module docs)."""
+            progress: bool = True, exclude: str = "first", proportion_over: str = "all",
+            correlation_stages: Sequence[int] = (0,)) -> tuple[dict[str, Any], Trajectory]:
+    """Record trajectories over ``batches`` and compute every statistic (see module docs).
+
+    TNS, delta(M) and p_hat(M) are computed for both step conventions, Delta_t = 1 and
+    Delta_t = h (``result["step"]["1"]`` and ``["h"]``); the headline ``tns`` and ``grid`` are
+    the Delta_t = 1 ones, or the Delta_t = h ones with ``divide_by_step``. The NSI-attention
+    correlations take Delta_t = h: per block across inputs within ``correlation_stages``
+    (0-based; Fig. 9a) and per trajectory (Fig. 9b)."""
     if max_inputs is not None and max_inputs < 1:
         raise ValueError(f"--max-inputs must be at least 1, got {max_inputs}")
     if spectrum_blocks:
         check_spectrum_blocks(model, spectrum_blocks)
-    trajectory = record_trajectories(model, batches, max_inputs, device,
-                                     divide_by_step=divide_by_step, progress=progress)
-    m1, m2 = default_grid(trajectory, grid_points)
-    nsi64 = trajectory.nsi.double()
+    trajectory = record_trajectories(model, batches, max_inputs, device, progress=progress,
+                                     exclude=exclude)
+    headline = "h" if divide_by_step else "1"
+    by_step = {step: step_statistics(trajectory.nsi_for(step), trajectory.stage, grid_points,
+                                     proportion_over) for step in STEP_CONVENTIONS}
     per_block = []
     for t, name in enumerate(trajectory.names):
-        column = nsi64[:, t]
         per_block.append({
             "name": name, "stage": int(trajectory.block_stage[t]),
             "excluded": bool(trajectory.stage[t] == EXCLUDED),
-            "nsi_mean": float(column.mean()), "nsi_std": float(column.std()),
+            "nsi_mean": float(trajectory.nsi[:, t].double().mean()),
+            "nsi_std": float(trajectory.nsi[:, t].double().std()),
+            "nsi_step_mean": float(trajectory.nsi_step[:, t].double().mean()),
             "step_mean": float(trajectory.step_mean[:, t].mean()),
         })
-    correlation = nsi_attention_correlation(trajectory.nsi, trajectory.step_mean,
-                                            trajectory.stage)
+    per_trajectory = nsi_attention_correlation(trajectory.nsi_step, trajectory.step_mean,
+                                               trajectory.stage)
+    defined = torch.isfinite(per_trajectory)
+    stages = [s for s in correlation_stages]
     result: dict[str, Any] = {
         "inputs": trajectory.num_inputs,
-        "tns": float(total_neural_stiffness(trajectory.nsi, trajectory.stage)),
+        "conventions": {"exclude": exclude, "proportion_over": proportion_over,
+                        "headline_step": headline, "correlation_step": "h",
+                        "correlation_stages": [s + 1 for s in stages]},
+        "tns": by_step[headline]["tns"],
+        "grid": by_step[headline]["grid"],
+        "step": by_step,
         "per_block": per_block,
-        "grid": {"m1": m1.tolist(), "m2": m2.tolist(),
-                 "delta": delta(trajectory.nsi, trajectory.stage, m1, m2).tolist(),
-                 "proportion": stiffness_proportion(trajectory.nsi, trajectory.stage, m1,
-                                                    m2).tolist()},
         "nsi_attention_correlation": {
-            "method": "pearson", "defined": int(torch.isfinite(correlation).sum()),
-            "mean": float(np.nanmean(correlation.numpy())) if torch.isfinite(correlation).any()
-            else None},
+            "method": "pearson", "step": "h",
+            "per_trajectory": {
+                "defined": int(defined.sum()),
+                "mean": float(per_trajectory[defined].mean()) if defined.any() else None,
+                "median": float(per_trajectory[defined].median()) if defined.any() else None},
+            "per_trajectory_values": [None if not math.isfinite(v) else v
+                                      for v in per_trajectory.tolist()],
+            "per_block": nsi_attention_correlation_per_block(
+                trajectory.nsi_step, trajectory.step_mean, trajectory.stage,
+                trajectory.block_stage, stages)},
     }
     if spectrum_blocks:
         batch = next(iter(batches))
@@ -152,10 +185,15 @@ def write_report(result: dict[str, Any], trajectory: Trajectory, directory: str 
     files.append(save_figure(plot_proportion(np.array(grid["proportion"]), m1, m2,
                                              f"{prefix}stiffness proportion"),
                              directory / "proportion.png"))
-    files.append(save_figure(plot_nsi_vs_attention(trajectory.nsi, trajectory.step_mean,
+    files.append(save_figure(plot_nsi_vs_attention(trajectory.nsi_step, trajectory.step_mean,
                                                    trajectory.stage,
-                                                   f"{prefix}NSI vs attention value"),
+                                                   f"{prefix}NSI (Delta_t = h) vs attention"),
                              directory / "nsi_vs_attention.png"))
+    correlation = result["nsi_attention_correlation"]
+    files.append(save_figure(plot_attention_correlation(
+        correlation["per_block"], correlation["per_trajectory_values"],
+        f"{prefix}NSI-attention correlation (Delta_t = h)"),
+        directory / "nsi_attention_correlation.png"))
     if result.get("spectrum"):
         eigen = {s["block"]: np.array(s["eigenvalues_real"]) + 1j * np.array(
             s["eigenvalues_imag"]) for s in result["spectrum"]}
@@ -167,16 +205,26 @@ def write_report(result: dict[str, Any], trajectory: Trajectory, directory: str 
     return files
 
 
-CONVENTIONS = [
-    ("NSI", "||x_(t+1) - x_t|| / (Delta_t ||x_t||) per input and block, norms over every "
-            "feature (C x H x W, or N x D tokens)"),
-    ("Delta_t", "1, or the block's step size h with --divide-by-step (the paper's Sec. 2.4 "
-                "reading for attention networks)"),
-    ("excluded blocks", "blocks whose shape changes (no square Jacobian; their NSI is "
-                        "undefined)"),
-    ("TNS", "the exact area under delta(M) over the grid, in closed form"),
-    ("p_hat(M)", "share of stiff (input, block) pairs over the included blocks"),
-]
+def conventions_text(conventions: dict[str, Any]) -> list[tuple[str, str]]:
+    """The conventions a result was computed with, in words (for reports)."""
+    exclude = conventions.get("exclude", "first")
+    return [
+        ("NSI", "||x_(t+1) - x_t|| / (Delta_t ||x_t||) per input and block, norms over every "
+                "feature (C x H x W, or N x D tokens)"),
+        ("Delta_t", "both are reported: 1, and the block's step size h (Sec. 2.4: the attention "
+                    f"value is the step); the headline TNS uses Delta_t = "
+                    f"{conventions.get('headline_step', '1')}"),
+        ("excluded blocks", "the first block of every stage (the paper: 'we exclude the first "
+                            "block in each stage') and any shape-changing block"
+         if exclude == "first" else "only the shape-changing blocks (NSI undefined)"),
+        ("TNS", "the exact area under delta(M) over the positive quadrant, in closed form"),
+        ("p_hat(M)", "(1/L) E #{t : stiff}, L = every block of the network"
+         if conventions.get("proportion_over", "all") == "all"
+         else "E #{t : stiff} divided by the number of included blocks"),
+        ("NSI-attention correlation", "Pearson, with Delta_t = h: per block across inputs "
+         f"in stage(s) {conventions.get('correlation_stages', [1])} (Fig. 9a) and per "
+         "trajectory over its included blocks (Fig. 9b)"),
+    ]
 
 
 def write_html_report(result: dict[str, Any], figures: Sequence[Path], path: Path,
@@ -200,9 +248,12 @@ def write_html_report(result: dict[str, Any], figures: Sequence[Path], path: Pat
         f'<figure><img alt="{esc(f.stem)}" src="data:image/png;base64,'
         f'{base64.b64encode(f.read_bytes()).decode()}"><figcaption>{esc(f.stem)}</figcaption>'
         f"</figure>" for f in figures)
-    conventions = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in CONVENTIONS)
+    conventions = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>"
+                          for k, v in conventions_text(result.get("conventions", {})))
     source = {k: result[k] for k in ("checkpoint", "dataset", "split") if k in result}
-    correlation = result.get("nsi_attention_correlation", {})
+    correlation = result.get("nsi_attention_correlation", {}).get("per_trajectory", {})
+    tns = result.get("step", {})
+    both = ", ".join(f"Delta_t = {k}: {v['tns']:.4f}" for k, v in tns.items())
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>stiffness: {esc(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}}
@@ -211,8 +262,9 @@ td:first-child{{text-align:left}}figure{{display:inline-block;margin:8px}}
 img{{max-width:520px}}dt{{font-weight:bold}}</style></head><body>
 <h1>Stiffness analysis{': ' + esc(title) if title else ''}</h1>
 <p>{esc(', '.join(f'{k}: {v}' for k, v in source.items()))}</p>
-<p><b>TNS {result['tns']:.4f}</b> over {result['inputs']} inputs;
-NSI-attention correlation (Pearson, mean over {correlation.get('defined', 0)} defined):
+<p><b>TNS {result['tns']:.4f}</b> over {result['inputs']} inputs ({esc(both)});
+NSI-attention correlation per trajectory (Pearson, Delta_t = h, mean over
+{correlation.get('defined', 0)} defined):
 {esc(correlation.get('mean'))}</p>
 <ul>{spectrum}</ul>
 <h2>Figures</h2>{images}
@@ -227,7 +279,9 @@ NSI-attention correlation (Pearson, mean over {correlation.get('defined', 0)} de
 
 def summary_table(result: dict[str, Any]) -> str:
     """Per-stage NSI and step-size summary, TNS, and SI per block when computed."""
-    lines = [f"inputs {result['inputs']}   TNS {result['tns']:.4f}",
+    tns = "   ".join(f"TNS (Delta_t = {k}) {v['tns']:.4f}"
+                   for k, v in result.get("step", {}).items()) or f"TNS {result['tns']:.4f}"
+    lines = [f"inputs {result['inputs']}   {tns}",
              f"{'stage':>5} {'blocks':>6} {'NSI mean':>9} {'NSI max':>8} {'mean h':>7}"]
     stages = sorted({b["stage"] for b in result["per_block"]})
     for s in stages:

@@ -121,6 +121,32 @@ def plot_nsi_vs_attention(nsi: torch.Tensor, step_mean: torch.Tensor,
     return figure
 
 
+def plot_attention_correlation(per_block: Sequence[Mapping[str, float]],
+                               per_trajectory: Sequence[float | None],
+                               title: str = "NSI-attention correlation") -> Figure:
+    """Fig. 9: (a) per block of the chosen stages, the correlation across inputs between NSI
+    and h; (b) the histogram of the per-trajectory correlations."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
+    values = [row["correlation"] for row in per_block]
+    left.bar(range(len(values)), np.nan_to_num(values), color="C0")
+    left.set_xticks(range(len(values)), [str(row["block"]) for row in per_block], fontsize=7)
+    left.axhline(0, color="grey", linewidth=0.6)
+    left.set_xlabel("block")
+    left.set_ylabel("correlation across inputs")
+    left.set_title("(a) per block")
+    defined = np.array([v for v in per_trajectory if v is not None and np.isfinite(v)])
+    if defined.size:
+        right.hist(defined, bins=30, range=(-1, 1), color="C1")
+        right.axvline(float(defined.mean()), color="k", linestyle="--",
+                      label=f"mean {defined.mean():.2f}")
+        right.legend()
+    right.set_xlabel("correlation over blocks")
+    right.set_ylabel("trajectories")
+    right.set_title("(b) per trajectory")
+    figure.suptitle(title)
+    return figure
+
+
 def plot_eigenvalues(eigenvalues: Mapping[str, np.ndarray], unit_circle: bool = False,
                      title: str = "Jacobian eigenvalues") -> Figure:
     """Eigenvalues in the complex plane, one colour per label."""

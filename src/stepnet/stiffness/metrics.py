@@ -94,11 +94,21 @@ def delta(nsi_values: Tensor, stage: Tensor, m1: Sequence[float] | Tensor,
     return stiff_indicator(nsi_values, stage, m1, m2).any(dim=1).double().mean(dim=0)
 
 
+PROPORTION_DENOMINATORS = ("all", "included")
+
+
 def stiffness_proportion(nsi_values: Tensor, stage: Tensor, m1: Sequence[float] | Tensor,
-                         m2: Sequence[float] | Tensor) -> Tensor:
-    """p_hat(M) (Sec. 3.1): (1/L) E #{t : nsi_t >= max(mu (1 + M1), M2)} over the L included
-    blocks. Returns [len(m1), len(m2)] float64."""
-    return stiff_indicator(nsi_values, stage, m1, m2).double().mean(dim=1).mean(dim=0)
+                         m2: Sequence[float] | Tensor, over: str = "all") -> Tensor:
+    """p_hat(M) (Sec. 3.1): (1/L) E #{t : nsi_t >= max(mu (1 + M1), M2)}, counting included
+    blocks only. ``over="all"`` takes L as the paper does, the number of blocks of the network
+    (excluded ones too); ``over="included"`` divides by the number of included blocks instead.
+    Returns [len(m1), len(m2)] float64."""
+    if over not in PROPORTION_DENOMINATORS:
+        raise ValueError(f"unknown proportion denominator {over!r}; valid: "
+                         f"{', '.join(PROPORTION_DENOMINATORS)}")
+    counts = stiff_indicator(nsi_values, stage, m1, m2).double().sum(dim=1)
+    blocks = len(stage) if over == "all" else int((torch.as_tensor(stage) != EXCLUDED).sum())
+    return counts.mean(dim=0) / blocks
 
 
 def staircase_area(widths: Tensor, heights: Tensor) -> Tensor:

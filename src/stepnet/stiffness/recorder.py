@@ -20,8 +20,11 @@ class Trajectory:
     """Per-input, per-block statistics of a network's feature trajectory.
 
     nsi, state_norm, update_norm, step_mean: [inputs, blocks] float32 (NaN where undefined:
-    NSI of shape-changing blocks); stage: [blocks] stage ids with EXCLUDED (-1) for
-    shape-changing blocks; block_stage: [blocks] stage ids of every block; names: block names.
+    NSI of shape-changing blocks); ``nsi`` and ``update_norm`` take Delta_t = 1,
+    ``nsi_step`` and ``update_norm_step`` Delta_t = h, the block's step size (equal to the
+    former where a block has no step size); stage: [blocks] stage ids with EXCLUDED (-1) for
+    the excluded blocks (see :data:`EXCLUSIONS`); block_stage: [blocks] stage ids of every
+    block; names: block names.
     """
 
     nsi: Tensor
@@ -31,6 +34,22 @@ class Trajectory:
     stage: Tensor
     block_stage: Tensor
     names: list[str] = field(default_factory=list)
+    nsi_step: Tensor | None = None
+    update_norm_step: Tensor | None = None
+    exclude: str = "first"
+
+    def __post_init__(self) -> None:
+        if self.nsi_step is None:
+            self.nsi_step = self.nsi
+        if self.update_norm_step is None:
+            self.update_norm_step = self.update_norm
+
+    def nsi_for(self, step: str) -> Tensor:
+        """The NSI with Delta_t = 1 (``step="1"``) or Delta_t = h (``step="h"``)."""
+        if step not in STEP_CONVENTIONS:
+            raise ValueError(f"unknown step convention {step!r}; valid: "
+                             f"{', '.join(STEP_CONVENTIONS)}")
+        return self.nsi if step == "1" else self.nsi_step
 
     @property
     def num_inputs(self) -> int:
@@ -39,7 +58,22 @@ class Trajectory:
     def to_dict(self) -> dict[str, object]:
         return {"names": self.names, "stage": self.stage.tolist(),
                 "block_stage": self.block_stage.tolist(), "nsi": self.nsi.tolist(),
-                "step_mean": self.step_mean.tolist()}
+                "step_mean": self.step_mean.tolist(), "nsi_step": self.nsi_step.tolist(),
+                "exclude": self.exclude}
+
+
+# Which blocks take part in no statistic. "first": the first block of every stage, as the
+# paper states ("we exclude the first block in each stage"), and any block whose shape changes
+# wherever it sits; "shape": only the blocks whose shape changes (NSI undefined).
+EXCLUSIONS = ("first", "shape")
+# Delta_t of Def. 1: 1, or the block's step size h (the attention value, Sec. 2.4).
+STEP_CONVENTIONS = ("1", "h")
+
+
+def first_of_stage(block_stage: Sequence[int]) -> list[bool]:
+    """True at the first block of every stage: block 0 and every block whose stage id differs
+    from its predecessor's."""
+    return [i == 0 or block_stage[i] != block_stage[i - 1] for i in range(len(block_stage))]
 
 
 def _is_torchvision_block(module: nn.Module) -> bool:
@@ -90,15 +124,24 @@ def _exact_euler_step(module: nn.Module) -> bool:
             and type(module).forward is ResidualBlock.forward)
 
 
-def _update_norm(fx: Tensor, h: Tensor | None, divide_by_step: bool) -> Tensor:
-    """||fx * h|| per sample (||fx|| when h is None or divided out), from per-channel norms of
-    fx when h is a channel gate [B, C, 1, 1]: reads fx once and writes nothing full-size."""
-    if h is None or divide_by_step:
-        return torch.linalg.vector_norm(fx, dim=tuple(range(1, fx.dim())))
-    if h.dim() == fx.dim() and h.shape[2:].numel() == 1:
+def _update_norms(fx: Tensor, h: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(||fx * h||, ||fx||) per sample: the update x_{t+1} - x_t of an exact Euler step with
+    Delta_t = 1 and with Delta_t = h. From per-channel norms of fx when h is a channel gate
+    [B, C, 1, 1] (or per-feature norms for a token gate [B, 1, D]): reads fx once and writes
+    nothing full-size."""
+    dims = tuple(range(1, fx.dim()))
+    if h is None:
+        norm = torch.linalg.vector_norm(fx, dim=dims)
+        return norm, norm
+    if h.dim() == fx.dim() and h.shape[2:].numel() == 1:       # channel gate
         per_channel = torch.linalg.vector_norm(fx, dim=tuple(range(2, fx.dim())))  # [B, C]
-        return torch.linalg.vector_norm(per_channel * h.flatten(1), dim=1)
-    return torch.linalg.vector_norm(fx * h, dim=tuple(range(1, fx.dim())))
+        return (torch.linalg.vector_norm(per_channel * h.flatten(1), dim=1),
+                torch.linalg.vector_norm(per_channel, dim=1))
+    if h.dim() == 3 and fx.dim() == 3 and h.shape[1] == 1:     # token gate [B, 1, D]
+        per_feature = torch.linalg.vector_norm(fx, dim=1)      # [B, D]
+        return (torch.linalg.vector_norm(per_feature * h[:, 0], dim=1),
+                torch.linalg.vector_norm(per_feature, dim=1))
+    return (torch.linalg.vector_norm(fx * h, dim=dims), torch.linalg.vector_norm(fx, dim=dims))
 
 
 def _per_sample_mean(h: Tensor | None, batch: int, like: Tensor) -> Tensor:
@@ -112,6 +155,9 @@ def _per_sample_mean(h: Tensor | None, batch: int, like: Tensor) -> Tensor:
     return h.float().reshape(h.shape[0], -1).mean(dim=1).expand(batch)
 
 
+ROW_KEYS = ("state_norm", "update_norm", "update_norm_step", "step_mean")
+
+
 class TrajectoryRecorder:
     """Context manager recording the trajectory statistics of every forward pass.
 
@@ -119,17 +165,21 @@ class TrajectoryRecorder:
     ...     model(images)
     >>> trajectory = recorder.trajectory()
 
-    ``divide_by_step=True`` divides x_{t+1} - x_t by the block's step size h elementwise before
-    taking the norm (NSI with Delta_t = h; needs stepnet blocks).
+    Both step conventions are recorded: ``trajectory.nsi`` with Delta_t = 1 and
+    ``trajectory.nsi_step`` with Delta_t = h, x_{t+1} - x_t divided by the block's step size
+    elementwise (blocks without a step size: h = 1). ``divide_by_step=True`` makes ``nsi`` the
+    Delta_t = h one as well (older API). ``exclude`` picks the excluded blocks
+    (:data:`EXCLUSIONS`; default: the first block of every stage, as the paper).
     """
 
     def __init__(self, model: nn.Module, blocks: Sequence[str] | None = None,
-                 divide_by_step: bool = False) -> None:
+                 divide_by_step: bool = False, exclude: str = "first") -> None:
+        if exclude not in EXCLUSIONS:
+            raise ValueError(f"unknown exclusion {exclude!r}; valid: {', '.join(EXCLUSIONS)}")
         self.model = model
         self.blocks = find_blocks(model, blocks)
         self.divide_by_step = divide_by_step
-        if divide_by_step and not all(hasattr(m, "step") for _, m, _ in self.blocks):
-            raise ValueError("divide_by_step needs blocks with an Euler step module (stepnet)")
+        self.exclude = exclude
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._rows: list[dict[str, list[Tensor]]] = []
         self._changes_shape = [False] * len(self.blocks)
@@ -152,14 +202,16 @@ class TrajectoryRecorder:
                 self._changes_shape[index] = True
                 nan = torch.full((batch,), float("nan"), device=x_t.device)
                 row["update_norm"].append(nan)
+                row["update_norm_step"].append(nan)
                 return
             if self._exact[index] and fx is not None:   # x_{t+1} - x_t = fx * h exactly
-                row["update_norm"].append(_update_norm(fx, h, self.divide_by_step).float())
-                return
-            update = x_next - x_t
-            if self.divide_by_step and h is not None:
-                update = update / h
-            row["update_norm"].append(torch.linalg.vector_norm(update, dim=dims).float())
+                plain, by_step = _update_norms(fx, h)
+            else:
+                update = x_next - x_t
+                plain = torch.linalg.vector_norm(update, dim=dims)
+                by_step = plain if h is None else torch.linalg.vector_norm(update / h, dim=dims)
+            row["update_norm"].append(plain.float())
+            row["update_norm_step"].append(by_step.float())
         return hook
 
     def _step_hook(self, index: int):  # noqa: ANN202
@@ -170,7 +222,7 @@ class TrajectoryRecorder:
         return hook
 
     def __enter__(self) -> TrajectoryRecorder:
-        self._rows = [{"state_norm": [], "update_norm": [], "step_mean": []} for _ in self.blocks]
+        self._rows = [{key: [] for key in ROW_KEYS} for _ in self.blocks]
         for i, (_, module, _) in enumerate(self.blocks):
             if hasattr(module, "step"):
                 self._handles.append(module.step.register_forward_hook(self._step_hook(i)))
@@ -191,23 +243,31 @@ class TrajectoryRecorder:
         if not self._rows or not self._rows[0]["state_norm"]:
             raise ValueError("nothing recorded: run the model inside the recorder first")
         columns = {key: torch.stack([torch.cat(row[key]).cpu() for row in self._rows], dim=1)
-                   for key in ("state_norm", "update_norm", "step_mean")}
+                   for key in ROW_KEYS}
         block_stage = torch.tensor([s if s is not None else 0 for _, _, s in self.blocks])
         changes = torch.tensor([bool(getattr(m, "changes_shape", False)) or seen
                                 for (_, m, _), seen in zip(self.blocks, self._changes_shape)])
-        stage = torch.where(changes, torch.full_like(block_stage, EXCLUDED), block_stage)
+        excluded = changes
+        if self.exclude == "first":
+            excluded = changes | torch.tensor(first_of_stage(block_stage.tolist()))
+        stage = torch.where(excluded, torch.full_like(block_stage, EXCLUDED), block_stage)
         nsi = columns["update_norm"] / columns["state_norm"]
+        nsi_step = columns["update_norm_step"] / columns["state_norm"]
         nsi[:, changes] = float("nan")
+        nsi_step[:, changes] = float("nan")
+        if self.divide_by_step:
+            nsi, columns["update_norm"] = nsi_step, columns["update_norm_step"]
         return Trajectory(nsi=nsi, state_norm=columns["state_norm"],
                           update_norm=columns["update_norm"], step_mean=columns["step_mean"],
                           stage=stage, block_stage=block_stage,
-                          names=[name for name, _, _ in self.blocks])
+                          names=[name for name, _, _ in self.blocks], nsi_step=nsi_step,
+                          update_norm_step=columns["update_norm_step"], exclude=self.exclude)
 
 
 def record_trajectories(model: nn.Module, batches: Iterable, max_inputs: int | None = None,
                         device: torch.device | str | None = None,
                         blocks: Sequence[str] | None = None, divide_by_step: bool = False,
-                        progress: bool = True) -> Trajectory:
+                        progress: bool = True, exclude: str = "first") -> Trajectory:
     """Stream ``batches`` (a DataLoader of (images, labels) or of images) through ``model`` in
     eval mode and return the trajectory statistics of up to ``max_inputs`` inputs.
 
@@ -219,7 +279,7 @@ def record_trajectories(model: nn.Module, batches: Iterable, max_inputs: int | N
     seen = 0
     total = max_inputs
     try:
-        with TrajectoryRecorder(model, blocks, divide_by_step) as recorder, \
+        with TrajectoryRecorder(model, blocks, divide_by_step, exclude) as recorder, \
                 torch.inference_mode():
             bar = tqdm(total=total, unit="img", desc="trajectories", disable=not progress)
             for batch in batches:

@@ -1,0 +1,172 @@
+"""Paper 1's evidence at CPU scale: Table 1 / Table 4 accuracies, TNS per variant, Fig. 2/3/6/7.
+
+Protocol (``--preset cpu``, the default): a post-activation ResNet-20 (the authors' baseline
+layout, at the depth that trains in minutes on 2 cores) on a stratified ``--train-subset`` of
+``../shared/data/cifar10-jpeg``, SGD with a cosine schedule, evaluated on the 5,000 test images;
+variants none, se, eca, srm, iebn, stepnet, StepNet's input ablations (Table 4: F(x_t),
+F(x_{t+1}), F(x_{t+1} - x_t); F(x_{t+1}, x_t) is ``stepnet``) and StepNet in the second block of
+each stage only (the lottery-ticket reading, LTH4SA), each over ``--seeds``.
+
+``--preset full`` is the paper's protocol: ResNet-164 (post-activation), the full CIFAR-10
+training set, 164 epochs (recipe ``cifar-resnet164``), 5 seeds; with ``--nproc N`` every run is
+launched as ``torchrun --nproc-per-node N -m stepnet train ...`` (GPU machines).
+
+Resumes: a finished run is not trained again and an interrupted one continues from its last
+checkpoint. Runs go in ``--workers`` processes side by side (one thread each). When every run
+has finished, ``stepnet compare`` writes the report (tables, correlations, figures) into
+``--report`` and the study JSON into ``--output``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".." / "shared" / "data" / "cifar10-jpeg"
+
+# variant name -> config overrides; the StepNet-in-few-blocks blocks are filled per model.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "none": {"attention": "none"},
+    "se": {"attention": "se"},
+    "eca": {"attention": "eca"},
+    "srm": {"attention": "srm"},
+    "iebn": {"attention": "iebn"},
+    "stepnet": {"attention": "stepnet"},
+    "stepnet-x": {"attention": "stepnet", "attention_options": {"input": "x"}},
+    "stepnet-next": {"attention": "stepnet", "attention_options": {"input": "next"}},
+    "stepnet-diff": {"attention": "stepnet", "attention_options": {"input": "diff"}},
+    "stepnet-few": {"attention": "stepnet", "attention_blocks": "second-of-each-stage"},
+}
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {"recipe": "cifar-resnet164", "model": "resnet20", "dataset": "imagefolder",
+            "train_subset": 5000, "epochs": 12, "batch_size": 128, "lr": 0.1,
+            "schedule": "cosine", "milestones": [], "weight_decay": 5e-4, "cache_images": True,
+            "workers": 0, "eval_batch_size": 500, "seeds": [0, 1, 2]},
+    "full": {"recipe": "cifar-resnet164", "dataset": "imagefolder", "workers": 8,
+             "seeds": [0, 1, 2, 3, 4]},
+}
+
+
+def few_blocks(model: str) -> list[int]:
+    """The second block of every stage of ``model`` (the first is excluded from stiffness)."""
+    from stepnet.models import create_model
+
+    stages = [block.stage for block in create_model(model, num_classes=10).residual_blocks()]
+    return [i for i in range(1, len(stages)) if stages[i] == stages[i - 1]
+            and (i < 2 or stages[i - 2] != stages[i])]
+
+
+def run_config(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The config overrides of one run (recipe given separately)."""
+    preset = {k: v for k, v in PRESETS[args.preset].items() if k not in ("recipe", "seeds")}
+    values = {**preset, **VARIANTS[variant], "data_dir": str(args.data_dir), "seed": seed,
+              "device": args.device, "output": str(args.runs / variant / f"seed{seed}")}
+    values["model_options"] = {"preact": False}
+    if values.get("attention_blocks") == "second-of-each-stage":
+        values["attention_blocks"] = few_blocks(values.get("model", "resnet164"))
+    return values
+
+
+def finished(run: Path, epochs: int) -> bool:
+    from stepnet.engine import read_metrics
+
+    return (run / "metrics.jsonl").is_file() and read_metrics(run)[-1]["epoch"] >= epochs
+
+
+def train_in_process(variant: str, seed: int, args: argparse.Namespace) -> str:
+    """Train (or resume, or skip) one run in this worker process (one thread)."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from stepnet.engine import Trainer, resolve_config
+
+    config = resolve_config(PRESETS[args.preset]["recipe"], run_config(variant, seed, args))
+    run = Path(config.output)
+    if finished(run, config.epochs):
+        return f"{variant} seed {seed}: done before"
+    started = time.time()
+    trainer = Trainer(config, progress=False)
+    if (run / "checkpoints" / "last.pt").is_file():
+        trainer.resume()
+    trainer.fit()
+    return f"{variant} seed {seed}: trained in {(time.time() - started) / 60:.1f} min"
+
+
+def train_with_torchrun(variant: str, seed: int, args: argparse.Namespace) -> str:
+    """Train one run as ``torchrun --nproc-per-node N -m stepnet train`` (the full preset)."""
+    values = run_config(variant, seed, args)
+    run = Path(values["output"])
+    from stepnet.engine import resolve_config
+
+    if finished(run, resolve_config(PRESETS[args.preset]["recipe"], values).epochs):
+        return f"{variant} seed {seed}: done before"
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc}",
+               "-m", "stepnet", "train", "--recipe", PRESETS[args.preset]["recipe"], "--quiet"]
+    for key, value in values.items():
+        command += ["--set", f"{key}={json.dumps(value)}"]
+    if (run / "checkpoints" / "last.pt").is_file():
+        command.append("--resume")
+    subprocess.run(command, check=True)
+    return f"{variant} seed {seed}: trained"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--full", action="store_const", const="full", dest="preset",
+                        help="the paper's protocol (same as --preset full)")
+    parser.add_argument("--data-dir", type=Path, default=DATA)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="default: the preset's (3 on CPU, 5 in full)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--workers", type=int, default=2, help="runs trained side by side")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--nproc", type=int, default=0,
+                        help="launch every run with torchrun on this many processes (GPUs)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--stiffness-inputs", type=int, default=1000)
+    parser.add_argument("--runs", type=Path, default=None,
+                        help="default: runs/paper1_<preset>")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="default: docs/figures/paper1_<preset>")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="default: benchmarks/results/paper1_<preset>.json")
+    parser.add_argument("--train-only", action="store_true", help="skip the comparison")
+    args = parser.parse_args()
+    args.runs = args.runs or ROOT / "runs" / f"paper1_{args.preset}"
+    args.report = args.report or ROOT / "docs" / "figures" / f"paper1_{args.preset}"
+    args.output = args.output or ROOT / "benchmarks" / "results" / f"paper1_{args.preset}.json"
+    seeds = args.seeds or PRESETS[args.preset]["seeds"]
+    if not args.data_dir.is_dir():
+        raise SystemExit(f"no CIFAR-10 JPEG folder at {args.data_dir} (see ../shared/data)")
+    jobs = [(v, s) for s in seeds for v in args.variants]
+    started = time.time()
+    if args.nproc:
+        for variant, seed in jobs:
+            print(train_with_torchrun(variant, seed, args), flush=True)
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
+            futures = [pool.submit(train_in_process, v, s, args) for v, s in jobs]
+            for future in futures:
+                print(future.result(), flush=True)
+    print(f"training: {(time.time() - started) / 60:.1f} min", flush=True)
+    if args.train_only:
+        return
+    from stepnet.cli.compare import compare_runs
+
+    runs = [args.runs / v / f"seed{s}" for v, s in jobs]
+    compare_runs(runs, args.report, max_inputs=args.stiffness_inputs,
+                 labels={str(args.runs / v / f"seed{s}"): v for v, s in jobs},
+                 summary_json=args.output)
+
+
+if __name__ == "__main__":
+    main()
