@@ -5,16 +5,20 @@
 >>> total_neural_stiffness(trajectory.nsi, trajectory.stage)
 """
 from .analysis import analyze, block_spectra, summary_table, write_report
-from .correlation import nsi_attention_correlation, rank_correlation
+from .correlation import (nsi_attention_correlation, nsi_attention_correlation_per_block,
+                          rank_correlation)
 from .metrics import (EXCLUDED, delta, nsi, stage_means, staircase_area, stiff_indicator,
                       stiffness_proportion, total_neural_stiffness)
 from .ode import Theorem2Demo, sai, simplified_sai, theorem2_demo
-from .recorder import Trajectory, TrajectoryRecorder, find_blocks, record_trajectories
+from .recorder import (EXCLUSIONS, STEP_CONVENTIONS, Trajectory, TrajectoryRecorder, find_blocks,
+                       record_trajectories)
 from .spectrum import block_function, stiffness_index
 
 __all__ = [
-    "EXCLUDED", "Theorem2Demo", "analyze", "block_spectra", "summary_table", "write_report", "Trajectory", "TrajectoryRecorder", "block_function", "delta",
-    "find_blocks", "nsi", "nsi_attention_correlation", "rank_correlation", "record_trajectories",
+    "EXCLUDED", "EXCLUSIONS", "STEP_CONVENTIONS", "Theorem2Demo", "Trajectory",
+    "TrajectoryRecorder", "analyze", "block_function", "block_spectra", "delta", "find_blocks",
+    "nsi", "nsi_attention_correlation", "nsi_attention_correlation_per_block",
+    "rank_correlation", "record_trajectories", "summary_table", "write_report",
     "sai", "simplified_sai", "stage_means", "staircase_area", "stiff_indicator",
     "stiffness_index", "stiffness_proportion", "theorem2_demo", "total_neural_stiffness",
 ]

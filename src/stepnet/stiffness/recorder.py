@@ -124,24 +124,39 @@ def _exact_euler_step(module: nn.Module) -> bool:
             and type(module).forward is ResidualBlock.forward)
 
 
-def _update_norms(fx: Tensor, h: Tensor | None) -> tuple[Tensor, Tensor]:
-    """(||fx * h||, ||fx||) per sample: the update x_{t+1} - x_t of an exact Euler step with
-    Delta_t = 1 and with Delta_t = h. From per-channel norms of fx when h is a channel gate
-    [B, C, 1, 1] (or per-feature norms for a token gate [B, 1, D]): reads fx once and writes
-    nothing full-size."""
-    dims = tuple(range(1, fx.dim()))
+def _gate_group_norms(t: Tensor, h: Tensor) -> tuple[Tensor, Tensor] | None:
+    """(per-group norms of t, the matching entries of h), both [B, G], when h is a channel gate
+    [B, C, 1, 1] (groups: channels, norms over H x W) or a token gate [B, 1, D] (groups:
+    features, norms over the tokens); None for other shapes of h."""
+    if h.dim() == t.dim() and h.dim() >= 3 and h.shape[2:].numel() == 1 \
+            and h.shape[:2] == t.shape[:2]:
+        return torch.linalg.vector_norm(t, dim=tuple(range(2, t.dim()))), h.flatten(1)
+    if h.dim() == 3 and t.dim() == 3 and h.shape[1] == 1 and h.shape[2] == t.shape[2]:
+        return torch.linalg.vector_norm(t, dim=1), h[:, 0]
+    return None
+
+
+def _update_norms(update: Tensor, h: Tensor | None, scaled: bool) -> tuple[Tensor, Tensor]:
+    """(||x_{t+1} - x_t||, ||(x_{t+1} - x_t) / h||) per sample, reading the full-size tensor
+    once. ``scaled=True``: ``update`` is the branch output fx of an exact Euler step, so the
+    update is fx * h; ``scaled=False``: ``update`` is x_{t+1} - x_t itself."""
+    dims = tuple(range(1, update.dim()))
     if h is None:
-        norm = torch.linalg.vector_norm(fx, dim=dims)
+        norm = torch.linalg.vector_norm(update, dim=dims)
         return norm, norm
-    if h.dim() == fx.dim() and h.shape[2:].numel() == 1:       # channel gate
-        per_channel = torch.linalg.vector_norm(fx, dim=tuple(range(2, fx.dim())))  # [B, C]
-        return (torch.linalg.vector_norm(per_channel * h.flatten(1), dim=1),
-                torch.linalg.vector_norm(per_channel, dim=1))
-    if h.dim() == 3 and fx.dim() == 3 and h.shape[1] == 1:     # token gate [B, 1, D]
-        per_feature = torch.linalg.vector_norm(fx, dim=1)      # [B, D]
-        return (torch.linalg.vector_norm(per_feature * h[:, 0], dim=1),
-                torch.linalg.vector_norm(per_feature, dim=1))
-    return (torch.linalg.vector_norm(fx * h, dim=dims), torch.linalg.vector_norm(fx, dim=dims))
+    groups = _gate_group_norms(update, h)
+    if groups is not None:
+        per_group, gate = groups
+        if scaled:
+            return (torch.linalg.vector_norm(per_group * gate, dim=1),
+                    torch.linalg.vector_norm(per_group, dim=1))
+        return (torch.linalg.vector_norm(per_group, dim=1),
+                torch.linalg.vector_norm(per_group / gate, dim=1))
+    if scaled:
+        return (torch.linalg.vector_norm(update * h, dim=dims),
+                torch.linalg.vector_norm(update, dim=dims))
+    return (torch.linalg.vector_norm(update, dim=dims),
+            torch.linalg.vector_norm(update / h, dim=dims))
 
 
 def _per_sample_mean(h: Tensor | None, batch: int, like: Tensor) -> Tensor:
@@ -205,11 +220,9 @@ class TrajectoryRecorder:
                 row["update_norm_step"].append(nan)
                 return
             if self._exact[index] and fx is not None:   # x_{t+1} - x_t = fx * h exactly
-                plain, by_step = _update_norms(fx, h)
+                plain, by_step = _update_norms(fx, h, scaled=True)
             else:
-                update = x_next - x_t
-                plain = torch.linalg.vector_norm(update, dim=dims)
-                by_step = plain if h is None else torch.linalg.vector_norm(update / h, dim=dims)
+                plain, by_step = _update_norms(x_next - x_t, h, scaled=False)
             row["update_norm"].append(plain.float())
             row["update_norm_step"].append(by_step.float())
         return hook
