@@ -165,7 +165,11 @@ def test_train_from_config_file_reruns_the_run(tmp_path, capsys):
     (["--set", "learning_rate=0.1"], "--set: unknown key 'learning_rate'"),
     (["--batch-size", "many"], "--batch-size: expected int, got 'many'"),
     (["--warmup-epochs", "1", "--warmup-iters", "5"], "not both"),
-    (["--task", "sudoku", "--norm", "bn"], "unknown norm 'bn' for the sudoku model; valid"),
+    (["--task", "sudoku", "--norm", "bn"], "unknown ItrSA norm 'bn'; valid: rmsnorm"),
+    (["--task", "sudoku", "--placement", "middle"], "unknown ItrSA placement 'middle'; valid: "
+     "post, pre, none"),
+    (["--task", "sudoku", "--mlp", "twice"], "unknown ItrSA mlp 'twice'; valid: none, inside"),
+    (["--task", "sudoku", "--itrsa-preset", "bert"], "valid: paper2, akorn"),
     (["--task", "sudoku", "--dataset", "cifar10"], "the sudoku task has no dataset 'cifar10'"),
 ])
 def test_bad_settings_are_one_line(argv, message, capsys, tmp_path):

@@ -79,20 +79,78 @@ class MultiHeadSelfAttention(nn.Module):
         return self.output(mixed)
 
 
-class ItrSA(nn.Module):
-    """Iterated self-attention: ``X_{t+1} = Norm(X_t + eta (C + MSA(X_t)))``.
+NORM_PLACEMENTS = ("post", "pre", "none")
+MLP_PLACEMENTS = ("none", "inside", "after")
 
-    ``input_injection=False`` drops C from every step. ``eta`` starts at ``eta`` and is learned
-    unless ``learn_eta=False``. Paper defaults: dim 512, 8 heads, 16 loops in training.
+# Named layouts of the loop; explicit options override them.
+#  * paper2 -- our reading of Tomihari & Karakida: X <- Norm(X + eta (C + MSA(X))), the norm after
+#    the residual sum, input injection, no MLP, no biases, eta learned;
+#  * akorn  -- the ItrSA of the public AKOrN code: X <- X + MSA(LN(X)) (pre-norm, eta fixed at 1,
+#    no injection: C is only the initial state), biased projections, then once after the loop
+#    X <- X + MLP(LN(X)) (hidden 2D, GELU) and a final LayerNorm before the readout.
+ITRSA_PRESETS: dict[str, dict[str, object]] = {
+    "paper2": {"placement": "post", "norm": "rmsnorm", "input_injection": True, "mlp": "none",
+               "bias": False, "learn_eta": True},
+    "akorn": {"placement": "pre", "norm": "layernorm", "input_injection": False, "mlp": "after",
+              "bias": True, "learn_eta": False},
+}
+
+
+def itrsa_options(preset: str = "paper2", **overrides: object) -> dict[str, object]:
+    """The preset's options with every override that is not None; unknown presets and values
+    are refused, listing the valid ones."""
+    if preset not in ITRSA_PRESETS:
+        raise ValueError(f"unknown ItrSA preset {preset!r}; valid: {', '.join(ITRSA_PRESETS)}")
+    options = {**ITRSA_PRESETS[preset],
+               **{k: v for k, v in overrides.items() if v is not None}}
+    for key, valid in (("placement", NORM_PLACEMENTS), ("norm", NORMS), ("mlp", MLP_PLACEMENTS)):
+        if options[key] not in valid:
+            raise ValueError(f"unknown ItrSA {key} {options[key]!r}; valid: {', '.join(valid)}")
+    return options
+
+
+class Mlp(nn.Module):
+    """Token-wise two-layer perceptron: Linear(D, hidden) -> GELU -> Linear(hidden, D)."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool = True) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden, bias=bias)
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(nn.functional.gelu(self.fc1(x)))
+
+
+class ItrSA(nn.Module):
+    """Iterated self-attention with the choices paper 2 compares.
+
+    One loop, with U(X) = MSA(X) + C (input injection) or MSA(X), and Norm the chosen norm:
+
+    * ``placement="post"``: ``X <- Norm(X + eta U(X))`` (the paper's reading);
+    * ``placement="pre"``: ``X <- X + eta U'(X)``, U' with MSA(Norm(X)) (pre-norm transformer);
+    * ``placement="none"``: ``X <- X + eta U(X)``.
+
+    ``mlp="inside"`` adds a second residual to every loop (``X <- Norm2(X + MLP(X))`` post,
+    ``X <- X + MLP(Norm2(X))`` pre and none); ``mlp="after"`` applies ``X <- X + MLP(Norm2(X))``
+    once after the loop (:meth:`finish`), as AKOrN. With ``placement="pre"`` a final norm comes
+    before the readout (:meth:`finish`). ``bias`` puts biases on the attention's projections.
+    ``eta`` starts at ``eta`` and is learned unless ``learn_eta=False``. Paper defaults: dim 512,
+    8 heads, 16 loops in training. Presets: :data:`ITRSA_PRESETS`.
     """
 
     def __init__(self, dim: int = 512, heads: int = 8, norm: str = "rmsnorm", eta: float = 1.0,
                  learn_eta: bool = True, input_injection: bool = True, bias: bool = False,
-                 symmetric: bool = False) -> None:
+                 symmetric: bool = False, placement: str = "post", mlp: str = "none",
+                 mlp_ratio: float = 2.0) -> None:
         super().__init__()
+        itrsa_options(placement=placement, norm=norm, mlp=mlp)   # validates
         self.attention = MultiHeadSelfAttention(dim, heads, bias, symmetric)
         self.norm = TokenNorm(dim, norm)
+        self.placement, self.mlp_placement = placement, mlp
         self.input_injection = input_injection
+        self.mlp = Mlp(dim, int(dim * mlp_ratio)) if mlp != "none" else None
+        self.mlp_norm = TokenNorm(dim, norm) if mlp != "none" else None
+        self.final_norm = TokenNorm(dim, norm) if placement == "pre" else None
         eta_tensor = torch.tensor(float(eta))
         if learn_eta:
             self.eta = nn.Parameter(eta_tensor)
@@ -100,23 +158,47 @@ class ItrSA(nn.Module):
             self.register_buffer("eta", eta_tensor)
 
     def drive(self, x: Tensor, c: Tensor) -> Tensor:
-        """The update direction C + MSA(X) (MSA(X) without injection), [..., S, D]."""
-        update = self.attention(x)
+        """The attention update U(X) = MSA(X) + C (MSA(X) without injection; MSA(Norm(X)) when
+        the norm comes first), [..., S, D]."""
+        update = self.attention(self.norm(x) if self.placement == "pre" else x)
         return update + c if self.input_injection else update
 
     def step(self, x: Tensor, c: Tensor) -> Tensor:
         """One loop: [..., S, D] -> [..., S, D]."""
-        return self.norm(x + self.eta * self.drive(x, c))
+        x = x + self.eta * self.drive(x, c)
+        if self.placement == "post":
+            x = self.norm(x)
+        if self.mlp_placement == "inside":
+            x = self._mlp_residual(x)
+        return x
+
+    def _mlp_residual(self, x: Tensor) -> Tensor:
+        if self.placement == "post":
+            return self.mlp_norm(x + self.mlp(x))
+        return x + self.mlp(self.mlp_norm(x))
+
+    def finish(self, x: Tensor) -> Tensor:
+        """What follows the loop: the MLP (``mlp="after"``) and the final norm (pre-norm)."""
+        if self.mlp_placement == "after":
+            x = x + self.mlp(self.mlp_norm(x))
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x
 
     def forward(self, c: Tensor, steps: int, x0: Tensor | None = None,
                 return_trajectory: bool = False) -> Tensor | list[Tensor]:
-        """Run ``steps`` loops from ``x0`` (default: C). Returns X_T, or [X_0, ..., X_T]."""
+        """Run ``steps`` loops from ``x0`` (default: C). Returns the loop's X_T, or
+        [X_0, ..., X_T] (the loop's states, before :meth:`finish`)."""
         x = c if x0 is None else x0
         trajectory = [x]
         for _ in range(steps):
             x = self.step(x, c)
             trajectory.append(x)
         return trajectory if return_trajectory else x
+
+    def extra_repr(self) -> str:
+        return (f"placement={self.placement!r}, mlp={self.mlp_placement!r}, "
+                f"input_injection={self.input_injection}")
 
 
 def pseudo_energy(model: ItrSA, x: Tensor, c: Tensor) -> Tensor:

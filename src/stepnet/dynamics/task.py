@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..models.registry import register_model
-from .models import ItrSA
+from .models import ItrSA, itrsa_options
 from .sudoku import generate
 
 
@@ -36,14 +36,19 @@ class SudokuModel(nn.Module):
       plateau (2.16, 16% of blanks right) where ``structured`` reached 1.18 and 46%.
     """
 
-    def __init__(self, dim: int = 128, heads: int = 4, norm: str = "rmsnorm", loops: int = 16,
-                 input_injection: bool = True, eta: float = 1.0, symmetric: bool = False,
-                 position: str = "structured") -> None:
+    def __init__(self, dim: int = 128, heads: int = 4, norm: str | None = None, loops: int = 16,
+                 input_injection: bool | None = None, eta: float = 1.0, symmetric: bool = False,
+                 position: str = "structured", preset: str = "paper2",
+                 placement: str | None = None, mlp: str | None = None, bias: bool | None = None,
+                 learn_eta: bool | None = None) -> None:
         super().__init__()
         if position not in POSITIONS:
             raise ValueError(f"unknown position embedding {position!r}; valid: "
                              f"{', '.join(POSITIONS)}")
         self.loops, self.position_kind = loops, position
+        self.options = itrsa_options(preset, placement=placement, norm=norm,
+                                     input_injection=input_injection, mlp=mlp, bias=bias,
+                                     learn_eta=learn_eta)
         self.digits = nn.Embedding(10, dim)
         if position == "structured":
             self.rows, self.columns, self.boxes = (nn.Embedding(9, dim) for _ in range(3))
@@ -51,8 +56,7 @@ class SudokuModel(nn.Module):
                 nn.init.normal_(table.weight, std=dim ** -0.5)
         else:
             self.position = nn.Parameter(torch.randn(81, dim) * 0.02)
-        self.core = ItrSA(dim, heads, norm, eta=eta, input_injection=input_injection,
-                          symmetric=symmetric)
+        self.core = ItrSA(dim, heads, eta=eta, symmetric=symmetric, **self.options)
         self.readout = nn.Linear(dim, 9)
 
     def embed(self, boards: Tensor) -> Tensor:
@@ -67,7 +71,7 @@ class SudokuModel(nn.Module):
     def forward(self, boards: Tensor, loops: int | None = None,
                 x0: Tensor | None = None) -> Tensor:
         c = self.embed(boards)
-        return self.readout(self.core(c, loops or self.loops, x0))
+        return self.readout(self.core.finish(self.core(c, loops or self.loops, x0)))
 
 
 @torch.no_grad()
@@ -170,6 +174,8 @@ def analyze_sudoku(model: SudokuModel, config: dict[str, Any], boards: int = 4,
 
 @register_model
 def sudoku(**kwargs: Any) -> SudokuModel:
-    """ItrSA Sudoku solver: ``dim``, ``heads``, ``norm``, ``loops``, ``symmetric``,
-    ``position`` (see :class:`SudokuModel`). boards [B, 81] -> logits [B, 81, 9]."""
+    """ItrSA Sudoku solver: ``dim``, ``heads``, ``loops``, ``symmetric``, ``position``, the
+    loop layout ``preset`` (paper2, akorn) and its overrides ``norm``, ``placement``, ``mlp``,
+    ``bias``, ``input_injection``, ``learn_eta`` (see :class:`SudokuModel`, :class:`ItrSA`).
+    boards [B, 81] -> logits [B, 81, 9]."""
     return SudokuModel(**kwargs)

@@ -144,6 +144,22 @@ class TrainConfig:
     loops: int = option(16, "sudoku: loops of the recurrent block in training", group="sudoku")
     symmetric: bool = option(False, "sudoku: energy-constrained attention (W_K = W_Q, "
                              "W_O = W_V^T)", group="sudoku")
+    itrsa_preset: str = option("paper2", "sudoku: layout of the loop: paper2 = Norm(X + eta (C "
+                               "+ MSA(X))), akorn = X + MSA(LN(X)) with biases and an MLP after "
+                               "the loop (the AKOrN code's ItrSA)", group="sudoku",
+                               choices=("paper2", "akorn"))
+    placement: str | None = option(None, "sudoku: where the norm sits: post | pre | none "
+                                   "(default: the preset's)", group="sudoku")
+    mlp: str | None = option(None, "sudoku: an MLP residual: none | inside (every loop) | after "
+                             "(once after the loop) (default: the preset's)", group="sudoku")
+    bias: bool | None = option(None, "sudoku: biases on the attention projections (default: "
+                               "the preset's)", group="sudoku")
+    input_injection: bool | None = option(None, "sudoku: add the embedded board C to every "
+                                          "loop's update (default: the preset's)",
+                                          group="sudoku")
+    loss_cells: str = option("blanks", "sudoku: cells in the cross-entropy: the blanks, or all "
+                             "81 (as the AKOrN code)", group="sudoku",
+                             choices=("blanks", "all"))
     position: str = option("structured", "sudoku: cell embedding, row + column + box tables "
                            "or a free table", group="sudoku", choices=("structured", "learned"))
     train_puzzles: int = option(9000, "sudoku: generated training puzzles", group="sudoku")
@@ -462,7 +478,7 @@ RECIPES: dict[str, dict[str, Any]] = {
                      momentum=0.9, weight_decay=1e-4, weight_decay_exempt="requested",
                      schedule="multistep", milestones=[8, 11], gamma=0.1, warmup_iters=100,
                      min_size=320, max_size=512, workers=0, eval_batch_size=4),
-    "sudoku": dict(task="sudoku", model="sudoku", dataset="sudoku", norm="rmsnorm",
+    "sudoku": dict(task="sudoku", model="sudoku", dataset="sudoku",
                    optimizer="adamw", lr=1e-3, weight_decay=0.0, schedule="constant",
                    epochs=10, batch_size=64, dim=128, heads=4, loops=16, train_puzzles=9000,
                    test_puzzles=1000),

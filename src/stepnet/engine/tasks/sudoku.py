@@ -41,11 +41,7 @@ class SudokuTask(Task):
                              f"{', '.join(SUDOKU_DATASETS)}")
         if config.model != "sudoku":
             raise ValueError(f"the sudoku task trains the model 'sudoku', not {config.model!r}")
-        from ...dynamics.models import NORMS
-
-        if config.norm not in NORMS:
-            raise ValueError(f"unknown norm {config.norm!r} for the sudoku model; valid: "
-                             f"{', '.join(NORMS)}")
+        self.itrsa = self.itrsa_options(config)   # validates preset and overrides
         if config.dim % config.heads:
             raise ValueError(f"--dim {config.dim} must be divisible by --heads {config.heads}")
 
@@ -63,17 +59,28 @@ class SudokuTask(Task):
         return tuple(TensorDataset(*(torch.as_tensor(a).long() for a in self.puzzles(split)))
                      for split in ("train", "test"))  # type: ignore[return-value]
 
+    @staticmethod
+    def itrsa_options(config) -> dict[str, Any]:  # noqa: ANN001
+        """The loop layout of ``config``: its preset with the explicit overrides."""
+        from ...dynamics.models import itrsa_options
+
+        return itrsa_options(config.itrsa_preset, norm=config.norm,
+                             placement=config.placement, mlp=config.mlp, bias=config.bias,
+                             input_injection=config.input_injection)
+
     def model_spec(self) -> dict[str, Any]:
+        """Every option resolved, so a checkpoint describes its model without the preset."""
         c = self.config
-        return {"name": "sudoku", "kwargs": {"dim": c.dim, "heads": c.heads, "norm": c.norm,
-                                             "loops": c.loops, "symmetric": c.symmetric,
-                                             "position": c.position}}
+        return {"name": "sudoku", "kwargs": {"dim": c.dim, "heads": c.heads, "loops": c.loops,
+                                             "symmetric": c.symmetric, "position": c.position,
+                                             "preset": c.itrsa_preset, **self.itrsa}}
 
     def losses(self, model: nn.Module, batch: Any) -> tuple[Losses, dict[str, Tensor]]:
         puzzles, solutions = batch
         logits = model(puzzles)
-        blank = puzzles == 0
-        losses = {"ce": nn.functional.cross_entropy(logits[blank], solutions[blank] - 1)}
+        cells = puzzles == 0 if self.config.loss_cells == "blanks" \
+            else torch.ones_like(puzzles, dtype=torch.bool)
+        losses = {"ce": nn.functional.cross_entropy(logits[cells], solutions[cells] - 1)}
         if self.config.spectral_weight:
             from ...dynamics.models import spectral_regularizer
 

@@ -1,0 +1,124 @@
+"""ItrSA's layout options (norm placement, norm type, injection, MLP, biases) and presets, each
+against a hand-written reference step built from torch's own multi-head attention."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from stepnet.dynamics import ItrSA
+from stepnet.dynamics.models import ITRSA_PRESETS, itrsa_options
+from stepnet.dynamics.task import SudokuModel
+
+
+def reference_attention(module, x):
+    """MSA through torch.nn.MultiheadAttention with the module's weights copied across."""
+    mha = torch.nn.MultiheadAttention(module.dim, module.heads, bias=module.query.bias is not None,
+                                      batch_first=True, dtype=x.dtype)
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(torch.cat([module.query.weight, module.key.weight,
+                                            module.value.weight]))
+        mha.out_proj.weight.copy_(module.output.weight)
+        if module.query.bias is not None:
+            mha.in_proj_bias.copy_(torch.cat([module.query.bias, module.key.bias,
+                                              module.value.bias]))
+            mha.out_proj.bias.copy_(module.output.bias)
+    return mha(x, x, x, need_weights=False)[0]
+
+
+def reference_norm(kind, x, norm):
+    if kind == "layernorm":
+        return F.layer_norm(x, x.shape[-1:], norm.layer_norm.weight, norm.layer_norm.bias,
+                            norm.layer_norm.eps)
+    if kind == "none":
+        return x
+    unit = x / x.norm(dim=-1, keepdim=True)
+    return unit * norm.gain if kind == "rmsnorm" else unit
+
+
+def reference_step(model, kind, placement, mlp, injection, x, c):
+    eta = model.eta
+    attended = reference_attention(model.attention,
+                                   reference_norm(kind, x, model.norm) if placement == "pre"
+                                   else x)
+    y = x + eta * (attended + (c if injection else 0))
+    if placement == "post":
+        y = reference_norm(kind, y, model.norm)
+    if mlp == "inside":
+        hidden = lambda t: model.mlp.fc2(F.gelu(model.mlp.fc1(t)))  # noqa: E731
+        y = reference_norm(kind, y + hidden(y), model.mlp_norm) if placement == "post" \
+            else y + hidden(reference_norm(kind, y, model.mlp_norm))
+    return y
+
+
+@pytest.mark.parametrize("placement, kind, mlp, injection, bias", [
+    *itertools.product(("post", "pre", "none"), ("rmsnorm", "layernorm"), ("none", "inside"),
+                       (True, False), (False,)),
+    ("pre", "sphere", "inside", False, True), ("post", "sphere", "none", True, True),
+])
+def test_each_option_changes_the_step_as_documented(placement, kind, mlp, injection, bias):
+    torch.manual_seed(0)
+    model = ItrSA(dim=8, heads=2, norm=kind, placement=placement, mlp=mlp,
+                  input_injection=injection, bias=bias, eta=0.7).double()
+    for parameter in model.parameters():       # layer norms and gains away from their init
+        torch.nn.init.normal_(parameter, std=0.5) if parameter.dim() == 1 else None
+    x, c = torch.randn(3, 5, 8, dtype=torch.float64), torch.randn(3, 5, 8, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.step(x, c),
+                                   reference_step(model, kind, placement, mlp, injection, x, c))
+    assert (model.attention.query.bias is not None) == bias
+    assert (model.mlp is not None) == (mlp != "none")
+
+
+def test_mlp_after_and_final_norm_come_once_after_the_loop():
+    torch.manual_seed(0)
+    model = SudokuModel(dim=8, heads=2, loops=3, preset="akorn").double()
+    core = model.core
+    assert core.placement == "pre" and core.mlp_placement == "after"
+    assert not core.input_injection and not isinstance(core.eta, torch.nn.Parameter)
+    assert core.attention.query.bias is not None
+    boards = torch.randint(0, 10, (2, 81))
+    c = model.embed(boards).double()
+    x = c
+    for _ in range(3):   # AKOrN: x = x + attn(LN(x)), no injection, eta = 1
+        x = x + reference_attention(core.attention, F.layer_norm(
+            x, (8,), core.norm.layer_norm.weight, core.norm.layer_norm.bias))
+    x = x + core.mlp.fc2(F.gelu(core.mlp.fc1(F.layer_norm(
+        x, (8,), core.mlp_norm.layer_norm.weight, core.mlp_norm.layer_norm.bias))))
+    x = F.layer_norm(x, (8,), core.final_norm.layer_norm.weight, core.final_norm.layer_norm.bias)
+    with torch.no_grad():
+        torch.testing.assert_close(model(boards), model.readout(x))
+
+
+def test_presets_and_overrides():
+    assert itrsa_options("paper2") == ITRSA_PRESETS["paper2"]
+    assert itrsa_options("akorn", norm="rmsnorm", bias=None)["norm"] == "rmsnorm"
+    assert itrsa_options("akorn", bias=None)["bias"] is True
+    with pytest.raises(ValueError, match="unknown ItrSA preset 'hopfield'; valid: paper2, akorn"):
+        itrsa_options("hopfield")
+    with pytest.raises(ValueError, match="unknown ItrSA placement 'mid'; valid: post, pre, none"):
+        ItrSA(8, 2, placement="mid")
+    with pytest.raises(ValueError, match="unknown ItrSA mlp 'both'; valid: none, inside, after"):
+        SudokuModel(dim=8, heads=2, mlp="both")
+
+
+def test_old_checkpoints_keep_loading():
+    """A state dict saved before the options existed (paper2 layout, kwargs without the new
+    keys) loads strictly into today's model, which computes the same thing."""
+    torch.manual_seed(0)
+    old_kwargs = {"dim": 8, "heads": 2, "norm": "rmsnorm", "loops": 2, "symmetric": False,
+                  "position": "structured"}
+    model = SudokuModel(**old_kwargs)
+    state = model.state_dict()
+    assert not any(k.startswith(("core.mlp", "core.final_norm")) for k in state)
+    again = SudokuModel(**old_kwargs)
+    again.load_state_dict(state, strict=True)
+    boards = torch.randint(0, 10, (2, 81))
+    with torch.no_grad():
+        c = model.embed(boards)
+        x = c
+        for _ in range(2):
+            x = model.core.norm(x + model.core.eta * (model.core.attention(x) + c))
+        torch.testing.assert_close(again(boards), model.readout(x))
