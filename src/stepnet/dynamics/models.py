@@ -201,6 +201,88 @@ class ItrSA(nn.Module):
                 f"input_injection={self.input_injection}")
 
 
+class SymmetricScores(nn.Module):
+    """The single head of :class:`EnergyItrSA`: a learned [D, D] matrix M whose symmetric part
+    A = (M + M^T) / 2 is at once W_Q W_K^T and W_V."""
+
+    def __init__(self, dim: int, scale: float = 1.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(dim, dim) * (scale / dim ** 0.5))
+
+    @property
+    def matrix(self) -> Tensor:
+        """A [D, D], symmetric."""
+        return (self.weight + self.weight.T) / 2
+
+
+class EnergyItrSA(nn.Module):
+    """A looped self-attention that has an energy (paper 2's energy-constrained setting).
+
+    One head with W_Q W_K^T = W_V = A symmetric, an unnormalised exponential kernel and tokens
+    on the unit sphere:
+
+        U_i(X) = (1 / S) sum_j exp(beta x_i^T A x_j) A x_j + c_i,
+        X <- sphere(X + eta Proj_X(U(X))),      Proj_x(u) = u - (x . u) x,
+
+    U = -grad E for the energy
+
+        E(X) = -(1 / 2 beta S) sum_{i,j} exp(beta x_i^T A x_j) - sum_i c_i^T x_i,
+
+    (S tokens; the 1 / S keeps the update's scale independent of the board size)
+    so the continuous flow dX/dt = Proj_X(U(X)) never increases E, and neither does the
+    discrete loop for a small enough step (``eta`` times the gradient's Lipschitz constant
+    below about 1; tested). ``c`` (the embedded board, input injection) enters E as a linear
+    term. The states are the sphere's, so :meth:`finish` is the identity.
+    """
+
+    def __init__(self, dim: int = 512, beta: float = 1.0, eta: float = 0.1,
+                 learn_eta: bool = True, scale: float = 1.0) -> None:
+        super().__init__()
+        self.attention = SymmetricScores(dim, scale)
+        self.norm = TokenNorm(dim, "sphere")
+        self.beta = beta
+        self.input_injection = True
+        eta_tensor = torch.tensor(float(eta))
+        if learn_eta:
+            self.eta = nn.Parameter(eta_tensor)
+        else:
+            self.register_buffer("eta", eta_tensor)
+
+    def kernel(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(exp(beta x_i^T A x_j) / S [..., S, S], X A [..., S, D])."""
+        xa = x @ self.attention.matrix
+        return torch.exp(self.beta * xa @ x.transpose(-1, -2)) / x.shape[-2], xa
+
+    def drive(self, x: Tensor, c: Tensor) -> Tensor:
+        """U(X) = -grad E(X): [..., S, D]."""
+        weights, xa = self.kernel(x)
+        return weights @ xa + c
+
+    def energy(self, x: Tensor, c: Tensor) -> Tensor:
+        """E(X) per sample: [..., S, D] -> [...]."""
+        weights, _ = self.kernel(x)
+        return -weights.sum(dim=(-2, -1)) / (2 * self.beta) - (c * x).sum(dim=(-2, -1))
+
+    def step(self, x: Tensor, c: Tensor) -> Tensor:
+        """One loop on the sphere: [..., S, D] -> [..., S, D]."""
+        x = self.norm(x)
+        u = self.drive(x, c)
+        return self.norm(x + self.eta * (u - (u * x).sum(-1, keepdim=True) * x))
+
+    def finish(self, x: Tensor) -> Tensor:
+        return x
+
+    def forward(self, c: Tensor, steps: int, x0: Tensor | None = None,
+                return_trajectory: bool = False) -> Tensor | list[Tensor]:
+        """``steps`` loops from ``x0`` (default: C projected on the sphere)."""
+        x = self.norm(c if x0 is None else x0)
+        trajectory = [x]
+        for _ in range(steps):
+            x = self.step(x, c)
+            trajectory.append(x)
+        return trajectory if return_trajectory else x
+
+
 def pseudo_energy(model: ItrSA, x: Tensor, c: Tensor) -> Tensor:
     """E(X) = -Tr(X^T (C + MSA(X))) per sample: [..., S, D] -> [...]."""
     return -(x * model.drive(x, c)).sum(dim=(-2, -1))

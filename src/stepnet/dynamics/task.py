@@ -13,18 +13,25 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..models.registry import register_model
-from .models import ItrSA, itrsa_options
+from .models import EnergyItrSA, ItrSA, itrsa_options
 from .sudoku import generate
 
 
 POSITIONS = ("structured", "learned")
+CORES = ("itrsa", "energy")
 _CELL = torch.arange(81)
 _ROW, _COLUMN, _BOX = _CELL // 9, _CELL % 9, (_CELL // 27) * 3 + (_CELL % 9) // 3
 
 
 class SudokuModel(nn.Module):
-    """Digits (0 = blank) and cell positions embedded into C [B, 81, D]; ItrSA looped from
-    X_0 = C; a linear readout to the 9 digits per cell. boards [B, 81] -> logits [B, 81, 9].
+    """Digits (0 = blank) and cell positions embedded into C [B, 81, D]; the recurrent core
+    looped from X_0 = C, then its :meth:`finish`; a linear readout to the 9 digits per cell.
+    boards [B, 81] -> logits [B, 81, 9].
+
+    ``core``: ``itrsa`` (:class:`ItrSA`, layout from ``preset`` and the overrides ``norm``,
+    ``placement``, ``mlp``, ``bias``, ``input_injection``, ``learn_eta``) or ``energy``
+    (:class:`EnergyItrSA`: one symmetric head with an energy; ``heads``, ``symmetric`` and the
+    layout options do not apply; its step ``eta`` starts at 0.1).
 
     ``position`` (a reconstructed choice; the paper does not say):
 
@@ -40,7 +47,7 @@ class SudokuModel(nn.Module):
                  input_injection: bool | None = None, eta: float = 1.0, symmetric: bool = False,
                  position: str = "structured", preset: str = "paper2",
                  placement: str | None = None, mlp: str | None = None, bias: bool | None = None,
-                 learn_eta: bool | None = None) -> None:
+                 learn_eta: bool | None = None, core: str = "itrsa") -> None:
         super().__init__()
         if position not in POSITIONS:
             raise ValueError(f"unknown position embedding {position!r}; valid: "
@@ -56,7 +63,13 @@ class SudokuModel(nn.Module):
                 nn.init.normal_(table.weight, std=dim ** -0.5)
         else:
             self.position = nn.Parameter(torch.randn(81, dim) * 0.02)
-        self.core = ItrSA(dim, heads, eta=eta, symmetric=symmetric, **self.options)
+        if core not in CORES:
+            raise ValueError(f"unknown sudoku core {core!r}; valid: {', '.join(CORES)}")
+        self.core_kind = core
+        if core == "energy":
+            self.core: nn.Module = EnergyItrSA(dim, eta=eta if eta != 1.0 else 0.1)
+        else:
+            self.core = ItrSA(dim, heads, eta=eta, symmetric=symmetric, **self.options)
         self.readout = nn.Linear(dim, 9)
 
     def embed(self, boards: Tensor) -> Tensor:

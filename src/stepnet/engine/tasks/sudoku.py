@@ -73,7 +73,8 @@ class SudokuTask(Task):
         c = self.config
         return {"name": "sudoku", "kwargs": {"dim": c.dim, "heads": c.heads, "loops": c.loops,
                                              "symmetric": c.symmetric, "position": c.position,
-                                             "preset": c.itrsa_preset, **self.itrsa}}
+                                             "preset": c.itrsa_preset, "core": c.core,
+                                             **self.itrsa}}
 
     def losses(self, model: nn.Module, batch: Any) -> tuple[Losses, dict[str, Tensor]]:
         puzzles, solutions = batch
