@@ -156,3 +156,78 @@ def test_energy_never_increases_along_trajectories(seed):
     assert bool((steps <= 1e-12).all()), f"energy rose by {float(steps.max()):.3g}"
     assert bool((energies[-1] < energies[0] - 1e-3).all())      # and it does decrease
     assert torch.allclose(states[-1].norm(dim=-1), torch.ones(3, 9, dtype=torch.float64))
+
+
+def test_akorn_keeps_every_oscillator_on_its_sphere():
+    from stepnet.dynamics.models import KuramotoCore
+
+    torch.manual_seed(0)
+    core = KuramotoCore(dim=16, heads=2, oscillator_dim=4, omega=0.3).double()
+    c = torch.randn(2, 9, 16, dtype=torch.float64)
+    with torch.no_grad():
+        states = core(c, 10, torch.randn(2, 9, 16, dtype=torch.float64), return_trajectory=True)
+    for x in states:
+        torch.testing.assert_close(core.oscillators(x).norm(dim=-1),
+                                   torch.ones(2, 9, 4, dtype=torch.float64))
+    # Omega is a rotation generator: tangent to every oscillator, of length |omega| per pair
+    x = states[-1]
+    rotated = core.rotation(x)
+    torch.testing.assert_close((core.oscillators(rotated) * core.oscillators(x)).sum(-1),
+                               torch.zeros(2, 9, 4, dtype=torch.float64))
+    torch.testing.assert_close(rotated.norm(dim=-1), 0.3 * x.norm(dim=-1))
+    with pytest.raises(ValueError, match="oscillator_dim must be even"):
+        KuramotoCore(dim=16, heads=2, oscillator_dim=3)
+
+
+class SymmetricChannelCoupling(torch.nn.Module):
+    """J(X) = X W with W symmetric: a linear coupling between the oscillators of a token."""
+
+    def __init__(self, dim):
+        super().__init__()
+        w = torch.randn(dim, dim, dtype=torch.float64)
+        self.weight = (w + w.T) / 2
+
+    def forward(self, x):
+        return x @ self.weight
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_akorn_lyapunov_function_never_increases_for_symmetric_coupling(seed):
+    """Miyato et al.: with symmetric J and no natural frequencies the Kuramoto dynamics descend
+    E = -1/2 sum x . J x - sum c . x (for a small enough step)."""
+    from stepnet.dynamics.models import KuramotoCore
+
+    torch.manual_seed(seed)
+    core = KuramotoCore(dim=8, heads=2, oscillator_dim=4, omega=0.0, gamma=0.02).double()
+    core.coupling = SymmetricChannelCoupling(8)
+    c = torch.randn(3, 5, 8, dtype=torch.float64)
+
+    def lyapunov(x):
+        return -0.5 * (x * core.coupling(x)).sum(dim=(-2, -1)) - (c * x).sum(dim=(-2, -1))
+
+    with torch.no_grad():
+        states = core(c, 200, torch.randn(3, 5, 8, dtype=torch.float64),
+                      return_trajectory=True)
+        values = torch.stack([lyapunov(x) for x in states])
+    assert bool(((values[1:] - values[:-1]) <= 1e-12).all())
+    assert bool((values[-1] < values[0]).all())
+
+
+def test_energy_voting_keeps_the_lowest_energy_run():
+    from stepnet.dynamics.monitoring import energy_voting
+
+    torch.manual_seed(0)
+    model = SudokuModel(dim=16, heads=2, loops=3, core="akorn").eval()
+    boards = torch.randint(0, 10, (4, 81))
+    chosen = energy_voting(model, boards, votes=5, seed=7)
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        c = model.embed(boards)
+        runs = []
+        for vote in range(5):
+            final = model.core(c, 3, model.initial_state(c, boards, vote, generator))
+            runs.append((model.energy(final, c), model.logits(final)))
+    energies = torch.stack([e for e, _ in runs])            # [votes, B]
+    best = energies.argmin(dim=0)
+    expected = torch.stack([runs[int(v)][1][b] for b, v in enumerate(best)])
+    torch.testing.assert_close(chosen, expected)

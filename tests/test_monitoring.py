@@ -30,8 +30,6 @@ def test_energy_voting_keeps_the_lowest_energy_run(monkeypatch):
     """The vote with the lowest final pseudo-energy wins, board by board. The initial states are
     observed through the model itself (not re-drawn here), and the energies are scripted so the
     winner is known without trusting the code's own comparison."""
-    import stepnet.dynamics.monitoring as monitoring
-
     torch.manual_seed(0)
     model = SudokuModel(dim=16, heads=2, loops=3).double()
     boards = torch.as_tensor(generate(3, (35, 40), seed=0)[0])
@@ -49,7 +47,7 @@ def test_energy_voting_keeps_the_lowest_energy_run(monkeypatch):
     scripted = torch.tensor([[5.0, 1.0, 9.0], [4.0, 7.0, 8.0], [-1.0, 3.0, 2.0],
                              [0.0, 2.0, -6.0]], dtype=torch.float64)
     calls = iter(range(4))
-    monkeypatch.setattr(monitoring, "pseudo_energy", lambda core, x, c: scripted[next(calls)])
+    monkeypatch.setattr(model, "energy", lambda x, c: scripted[next(calls)])
     logits = energy_voting(model, boards, votes=4, seed=1)
     assert len(starts) == 4
     c = model.embed(boards)
@@ -57,7 +55,7 @@ def test_energy_voting_keeps_the_lowest_energy_run(monkeypatch):
     assert all(not torch.allclose(s, c) for s in starts[1:])        # the others are perturbed
     assert not torch.allclose(starts[1], starts[2])
     winners = [2, 0, 3]
-    expected = torch.stack([model.readout(finals[v][b]) for b, v in enumerate(winners)])
+    expected = torch.stack([model.logits(finals[v][b]) for b, v in enumerate(winners)])
     torch.testing.assert_close(logits, expected)
 
 

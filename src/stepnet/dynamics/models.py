@@ -283,6 +283,89 @@ class EnergyItrSA(nn.Module):
         return trajectory if return_trajectory else x
 
 
+class KuramotoCore(nn.Module):
+    """Artificial Kuramoto oscillatory neurons (AKOrN, Miyato et al. 2025) for tokens: our
+    implementation after reading the public AKOrN code.
+
+    The D channels of a token are D / n oscillators of dimension n, each on the unit sphere
+    S^(n-1). One loop, with the coupling J a multi-head self-attention (biased projections) and
+    C the embedded board as the oscillators' external field:
+
+        Y = J(X) + C,
+        dX = Omega X + Proj_X(Y),        Proj_x(y) = y - (x . y) x per oscillator,
+        X <- sphere(X + gamma dX),
+
+    Omega a rotation in each consecutive channel pair with one global frequency |omega|
+    (``learn_omega``: trained or fixed). The energy logged per loop (and ranked by energy
+    voting) is the AKOrN code's ``E(X) = -sum_i x_i . (J(X)_i + c_i)``; for a symmetric linear
+    coupling and Omega = 0 the Kuramoto Lyapunov function ``-1/2 sum x . J x - sum c . x``
+    never increases (tested). :meth:`finish` is the AKOrN read-out: per output channel the norm
+    of an n-dimensional linear map of the state (rotation invariant) plus a bias, a residual
+    two-layer block, then ReLU.
+    """
+
+    def __init__(self, dim: int = 512, heads: int = 8, oscillator_dim: int = 4,
+                 gamma: float = 1.0, omega: float = 0.1, learn_omega: bool = False) -> None:
+        super().__init__()
+        if oscillator_dim < 2 or oscillator_dim % 2 or dim % oscillator_dim:
+            raise ValueError(f"oscillator_dim must be even, >= 2 and divide dim {dim}; got "
+                             f"{oscillator_dim}")
+        self.n = oscillator_dim
+        self.attention = MultiHeadSelfAttention(dim, heads, bias=True)
+        self.coupling: nn.Module = self.attention
+        self.omega = nn.Parameter(torch.full((2,), omega / math.sqrt(2)),
+                                  requires_grad=learn_omega)
+        self.gamma = gamma
+        self.readout_map = nn.Linear(dim, dim * oscillator_dim)
+        self.readout_bias = nn.Parameter(torch.zeros(dim))
+        self.readout_block = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
+        self.input_injection = True
+
+    def oscillators(self, x: Tensor) -> Tensor:
+        """[..., S, D] -> [..., S, D / n, n]."""
+        return x.unflatten(-1, (-1, self.n))
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """Every oscillator on its unit sphere: [..., S, D] -> [..., S, D]."""
+        return nn.functional.normalize(self.oscillators(x), dim=-1).flatten(-2)
+
+    def rotation(self, x: Tensor) -> Tensor:
+        """Omega X: each channel pair (a, b) -> |omega| (b, -a)."""
+        pairs = x.unflatten(-1, (-1, 2))
+        frequency = torch.linalg.vector_norm(self.omega)
+        return (frequency * torch.stack([pairs[..., 1], -pairs[..., 0]], dim=-1)).flatten(-2)
+
+    def drive(self, x: Tensor, c: Tensor) -> Tensor:
+        """Y = J(X) + C: [..., S, D]."""
+        return self.coupling(x) + c
+
+    def energy(self, x: Tensor, c: Tensor) -> Tensor:
+        """The AKOrN code's energy -sum x . (J(X) + C) per sample: [..., S, D] -> [...]."""
+        return -(x * self.drive(x, c)).sum(dim=(-2, -1))
+
+    def step(self, x: Tensor, c: Tensor) -> Tensor:
+        """One Kuramoto loop: [..., S, D] -> [..., S, D], oscillators on their spheres."""
+        y, state = self.oscillators(self.drive(x, c)), self.oscillators(x)
+        tangent = (y - (y * state).sum(-1, keepdim=True) * state).flatten(-2)
+        return self.normalize(x + self.gamma * (self.rotation(x) + tangent))
+
+    def finish(self, x: Tensor) -> Tensor:
+        """Rotation-invariant read-out features [..., S, D] (ReLU applied)."""
+        features = torch.linalg.vector_norm(
+            self.readout_map(x).unflatten(-1, (-1, self.n)), dim=-1) + self.readout_bias
+        return torch.relu(features + self.readout_block(features))
+
+    def forward(self, c: Tensor, steps: int, x0: Tensor | None = None,
+                return_trajectory: bool = False) -> Tensor | list[Tensor]:
+        """``steps`` loops from ``x0`` (default: C), projected on the spheres first."""
+        x = self.normalize(c if x0 is None else x0)
+        trajectory = [x]
+        for _ in range(steps):
+            x = self.step(x, c)
+            trajectory.append(x)
+        return trajectory if return_trajectory else x
+
+
 def pseudo_energy(model: ItrSA, x: Tensor, c: Tensor) -> Tensor:
     """E(X) = -Tr(X^T (C + MSA(X))) per sample: [..., S, D] -> [...]."""
     return -(x * model.drive(x, c)).sum(dim=(-2, -1))

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..linalg import dense_jacobian, tensor_operator
 from .energy import symmetric_part
-from .models import MultiHeadSelfAttention, pseudo_energy
+from .models import MultiHeadSelfAttention
 
 
 def contribution_index(step_fn, x: Tensor, fraction: float = 0.02,  # noqa: ANN001
@@ -46,20 +46,20 @@ def contribution_index(step_fn, x: Tensor, fraction: float = 0.02,  # noqa: ANN0
 @torch.no_grad()
 def energy_voting(model, boards: Tensor, votes: int = 8, loops: int | None = None,  # noqa: ANN001
                   seed: int = 0, scale: float = 1.0) -> Tensor:
-    """Energy-based voting for a Sudoku model: run the loops from ``votes`` random initial
-    states (C + scale * noise, the first vote from C itself), keep per board the run whose final
-    pseudo-energy is lowest, and return its logits [B, 81, 9]."""
+    """Energy-based voting for a Sudoku model: run the loops from ``votes`` initial states
+    (``model.initial_state``: for ItrSA C, then C + scale * noise; for AKOrN fresh noise at
+    the blanks every time), keep per board the run whose final energy (``model.energy``) is
+    lowest, and return its logits [B, 81, 9]."""
     generator = torch.Generator().manual_seed(seed)
     c = model.embed(boards)
     loops = loops or model.loops
-    best_energy = torch.full((boards.shape[0],), float("inf"))
+    best_energy = torch.full((boards.shape[0],), float("inf"), device=c.device)
     best_logits = None
     for vote in range(votes):
-        noise = (torch.zeros_like(c) if vote == 0
-                 else scale * torch.randn(c.shape, generator=generator, dtype=c.dtype))
-        final = model.core(c, loops, x0=c + noise)
-        energy = pseudo_energy(model.core, final, c)
-        logits = model.readout(final)
+        x0 = model.initial_state(c, boards, vote, generator, scale)
+        final = model.core(c, loops, x0=x0)
+        energy = model.energy(final, c)
+        logits = model.logits(final)
         better = energy < best_energy
         best_logits = logits if best_logits is None else torch.where(
             better[:, None, None], logits, best_logits)

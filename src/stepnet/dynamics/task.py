@@ -13,12 +13,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..models.registry import register_model
-from .models import EnergyItrSA, ItrSA, itrsa_options
+from .models import EnergyItrSA, ItrSA, KuramotoCore, itrsa_options, pseudo_energy
 from .sudoku import generate
 
 
 POSITIONS = ("structured", "learned")
-CORES = ("itrsa", "energy")
+CORES = ("itrsa", "energy", "akorn")
 _CELL = torch.arange(81)
 _ROW, _COLUMN, _BOX = _CELL // 9, _CELL % 9, (_CELL // 27) * 3 + (_CELL % 9) // 3
 
@@ -31,7 +31,9 @@ class SudokuModel(nn.Module):
     ``core``: ``itrsa`` (:class:`ItrSA`, layout from ``preset`` and the overrides ``norm``,
     ``placement``, ``mlp``, ``bias``, ``input_injection``, ``learn_eta``) or ``energy``
     (:class:`EnergyItrSA`: one symmetric head with an energy; ``heads``, ``symmetric`` and the
-    layout options do not apply; its step ``eta`` starts at 0.1).
+    layout options do not apply; its step ``eta`` starts at 0.1) or ``akorn``
+    (:class:`KuramotoCore`: oscillators on spheres coupled by attention, step ``gamma = eta``,
+    started from C at the givens and from noise at the blanks, as the AKOrN code).
 
     ``position`` (a reconstructed choice; the paper does not say):
 
@@ -68,6 +70,8 @@ class SudokuModel(nn.Module):
         self.core_kind = core
         if core == "energy":
             self.core: nn.Module = EnergyItrSA(dim, eta=eta if eta != 1.0 else 0.1)
+        elif core == "akorn":
+            self.core = KuramotoCore(dim, heads, gamma=eta)
         else:
             self.core = ItrSA(dim, heads, eta=eta, symmetric=symmetric, **self.options)
         self.readout = nn.Linear(dim, 9)
@@ -81,10 +85,34 @@ class SudokuModel(nn.Module):
         return (digits + self.rows(_ROW.to(device)) + self.columns(_COLUMN.to(device))
                 + self.boxes(_BOX.to(device)))
 
+    def initial_state(self, c: Tensor, boards: Tensor, vote: int = 0,
+                      generator: torch.Generator | None = None, scale: float = 1.0) -> Tensor:
+        """X_0 [B, 81, D]. ItrSA and the energy core: C, plus ``scale`` * noise for votes > 0;
+        AKOrN: C at the givens and fresh noise at the blanks (every vote)."""
+        if self.core_kind == "akorn":
+            noise = torch.randn(c.shape, generator=generator, dtype=c.dtype).to(c.device)
+            return torch.where((boards != 0)[..., None], c, noise)
+        if vote == 0:
+            return c
+        return c + scale * torch.randn(c.shape, generator=generator, dtype=c.dtype).to(c.device)
+
+    def logits(self, final: Tensor) -> Tensor:
+        """The read-out of a final state: [B, 81, D] -> [B, 81, 9]."""
+        return self.readout(self.core.finish(final))
+
+    def energy(self, x: Tensor, c: Tensor) -> Tensor:
+        """The energy a vote is ranked by: the core's energy where it has one (energy core,
+        AKOrN), else the pseudo-energy -Tr(X^T U(X)). [B, 81, D] -> [B]."""
+        if hasattr(self.core, "energy"):
+            return self.core.energy(x, c)
+        return pseudo_energy(self.core, x, c)
+
     def forward(self, boards: Tensor, loops: int | None = None,
                 x0: Tensor | None = None) -> Tensor:
         c = self.embed(boards)
-        return self.readout(self.core.finish(self.core(c, loops or self.loops, x0)))
+        if x0 is None and self.core_kind == "akorn":
+            x0 = self.initial_state(c, boards)
+        return self.logits(self.core(c, loops or self.loops, x0))
 
 
 @torch.no_grad()

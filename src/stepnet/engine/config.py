@@ -145,9 +145,10 @@ class TrainConfig:
     symmetric: bool = option(False, "sudoku: energy-constrained attention (W_K = W_Q, "
                              "W_O = W_V^T)", group="sudoku")
     core: str = option("itrsa", "sudoku: the recurrent core: itrsa (looped multi-head "
-                       "attention, layout below) or energy (one symmetric head, W_Q W_K^T = "
-                       "W_V, exp kernel on the sphere: has an energy)", group="sudoku",
-                       choices=("itrsa", "energy"))
+                       "attention, layout below), energy (one symmetric head, W_Q W_K^T = "
+                       "W_V, exp kernel on the sphere: has an energy) or akorn (Kuramoto "
+                       "oscillators coupled by attention)", group="sudoku",
+                       choices=("itrsa", "energy", "akorn"))
     itrsa_preset: str = option("paper2", "sudoku: layout of the loop: paper2 = Norm(X + eta (C "
                                "+ MSA(X))), akorn = X + MSA(LN(X)) with biases and an MLP after "
                                "the loop (the AKOrN code's ItrSA)", group="sudoku",
