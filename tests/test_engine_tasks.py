@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -394,3 +395,61 @@ def test_mixup_and_cutmix_mix_labels_and_images():
     torch.testing.assert_close(mixed, lam * images + (1 - lam) * images.roll(1, 0))
     assert loss.item() == pytest.approx(math.log(10))     # uniform logits: ln K for any target
     assert resolve_config("cifar-resnet164", {}).model_options == {"preact": False}
+
+
+def write_satnet(folder, puzzles, solutions):
+    def onehot(boards):
+        out = torch.zeros(len(boards), 81, 9)
+        for n, board in enumerate(boards):
+            for i, v in enumerate(board):
+                if v:
+                    out[n, i, v - 1] = 1
+        return out.reshape(-1, 9, 9, 9)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(onehot(puzzles), folder / "features.pt")
+    torch.save(onehot(solutions), folder / "labels.pt")
+
+
+@pytest.mark.parametrize("core, preset", [("itrsa", "akorn"), ("energy", "paper2"),
+                                          ("akorn", "paper2")])
+def test_sudoku_trains_on_satnet_files_and_tests_on_an_rrn_csv(tmp_path, core, preset):
+    """SATNet's tensors (the last test_puzzles boards test, the rest train) and an RRN CSV as
+    the out-of-distribution set, with each core; the checkpoint holds every option."""
+    from stepnet.dynamics.sudoku import generate
+    from stepnet.engine.tasks import create_task
+
+    puzzles, solutions = generate(20, (33, 38), seed=4)
+    write_satnet(tmp_path / "satnet", puzzles, solutions)
+    hard_p, hard_s = generate(5, (26, 28), seed=5)
+    (tmp_path / "rrn.csv").write_text("".join(
+        "".join(map(str, p)) + "," + "".join(map(str, s)) + "\n" for p, s in zip(hard_p, hard_s)))
+    config = config_for("sudoku", tmp_path / "run", epochs=1, dataset="satnet",
+                        data_dir=str(tmp_path / "satnet"), test_puzzles=6, core=core,
+                        itrsa_preset=preset, ood=f"rrn:{tmp_path / 'rrn.csv'}",
+                        loss_cells="all")
+    task = create_task(config)
+    train_p, _ = task.puzzles("train")
+    test_p, _ = task.puzzles("test")
+    hard, _ = task.puzzles("hard")
+    assert np.array_equal(train_p, puzzles[:14]) and np.array_equal(test_p, puzzles[14:])
+    assert np.array_equal(hard, hard_p)
+    Trainer(config, progress=False).fit()
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert set(result["accuracy"]) == {"test", "hard"}
+    kwargs = load_checkpoint(tmp_path / "run")["model"]["kwargs"]
+    assert kwargs["core"] == core and kwargs["preset"] == preset
+    if core == "itrsa":
+        assert kwargs["placement"] == "pre" and kwargs["mlp"] == "after"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"dataset": "satnet"}, "--dataset satnet needs --data-dir"),
+    ({"ood": "kaggle:x.csv"}, "--ood takes rrn:FILE"),
+    ({"ood": "rrn:/nowhere.csv"}, "--ood: no file at /nowhere.csv"),
+])
+def test_sudoku_data_errors_say_what_was_expected(tmp_path, overrides, message):
+    from stepnet.engine.tasks import create_task
+
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        create_task(config_for("sudoku", tmp_path / "r", **overrides)).puzzles("test")

@@ -100,6 +100,13 @@ def test_csv_reader_and_bad_files(tmp_path):
         read_csv(tmp_path / "letters.csv")
     with pytest.raises(ValueError, match="81 cells"):
         parse_board("12")
+    wrong = solutions[1].copy()
+    given = int(np.flatnonzero(puzzles[1])[0])
+    wrong[given] = wrong[given] % 9 + 1
+    (tmp_path / "wrong.csv").write_text(lines[1] + "\n" + lines[2].split(",")[0] + ","
+                                        + "".join(map(str, wrong)) + "\n")
+    with pytest.raises(ValueError, match="wrong.csv: board 1: the solution contradicts"):
+        read_csv(tmp_path / "wrong.csv")
 
 
 def test_satnet_reader(tmp_path):
@@ -119,6 +126,9 @@ def test_satnet_reader(tmp_path):
     assert np.array_equal(read_p, puzzles) and np.array_equal(read_s, solutions)
     with pytest.raises(ValueError, match="no features.pt"):
         read_satnet(tmp_path / "missing")
+    torch.save(torch.zeros(2, 81, 9), tmp_path / "labels.pt")
+    with pytest.raises(ValueError, match=r"expected one-hot \[N, 9, 9, 9\], got \(2, 81, 9\)"):
+        read_satnet(tmp_path)
 
 
 def test_board_accuracy_counts_whole_boards():

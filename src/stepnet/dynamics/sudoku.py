@@ -166,7 +166,22 @@ def read_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         solutions.append(parse_board(fields[1], where))
     if not puzzles:
         raise ValueError(f"{path}: no boards")
-    return np.stack(puzzles), np.stack(solutions)
+    return check_pairs(np.stack(puzzles), np.stack(solutions), str(path))
+
+
+def check_pairs(puzzles: np.ndarray, solutions: np.ndarray, where: str
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Refuse solutions with blanks or that contradict their puzzle's givens (first bad board
+    named); returns the arrays."""
+    blank = np.flatnonzero((solutions == 0).any(axis=1))
+    if blank.size:
+        raise ValueError(f"{where}: board {blank[0]}: the solution has blank cells")
+    given = puzzles != 0
+    wrong = np.flatnonzero((given & (puzzles != solutions)).any(axis=1))
+    if wrong.size:
+        raise ValueError(f"{where}: board {wrong[0]}: the solution contradicts the puzzle's "
+                         f"givens")
+    return puzzles, solutions
 
 
 def read_satnet(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -187,7 +202,10 @@ def read_satnet(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
         flat = onehot.reshape(onehot.shape[0], 81, 9)
         digits = (flat.argmax(-1) + 1) * (flat.sum(-1) > 0)
         arrays.append(digits.numpy().astype(np.int8))
-    return arrays[0], arrays[1]
+    if len(arrays[0]) != len(arrays[1]):
+        raise ValueError(f"{folder}: features.pt holds {len(arrays[0])} boards, labels.pt "
+                         f"{len(arrays[1])}")
+    return check_pairs(arrays[0], arrays[1], str(folder))
 
 
 def board_accuracy(predictions: np.ndarray, puzzles: np.ndarray, solutions: np.ndarray) -> float:

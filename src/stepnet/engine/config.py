@@ -73,7 +73,8 @@ class TrainConfig:
                                            "e.g. '{\"preact\": false}'", group="model")
     # -- data -------------------------------------------------------------------------------
     dataset: str = option("digits", "dataset name (classification: cifar10, cifar100, digits, "
-                          "imagefolder, stl10; sudoku: sudoku, generated puzzles; detection: "
+                          "imagefolder, stl10; sudoku: sudoku (generated puzzles) or satnet (SATNet's "
+                          "features.pt/labels.pt in --data-dir); detection: "
                           "coco, a COCO tree)", group="data")
     data_dir: str | None = option(None, "dataset root folder", group="data")
     download: bool = option(False, "let torchvision download the dataset (needs internet)",
@@ -174,6 +175,9 @@ class TrainConfig:
                                "puzzles", group="sudoku")
     hard_givens: list[int] = option([24, 30], "sudoku: range of givens of the harder, "
                                     "out-of-distribution test puzzles", group="sudoku")
+    ood: str | None = option(None, "sudoku: the out-of-distribution test boards: generated "
+                             "with --hard-givens (default), or rrn:FILE, a CSV of "
+                             "'puzzle,solution' lines (RRN's format)", group="sudoku")
     eval_loops: list[int] = option([16, 32, 64], "sudoku: loop counts of the final evaluation",
                                    group="sudoku")
     spectral_weight: float = option(0.0, "sudoku: weight of the spectral regulariser "

@@ -2,6 +2,7 @@
 :class:`stepnet.dynamics.task.SudokuModel`, puzzles are generated with unique solutions."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,7 +12,8 @@ from tqdm.auto import tqdm
 
 from .base import Losses, Task, move_to, reduce_sums, unwrap_model
 
-SUDOKU_DATASETS = ("sudoku",)
+SUDOKU_DATASETS = ("sudoku", "satnet")
+OOD_SOURCES = ("rrn",)
 
 
 def sudoku_counts(logits: Tensor, puzzles: Tensor, solutions: Tensor) -> dict[str, Tensor]:
@@ -42,18 +44,52 @@ class SudokuTask(Task):
         if config.model != "sudoku":
             raise ValueError(f"the sudoku task trains the model 'sudoku', not {config.model!r}")
         self.itrsa = self.itrsa_options(config)   # validates preset and overrides
+        if config.ood:
+            self.ood_source(config.ood)
         if config.dim % config.heads:
             raise ValueError(f"--dim {config.dim} must be divisible by --heads {config.heads}")
 
     def puzzles(self, split: str) -> tuple[Any, Any]:
-        """(puzzles, solutions) int8 arrays [N, 81] of ``train``, ``test`` or ``hard``."""
-        from ...dynamics.sudoku import generate
+        """(puzzles, solutions) int8 arrays [N, 81] of ``train``, ``test`` or ``hard``.
+
+        ``sudoku``: generated (seeds seed, seed + 1, seed + 2). ``satnet``: SATNet's boards in
+        ``data_dir``, the last ``test_puzzles`` for testing and up to ``train_puzzles`` of the
+        others for training. ``hard``: generated with ``hard_givens``, or the first
+        ``test_puzzles`` boards of the ``ood`` file."""
+        from ...dynamics.sudoku import generate, read_csv, read_satnet
 
         c = self.config
+        if split == "hard" and c.ood:
+            _, path = self.ood_source(c.ood)
+            puzzles, solutions = read_csv(path)
+            return puzzles[:c.test_puzzles], solutions[:c.test_puzzles]
+        if c.dataset == "satnet" and split != "hard":
+            if not c.data_dir:
+                raise ValueError("--dataset satnet needs --data-dir, the folder holding SATNet's "
+                                 "features.pt and labels.pt")
+            puzzles, solutions = read_satnet(c.data_dir)
+            if len(puzzles) <= c.test_puzzles:
+                raise ValueError(f"{c.data_dir} holds {len(puzzles)} boards, not more than "
+                                 f"--test-puzzles {c.test_puzzles}")
+            cut = len(puzzles) - c.test_puzzles
+            if split == "test":
+                return puzzles[cut:], solutions[cut:]
+            return puzzles[:min(cut, c.train_puzzles)], solutions[:min(cut, c.train_puzzles)]
         n, givens, offset = {"train": (c.train_puzzles, c.givens, 0),
                              "test": (c.test_puzzles, c.givens, 1),
                              "hard": (c.test_puzzles, c.hard_givens, 2)}[split]
         return generate(n, tuple(givens), c.seed + offset)
+
+    @staticmethod
+    def ood_source(text: str) -> tuple[str, str]:
+        """``rrn:FILE`` -> ("rrn", FILE); anything else is refused, naming the form."""
+        kind, _, path = text.partition(":")
+        if kind not in OOD_SOURCES or not path:
+            raise ValueError(f"--ood takes rrn:FILE (a CSV of 'puzzle,solution' lines); got "
+                             f"{text!r}")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--ood: no file at {path}")
+        return kind, path
 
     def datasets(self) -> tuple[Dataset, Dataset]:
         return tuple(TensorDataset(*(torch.as_tensor(a).long() for a in self.puzzles(split)))
