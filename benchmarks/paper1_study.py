@@ -37,7 +37,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "se": {"attention": "se"},
     "eca": {"attention": "eca"},
     "srm": {"attention": "srm"},
-    "iebn": {"attention": "iebn"},
+    "iebn": {"attention": "none", "norm": "iebn"},
     "stepnet": {"attention": "stepnet"},
     "stepnet-x": {"attention": "stepnet", "attention_options": {"input": "x"}},
     "stepnet-next": {"attention": "stepnet", "attention_options": {"input": "next"}},
