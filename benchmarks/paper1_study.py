@@ -24,7 +24,7 @@ import multiprocessing
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -153,10 +153,19 @@ def main() -> None:
             print(train_with_torchrun(variant, seed, args), flush=True)
     else:
         context = multiprocessing.get_context("spawn")
+        failed = []
         with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
-            futures = [pool.submit(train_in_process, v, s, args) for v, s in jobs]
-            for future in futures:
-                print(future.result(), flush=True)
+            futures = {pool.submit(train_in_process, v, s, args): (v, s) for v, s in jobs}
+            for future in as_completed(futures):
+                try:
+                    print(future.result(), flush=True)
+                except Exception as error:  # noqa: BLE001 - reported, the others go on
+                    failed.append(futures[future])
+                    print(f"FAILED {futures[future][0]} seed {futures[future][1]}: "
+                          f"{type(error).__name__}: {error}", flush=True)
+        if failed:
+            raise SystemExit(f"{len(failed)} run(s) failed: {failed}; fix and rerun (finished "
+                             f"runs are skipped)")
     print(f"training: {(time.time() - started) / 60:.1f} min", flush=True)
     if args.train_only:
         return
