@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -82,11 +83,17 @@ def test_dynamics_commands(tmp_path, capsys):
     model, _ = load_sudoku_model(run)
     assert model.core.attention.symmetric and model.position_kind == "structured"
     assert main(["dynamics", "analyze", str(run), "--boards", "2", "--max-loops", "8",
-                 "--quiet"]) == 0
+                 "--k", "3", "--votes", "3", "--vote-puzzles", "8", "--contribution-boards",
+                 "1", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "max Lyapunov exponent" in out
+    assert "max Lyapunov exponent" in out and "energy voting, 3 runs, 8 puzzles" in out
     analysis = json.loads((run / "analysis" / "analysis.json").read_text())
     assert len(analysis["exponents"]) == 2 and len(analysis["energy"][0]) == 9
+    assert len(analysis["exponents"][0]) == 3 and len(analysis["contribution_index"]) == 1
+    assert 0 < analysis["contribution_index"][0] <= 1
+    assert set(analysis["imaginary"]) == {"complex_share", "mean_abs_imag", "max_abs_imag",
+                                          "mean_abs_angle"}
+    assert 0 <= analysis["energy_voting"]["board"] <= 1
     for name in ("eigenvalues.png", "pseudo_energy.png", "accuracy_vs_loops.png"):
         assert (run / "analysis" / name).is_file()
     assert main(["dynamics", "analyze", str(tmp_path / "nothing")]) == 2
@@ -113,3 +120,30 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint_intact(tmp_path, mo
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert load_checkpoint(tmp_path)["epoch"] == 0   # 0-based: the first epoch
     assert not (tmp_path / "result.json").exists()
+
+
+def test_imaginary_statistics_on_fixed_eigenvalues():
+    from stepnet.dynamics.task import imaginary_statistics
+
+    eigenvalues = [[[0.9, 0.0], [0.5, 0.5], [0.5, -0.5]], [[-0.2, 0.0]]]
+    stats = imaginary_statistics(eigenvalues)
+    assert stats["complex_share"] == 0.5
+    assert stats["mean_abs_imag"] == pytest.approx(0.25)
+    assert stats["max_abs_imag"] == 0.5
+    assert stats["mean_abs_angle"] == pytest.approx((0 + 2 * np.pi / 4 + np.pi) / 4)
+
+
+def test_akorn_model_trains_and_is_analysed(tmp_path, capsys):
+    from stepnet.cli.main import main
+
+    run = tmp_path / "akorn"
+    assert main(["dynamics", "train", "--core", "akorn", "--dim", "16", "--heads", "2",
+                 "--loops", "3", "--train-puzzles", "32", "--test-puzzles", "8", "--epochs",
+                 "1", "--quiet", "--loss-cells", "all", "--output", str(run)]) == 0
+    model, _ = load_sudoku_model(run)
+    assert model.core_kind == "akorn"
+    assert main(["dynamics", "analyze", str(run), "--boards", "1", "--max-loops", "4", "--k",
+                 "2", "--votes", "2", "--vote-puzzles", "4", "--contribution-boards", "0",
+                 "--quiet"]) == 0
+    analysis = json.loads((run / "analysis" / "analysis.json").read_text())
+    assert analysis["energy_voting"]["votes"] == 2 and "contribution_index_mean" not in analysis
