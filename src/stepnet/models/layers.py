@@ -36,8 +36,20 @@ class _EulerStepFunction(torch.autograd.Function):
         fx, h = ctx.saved_tensors
         need_x, need_fx, need_h = ctx.needs_input_grad
         grad_x = grad.sum_to_size(ctx.x_shape) if need_x else None
-        grad_fx = (grad * h).sum_to_size(fx.shape) if need_fx else None
-        grad_h = (grad * fx).sum_to_size(h.shape) if need_h else None
+        grad_fx = grad_h = None
+        reuse = (need_h and need_fx and not torch.is_grad_enabled() and fx.shape == grad.shape
+                 and fx.dtype == grad.dtype == h.dtype)
+        if reuse:
+            # one full-size buffer: grad * fx, reduced to grad_h, then overwritten by grad * h
+            # (a fresh full-size allocation per call costs more than the arithmetic on CPU)
+            buffer = torch.mul(grad, fx)
+            grad_h = buffer.sum_to_size(h.shape)
+            grad_fx = torch.mul(grad, h, out=buffer)
+        else:   # double backward (create_graph) or mixed dtypes: differentiable, out-of-place
+            if need_h:
+                grad_h = (grad * fx).sum_to_size(h.shape)
+            if need_fx:
+                grad_fx = (grad * h).sum_to_size(fx.shape)
         return grad_x, grad_fx, grad_h
 
     @staticmethod
