@@ -491,6 +491,20 @@ RECIPES: dict[str, dict[str, Any]] = {
                    optimizer="adamw", lr=1e-3, weight_decay=0.0, schedule="constant",
                    epochs=10, batch_size=64, dim=128, heads=4, loops=16, train_puzzles=9000,
                    test_puzzles=1000),
+    # The AKOrN code's ItrSA protocol (Adam(W) 5e-4, clip 1.0, EMA, loss on all 81 cells, 16
+    # loops) at CPU width; warm-up and a cosine decay added.
+    "sudoku-akorn": dict(task="sudoku", model="sudoku", dataset="sudoku", itrsa_preset="akorn",
+                         optimizer="adamw", lr=5e-4, weight_decay=0.0, schedule="cosine",
+                         warmup_epochs=1.0, clip_grad_norm=1.0, ema_decay=0.999,
+                         loss_cells="all", epochs=30, batch_size=64, dim=128, heads=4,
+                         loops=16, train_puzzles=9000, test_puzzles=1000,
+                         eval_loops=[16, 32, 64]),
+    # Paper 2's scale (D = 512, 8 heads, T = 16) on SATNet's 9k/1k split, for GPU machines.
+    "sudoku-paper": dict(task="sudoku", model="sudoku", dataset="satnet", optimizer="adamw",
+                         lr=5e-4, weight_decay=0.0, schedule="cosine", warmup_epochs=2.0,
+                         clip_grad_norm=1.0, ema_decay=0.999, loss_cells="all", epochs=100,
+                         batch_size=100, dim=512, heads=8, loops=16, train_puzzles=9000,
+                         test_puzzles=1000, eval_loops=[16, 32, 64, 128], workers=2),
 }
 DEFAULT_RECIPE = {"classification": "digits", "sudoku": "sudoku", "detection": "coco-cpu"}
 
