@@ -1,20 +1,30 @@
-"""Cost of each attention (step-size) module on its backbone, as ratios to the plain ResNet.
+"""Cost of each attention (step-size) module on its backbone, as ratios to the plain network.
 
-For CIFAR ResNet-164 (batch 64, 32x32), ImageNet ResNet-50 (batch 8, 224x224) and the CIFAR ViT
-(``vit_cifar``, batch 64, 32x32; only the modules that work on tokens, ``stepnet:both`` etc.
-for other ``step_branches``), every variant is built and timed side by side in one process: each round times every variant once, in turn,
-and the reported figure is the median over rounds (the machines are shared and noisy).
+Settings (``SETTINGS``): CIFAR ResNet-164 pre- and post-activation at batch 32 and 128
+(32x32), ImageNet ResNet-50 (batch 16, 224x224) and the CIFAR ViT (``vit_cifar``, batch 64,
+32x32; only the modules that work on tokens, ``stepnet:both`` etc. for other
+``step_branches``). Within a setting every variant is built and timed side by side in one
+process: each round times every variant once, in turn, and the reported figure is the median
+over rounds (the machines are shared and noisy).
 
 * params -- trainable parameters;
 * FLOPs -- torch.utils.flop_counter.FlopCounterMode on one eval forward of one image: 2 FLOPs per
   multiply-add of convolutions and matrix products; pooling, normalisation and elementwise gates
   are not counted;
 * train images/s -- forward + backward + SGD step (momentum 0.9, weight decay 1e-4), train mode;
-* eval images/s -- forward under torch.inference_mode, eval mode.
+* eval images/s -- forward under torch.inference_mode, eval mode;
+* recorder -- eval images/s with the stiffness recorder's hooks on (both step conventions), as
+  a ratio to the same variant's plain eval;
+* activations -- bytes autograd saves for the backward of one train step (tensors counted
+  once per storage), the memory that grows with the batch; on CUDA also the peak allocated.
+
+``--channels-last`` runs every model and batch in channels-last memory format; ``--device``
+picks the device (CUDA timings synchronise before reading the clock).
 
 Writes benchmarks/results/overhead.json and prints a table.
 
-    python benchmarks/overhead.py [--rounds 5] [--models resnet164 resnet50] [--variants ...]
+    python benchmarks/overhead.py [--rounds 5] [--settings ...] [--variants ...]
+        [--channels-last] [--device cuda]
 """
 from __future__ import annotations
 
@@ -32,9 +42,18 @@ from torch.utils.flop_counter import FlopCounterMode
 from stepnet import create_model, list_attention
 from stepnet.attention import get_attention_class
 
-SETTINGS = {"resnet164": dict(batch=64, size=32, num_classes=10),
-            "resnet50": dict(batch=8, size=224, num_classes=1000),
-            "vit_cifar": dict(batch=64, size=32, num_classes=10)}
+SETTINGS = {
+    "resnet164-pre-b32": dict(model="resnet164", batch=32, size=32, num_classes=10,
+                              kwargs={"preact": True}),
+    "resnet164-post-b32": dict(model="resnet164", batch=32, size=32, num_classes=10,
+                               kwargs={"preact": False}),
+    "resnet164-pre-b128": dict(model="resnet164", batch=128, size=32, num_classes=10,
+                               kwargs={"preact": True}),
+    "resnet164-post-b128": dict(model="resnet164", batch=128, size=32, num_classes=10,
+                                kwargs={"preact": False}),
+    "resnet50-b16": dict(model="resnet50", batch=16, size=224, num_classes=1000, kwargs={}),
+    "vit_cifar-b64": dict(model="vit_cifar", batch=64, size=32, num_classes=10, kwargs={}),
+}
 
 
 def variant_kwargs(variant: str) -> dict[str, Any]:
@@ -52,23 +71,30 @@ def applies(model: str, variant: str) -> bool:
     return ":" not in variant
 
 
-def count_flops(model: torch.nn.Module, size: int) -> int:
+def count_flops(model: torch.nn.Module, size: int, device: torch.device) -> int:
     model.eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.randn(1, 3, size, size))
+        model(torch.randn(1, 3, size, size, device=device))
     return counter.get_total_flops()
 
 
 class Runner:
     """One model variant with its optimizer and a fixed batch, ready to time."""
 
-    def __init__(self, name: str, variant: str, batch: int, size: int, num_classes: int) -> None:
-        self.model = create_model(name, num_classes=num_classes, **variant_kwargs(variant))
+    def __init__(self, setting: dict[str, Any], variant: str, device: torch.device,
+                 channels_last: bool = False) -> None:
+        self.model = create_model(setting["model"], num_classes=setting["num_classes"],
+                                  **setting["kwargs"], **variant_kwargs(variant)).to(device)
+        self.x = torch.randn(setting["batch"], 3, setting["size"], setting["size"],
+                             device=device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9,
                                          weight_decay=1e-4)
-        self.x = torch.randn(batch, 3, size, size)
-        self.y = torch.randint(0, num_classes, (batch,))
+        self.y = torch.randint(0, setting["num_classes"], (setting["batch"],), device=device)
         self.loss = torch.nn.CrossEntropyLoss()
+        self.device = device
 
     def train_step(self) -> None:
         self.model.train()
@@ -81,77 +107,141 @@ class Runner:
         with torch.inference_mode():
             self.model(self.x)
 
+    def recorded_eval_step(self) -> None:
+        from stepnet.stiffness import TrajectoryRecorder
 
-def timed(fn, steps: int) -> float:
+        self.model.eval()
+        with TrajectoryRecorder(self.model), torch.inference_mode():
+            self.model(self.x)
+
+    def saved_activation_bytes(self) -> int:
+        """Bytes autograd keeps for backward in one train step, each storage counted once."""
+        storages: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storage = t.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        self.model.train()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = self.loss(self.model(self.x), self.y)
+        loss.backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        return sum(storages.values())
+
+    def peak_cuda_bytes(self) -> int | None:
+        if self.device.type != "cuda":
+            return None
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.train_step()
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.max_memory_allocated(self.device)
+
+
+def timed(fn, steps: int, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
         fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return (time.perf_counter() - start) / steps
 
 
-def benchmark_model(name: str, variants: list[str], rounds: int, steps: int) -> list[dict]:
-    cfg = SETTINGS[name]
+def benchmark_setting(setting_name: str, variants: list[str], rounds: int, steps: int,
+                      device: torch.device, channels_last: bool = False,
+                      recorder: bool = True) -> list[dict]:
+    cfg = SETTINGS[setting_name]
+    name = cfg["model"]
     variants = [v for v in variants if applies(name, v)]
-    runners = {v: Runner(name, v, cfg["batch"], cfg["size"], cfg["num_classes"]) for v in variants}
+    runners = {v: Runner(cfg, v, device, channels_last) for v in variants}
+    memory = {v: r.saved_activation_bytes() for v, r in runners.items()}
+    peaks = {v: r.peak_cuda_bytes() for v, r in runners.items()}
     for r in runners.values():  # warm-up: allocator, kernels, first-call overheads
         r.train_step()
         r.eval_step()
+        if recorder:
+            r.recorded_eval_step()
     train = {v: [] for v in variants}
     evals = {v: [] for v in variants}
+    recorded = {v: [] for v in variants}
     for _ in range(rounds):
         for v, r in runners.items():
-            train[v].append(timed(r.train_step, steps))
-            evals[v].append(timed(r.eval_step, steps))
+            train[v].append(timed(r.train_step, steps, device))
+            evals[v].append(timed(r.eval_step, steps, device))
+            if recorder:
+                recorded[v].append(timed(r.recorded_eval_step, steps, device))
     rows = []
     for v, r in runners.items():
-        rows.append({
-            "model": name, "variant": v, "batch": cfg["batch"], "size": cfg["size"],
+        row = {
+            "setting": setting_name, "model": name, "variant": v, "batch": cfg["batch"],
+            "size": cfg["size"], "channels_last": channels_last, "device": str(device),
             "params": sum(p.numel() for p in r.model.parameters()),
-            "flops": count_flops(r.model, cfg["size"]),
+            "flops": count_flops(r.model, cfg["size"], device),
             "train_images_per_s": cfg["batch"] / statistics.median(train[v]),
             "eval_images_per_s": cfg["batch"] / statistics.median(evals[v]),
-            "train_seconds": train[v], "eval_seconds": evals[v],
-        })
+            "activation_bytes": memory[v], "train_seconds": train[v],
+            "eval_seconds": evals[v]}
+        if peaks[v] is not None:
+            row["peak_bytes"] = peaks[v]
+        if recorder:
+            row["recorder_eval_images_per_s"] = cfg["batch"] / statistics.median(recorded[v])
+            row["recorder_ratio"] = statistics.median(recorded[v]) / statistics.median(evals[v])
+        rows.append(row)
     base = next(row for row in rows if row["variant"] == "none")
     for row in rows:
-        for key in ("params", "flops", "train_images_per_s", "eval_images_per_s"):
-            row[f"{key}_ratio"] = row[key] / base[key]
+        for key in ("params", "flops", "train_images_per_s", "eval_images_per_s",
+                    "activation_bytes", "peak_bytes"):
+            if key in row:
+                row[f"{key}_ratio"] = row[key] / base[key]
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    header = (f"{'model':<10} {'variant':<14} {'params':>10} {'x':>6} {'GFLOPs':>8} {'x':>6} "
-              f"{'train im/s':>10} {'x':>6} {'eval im/s':>10} {'x':>6}")
+    header = (f"{'setting':<20} {'variant':<14} {'params':>10} {'x':>6} {'train im/s':>10} "
+              f"{'x':>6} {'eval im/s':>10} {'x':>6} {'rec/eval':>8} {'act MB':>8} {'x':>6}")
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
-            f"{r['model']:<10} {r['variant']:<14} {r['params']:>10,} {r['params_ratio']:>6.3f} "
-            f"{r['flops'] / 1e9:>8.3f} {r['flops_ratio']:>6.3f} {r['train_images_per_s']:>10.1f} "
-            f"{r['train_images_per_s_ratio']:>6.3f} {r['eval_images_per_s']:>10.1f} "
-            f"{r['eval_images_per_s_ratio']:>6.3f}")
+            f"{r['setting']:<20} {r['variant']:<14} {r['params']:>10,} {r['params_ratio']:>6.3f} "
+            f"{r['train_images_per_s']:>10.1f} {r['train_images_per_s_ratio']:>6.3f} "
+            f"{r['eval_images_per_s']:>10.1f} {r['eval_images_per_s_ratio']:>6.3f} "
+            f"{r.get('recorder_ratio', float('nan')):>8.3f} {r['activation_bytes'] / 2**20:>8.1f} "
+            f"{r['activation_bytes_ratio']:>6.3f}")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--variants", nargs="+", default=list_attention() + [
         "iebn", "stepnet:attn", "stepnet:both", "stepnet:mixer"])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2, help="steps per timing")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--no-recorder", action="store_true",
+                        help="skip the stiffness-recorder timing")
     parser.add_argument("--output", type=Path,
                         default=Path(__file__).parent / "results" / "overhead.json")
     args = parser.parse_args()
+    device = torch.device(args.device)
     variants = ["none"] + [v for v in args.variants if v != "none"]
     rows = []
-    for name in args.models:
-        rows += benchmark_model(name, variants, args.rounds, args.steps)
-        print(format_table([r for r in rows if r["model"] == name]), flush=True)
+    for name in args.settings:
+        rows += benchmark_setting(name, variants, args.rounds, args.steps, device,
+                                  args.channels_last, not args.no_recorder)
+        print(format_table([r for r in rows if r["setting"] == name]), flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-            "machine": platform.processor() or platform.machine(), "rounds": args.rounds,
-            "steps": args.steps, "flops_convention": "FlopCounterMode: 2 per multiply-add; "
-            "pooling, normalisation and elementwise gates not counted"}
+            "machine": platform.processor() or platform.machine(), "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "channels_last": args.channels_last, "rounds": args.rounds, "steps": args.steps,
+            "flops_convention": "FlopCounterMode: 2 per multiply-add; pooling, normalisation "
+            "and elementwise gates not counted"}
     args.output.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"wrote {args.output}")
 
