@@ -61,8 +61,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "train_subset": 5000, "epochs": 12, "batch_size": 128, "lr": 0.1,
             "schedule": "cosine", "milestones": [], "weight_decay": 5e-4, "cache_images": True,
             "workers": 0, "eval_batch_size": 500, "seeds": [0, 1, 2]},
-    "full": {"recipe": "cifar-resnet164", "dataset": "imagefolder", "workers": 8,
-             "seeds": [0, 1, 2, 3, 4]},
+    "full": {"recipe": "cifar-resnet164", "workers": 8, "seeds": [0, 1, 2, 3, 4]},
 }
 
 
@@ -80,6 +79,8 @@ def run_config(variant: str, seed: int, args: argparse.Namespace) -> dict[str, A
     preset = {k: v for k, v in PRESETS[args.preset].items() if k not in ("recipe", "seeds")}
     values = {**preset, **VARIANTS[variant], "data_dir": str(args.data_dir), "seed": seed,
               "device": args.device, "output": str(args.runs / variant / f"seed{seed}")}
+    if args.dataset:
+        values["dataset"] = args.dataset
     values["model_options"] = {"preact": False}
     if values.get("attention_blocks") == "second-of-each-stage":
         values["attention_blocks"] = few_blocks(values.get("model", "resnet164"))
@@ -122,7 +123,8 @@ def train_with_torchrun(variant: str, seed: int, args: argparse.Namespace) -> st
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc}",
                "-m", "stepnet", "train", "--recipe", PRESETS[args.preset]["recipe"], "--quiet"]
     for key, value in values.items():
-        command += ["--set", f"{key}={json.dumps(value)}"]
+        text = value if isinstance(value, str) else json.dumps(value)
+        command += ["--set", f"{key}={text}"]
     if (run / "checkpoints" / "last.pt").is_file():
         command.append("--resume")
     subprocess.run(command, check=True)
@@ -164,6 +166,9 @@ def main() -> None:
     parser.add_argument("--full", action="store_const", const="full", dest="preset",
                         help="the paper's protocol (same as --preset full)")
     parser.add_argument("--data-dir", type=Path, default=DATA)
+    parser.add_argument("--dataset", default=None,
+                        help="dataset name (default: imagefolder on CPU, the recipe's cifar10 "
+                        "with --full; an imagefolder tree of CIFAR-10 works for both)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="default: the preset's (3 on CPU, 5 in full)")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
