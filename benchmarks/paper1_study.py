@@ -121,7 +121,8 @@ def train_with_torchrun(variant: str, seed: int, args: argparse.Namespace) -> st
     if finished(run, resolve_config(PRESETS[args.preset]["recipe"], values).epochs):
         return f"{variant} seed {seed}: done before"
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc}",
-               "-m", "stepnet", "train", "--recipe", PRESETS[args.preset]["recipe"], "--quiet"]
+               "-m", "stepnet.cli.main", "train", "--recipe", PRESETS[args.preset]["recipe"],
+               "--quiet"]
     for key, value in values.items():
         text = value if isinstance(value, str) else json.dumps(value)
         command += ["--set", f"{key}={text}"]
