@@ -80,6 +80,13 @@ def cases(root):
         ["stiffness", missing], ["stiffness", sudoku],
         ["stiffness", run, "--output", under_file],
         ["stiffness", str(root / "random.pt")],
+        ["stiffness", run, "--stages", "0"], ["stiffness", run, "--stages", "x"],
+        ["stiffness", run, "--stages", "7"], ["stiffness", run, "--exclude", "last"],
+        # compare
+        ["compare", missing], ["compare", str(root / "empty_dir")],
+        ["compare", run, "--max-inputs", "0", "--output", out],
+        ["compare", run, "--proportion-at", "1", "--output", out],
+        ["compare", run, "--output", under_file],
         # summarize, export, models, demo
         ["summarize", missing], ["summarize", str(root / "empty_dir")],
         ["export", run, "--format", "bogus"], ["export", missing],
@@ -94,6 +101,12 @@ def cases(root):
         ["dynamics", "analyze", sudoku, "--boards", "0"],
         ["dynamics", "analyze", sudoku, "--max-loops", "-1"],
         ["dynamics", "analyze", missing], ["dynamics", "analyze", run],
+        ["dynamics", "analyze", sudoku, "--k", "0"], ["dynamics", "analyze", sudoku,
+                                                        "--votes", "-1"],
+        ["dynamics", "train", "--quiet", "--output", out, "--core", "hopfield"],
+        ["dynamics", "train", "--quiet", "--output", out, "--placement", "middle"],
+        ["dynamics", "train", "--quiet", "--output", out, "--ood", "kaggle:x"],
+        ["dynamics", "train", "--quiet", "--output", out, "--dataset", "satnet"],
         # nothing at all / unknown command
         [], ["bogus"],
     ]

@@ -29,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
         if not blocks:
             raise ValueError("--spectrum-blocks must list block indices, e.g. 1,20")
     stages = parse_stages(args.stages)
+    check_choice("--exclude", args.exclude, EXCLUSIONS)
+    check_choice("--proportion-over", args.proportion_over, PROPORTION_DENOMINATORS)
     checkpoint, model, dataset, dataset_name = load_checkpoint_and_data(
         args, train=args.split == "train")
     if blocks:
@@ -59,6 +61,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_choice(flag: str, value: str, valid: tuple[str, ...]) -> None:
+    """One-line error (argparse's would print the whole usage) for a value not in ``valid``."""
+    if value not in valid:
+        raise ValueError(f"unknown {flag} {value!r}; valid: {', '.join(valid)}")
+
+
 def parse_stages(text: str) -> list[int]:
     """``--stages 1,2`` (1-based, as printed) -> [0, 1]."""
     try:
@@ -85,10 +93,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--divide-by-step", action="store_true",
                         help="headline TNS and figures with Delta_t = the block's step size h "
                         "instead of 1 (both are always in stiffness.json)")
-    parser.add_argument("--exclude", choices=EXCLUSIONS, default="first",
+    parser.add_argument("--exclude", default="first",
                         help="blocks left out of every statistic: first = the first block of "
                         "each stage, as the paper (default); shape = only shape-changing ones")
-    parser.add_argument("--proportion-over", choices=PROPORTION_DENOMINATORS, default="all",
+    parser.add_argument("--proportion-over", default="all",
                         help="p_hat(M) divides by L = all blocks, as the paper (default), or "
                         "by the included blocks")
     parser.add_argument("--stages", default="1",

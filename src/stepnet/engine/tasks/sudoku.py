@@ -46,6 +46,9 @@ class SudokuTask(Task):
         self.itrsa = self.itrsa_options(config)   # validates preset and overrides
         if config.ood:
             self.ood_source(config.ood)
+        if config.dataset == "satnet" and not config.data_dir:
+            raise ValueError("--dataset satnet needs --data-dir, the folder holding SATNet's "
+                             "features.pt and labels.pt")
         if config.dim % config.heads:
             raise ValueError(f"--dim {config.dim} must be divisible by --heads {config.heads}")
 
