@@ -65,3 +65,22 @@ def write_image_folder(root: Path, classes: int = 3, per_class: int = 4, size: i
                 pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.jpg")
     return root
+
+
+def write_satnet(folder: Path, puzzles: np.ndarray, solutions: np.ndarray) -> Path:
+    """SATNet's sudoku tensors: ``features.pt`` and ``labels.pt``, one-hot [N, 9, 9, 9] with
+    all-zero one-hots at the blanks of the puzzles."""
+    import torch
+
+    def onehot(boards: np.ndarray) -> torch.Tensor:
+        out = torch.zeros(len(boards), 81, 9)
+        for n, board in enumerate(boards):
+            for i, v in enumerate(board):
+                if v:
+                    out[n, i, v - 1] = 1
+        return out.reshape(-1, 9, 9, 9)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(onehot(puzzles), folder / "features.pt")
+    torch.save(onehot(solutions), folder / "labels.pt")
+    return folder

@@ -16,6 +16,7 @@ from stepnet.cli.train import summarize
 from stepnet.engine import (LRSchedule, Trainer, load_checkpoint, model_from_checkpoint,
                             parameter_groups, resolve_config)
 from stepnet.engine.config import FIELDS, TrainConfig, flag, parse_assignment, parse_value
+from tests.fake_datasets import write_satnet
 
 SUDOKU = dict(dim=16, heads=2, loops=2, train_puzzles=48, test_puzzles=8, batch_size=16,
               eval_loops=[2])
@@ -395,20 +396,6 @@ def test_mixup_and_cutmix_mix_labels_and_images():
     torch.testing.assert_close(mixed, lam * images + (1 - lam) * images.roll(1, 0))
     assert loss.item() == pytest.approx(math.log(10))     # uniform logits: ln K for any target
     assert resolve_config("cifar-resnet164", {}).model_options == {"preact": False}
-
-
-def write_satnet(folder, puzzles, solutions):
-    def onehot(boards):
-        out = torch.zeros(len(boards), 81, 9)
-        for n, board in enumerate(boards):
-            for i, v in enumerate(board):
-                if v:
-                    out[n, i, v - 1] = 1
-        return out.reshape(-1, 9, 9, 9)
-
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(onehot(puzzles), folder / "features.pt")
-    torch.save(onehot(solutions), folder / "labels.pt")
 
 
 @pytest.mark.parametrize("core, preset", [("itrsa", "akorn"), ("energy", "paper2"),

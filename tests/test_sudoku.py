@@ -7,6 +7,7 @@ import torch
 
 from stepnet.dynamics.sudoku import (board_accuracy, cell_accuracy, count_solutions, generate,
                                      parse_board, read_csv, read_satnet)
+from tests.fake_datasets import write_satnet
 
 
 def independent_solutions(board, limit=2):
@@ -112,16 +113,7 @@ def test_csv_reader_and_bad_files(tmp_path):
 def test_satnet_reader(tmp_path):
     puzzles, solutions = generate(2, givens=(35, 36), seed=3)
 
-    def onehot(boards):
-        out = torch.zeros(len(boards), 81, 9)
-        for n, board in enumerate(boards):
-            for i, v in enumerate(board):
-                if v:
-                    out[n, i, v - 1] = 1
-        return out.reshape(-1, 9, 9, 9)
-
-    torch.save(onehot(puzzles), tmp_path / "features.pt")
-    torch.save(onehot(solutions), tmp_path / "labels.pt")
+    write_satnet(tmp_path, puzzles, solutions)
     read_p, read_s = read_satnet(tmp_path)
     assert np.array_equal(read_p, puzzles) and np.array_equal(read_s, solutions)
     with pytest.raises(ValueError, match="no features.pt"):

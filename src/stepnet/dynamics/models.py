@@ -7,6 +7,7 @@ embedded input (input injection), H heads, unconstrained weights, no MLP, eta le
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -77,6 +78,16 @@ class MultiHeadSelfAttention(nn.Module):
         if self.output is None:
             return mixed @ self.value.weight       # W_O = W_V^T
         return self.output(mixed)
+
+
+def run_loops(step: Callable[[Tensor, Tensor], Tensor], c: Tensor, x: Tensor, steps: int,
+              return_trajectory: bool) -> Tensor | list[Tensor]:
+    """``steps`` applications of ``step(x, c)`` from ``x``: X_T, or [X_0, ..., X_T]."""
+    trajectory = [x]
+    for _ in range(steps):
+        x = step(x, c)
+        trajectory.append(x)
+    return trajectory if return_trajectory else x
 
 
 NORM_PLACEMENTS = ("post", "pre", "none")
@@ -189,12 +200,7 @@ class ItrSA(nn.Module):
                 return_trajectory: bool = False) -> Tensor | list[Tensor]:
         """Run ``steps`` loops from ``x0`` (default: C). Returns the loop's X_T, or
         [X_0, ..., X_T] (the loop's states, before :meth:`finish`)."""
-        x = c if x0 is None else x0
-        trajectory = [x]
-        for _ in range(steps):
-            x = self.step(x, c)
-            trajectory.append(x)
-        return trajectory if return_trajectory else x
+        return run_loops(self.step, c, c if x0 is None else x0, steps, return_trajectory)
 
     def extra_repr(self) -> str:
         return (f"placement={self.placement!r}, mlp={self.mlp_placement!r}, "
@@ -275,12 +281,8 @@ class EnergyItrSA(nn.Module):
     def forward(self, c: Tensor, steps: int, x0: Tensor | None = None,
                 return_trajectory: bool = False) -> Tensor | list[Tensor]:
         """``steps`` loops from ``x0`` (default: C projected on the sphere)."""
-        x = self.norm(c if x0 is None else x0)
-        trajectory = [x]
-        for _ in range(steps):
-            x = self.step(x, c)
-            trajectory.append(x)
-        return trajectory if return_trajectory else x
+        return run_loops(self.step, c, self.norm(c if x0 is None else x0), steps,
+                         return_trajectory)
 
 
 class KuramotoCore(nn.Module):
@@ -358,12 +360,8 @@ class KuramotoCore(nn.Module):
     def forward(self, c: Tensor, steps: int, x0: Tensor | None = None,
                 return_trajectory: bool = False) -> Tensor | list[Tensor]:
         """``steps`` loops from ``x0`` (default: C), projected on the spheres first."""
-        x = self.normalize(c if x0 is None else x0)
-        trajectory = [x]
-        for _ in range(steps):
-            x = self.step(x, c)
-            trajectory.append(x)
-        return trajectory if return_trajectory else x
+        return run_loops(self.step, c, self.normalize(c if x0 is None else x0), steps,
+                         return_trajectory)
 
 
 def pseudo_energy(model: ItrSA, x: Tensor, c: Tensor) -> Tensor:
