@@ -150,8 +150,8 @@ def paper_tables(result: dict[str, Any], minutes: float) -> str:
                 f"| {gain} | {g['tns']:.4f} ± {g['tns_std']:.4f} / {g['tns_step']:.4f} | "
                 f"{paper_text} |")
 
-    header = ("| model | n | top-1 (%) | Δ vs ResNet | TNS Δ=1 / Δ=h | paper top-1 (ResNet-164) |\n"
-              "|---|---:|---:|---:|---:|---:|")
+    header = ("| model | n | top-1 (%) | Δ vs ResNet | TNS Δ=1 / Δ=h "
+              "| paper top-1 (ResNet-164) |\n|---|---:|---:|---:|---:|---:|")
     seconds = sum(r["seconds"] for run in result["runs"] for r in read_metrics(run["run"]))
     return "\n".join([
         "### Table 1 (CIFAR-10)", "", header, *(row(v) for v in TABLE1), "",

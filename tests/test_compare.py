@@ -82,7 +82,8 @@ def test_correlations_match_scipy_on_fixed_numbers():
                               "pvalue": pytest.approx(kendall.pvalue)}
     assert out["spearman"] == {"statistic": pytest.approx(spearman.statistic),
                                "pvalue": pytest.approx(spearman.pvalue)}
-    assert out["kendall"]["statistic"] == pytest.approx(13 / 15)   # 14 concordant pairs, 1 discordant
+    # 14 concordant pairs, 1 discordant
+    assert out["kendall"]["statistic"] == pytest.approx(13 / 15)
     assert "says little" in correlations(tns[:4], accuracy[:4])["warning"]
 
 

@@ -55,7 +55,7 @@ class SudokuModel(nn.Module):
             raise ValueError(f"unknown position embedding {position!r}; valid: "
                              f"{', '.join(POSITIONS)}")
         self.loops, self.position_kind = loops, position
-        self.options = itrsa_options(preset, placement=placement, norm=norm,
+        options = itrsa_options(preset, placement=placement, norm=norm,
                                      input_injection=input_injection, mlp=mlp, bias=bias,
                                      learn_eta=learn_eta)
         self.digits = nn.Embedding(10, dim)
@@ -73,7 +73,7 @@ class SudokuModel(nn.Module):
         elif core == "akorn":
             self.core = KuramotoCore(dim, heads, gamma=eta)
         else:
-            self.core = ItrSA(dim, heads, eta=eta, symmetric=symmetric, **self.options)
+            self.core = ItrSA(dim, heads, eta=eta, symmetric=symmetric, **options)
         self.readout = nn.Linear(dim, 9)
 
     def embed(self, boards: Tensor) -> Tensor:

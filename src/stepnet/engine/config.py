@@ -73,9 +73,9 @@ class TrainConfig:
                                            "e.g. '{\"preact\": false}'", group="model")
     # -- data -------------------------------------------------------------------------------
     dataset: str = option("digits", "dataset name (classification: cifar10, cifar100, digits, "
-                          "imagefolder, stl10; sudoku: sudoku (generated puzzles) or satnet (SATNet's "
-                          "features.pt/labels.pt in --data-dir); detection: "
-                          "coco, a COCO tree)", group="data")
+                          "imagefolder, stl10; sudoku: sudoku (generated puzzles) or satnet "
+                          "(SATNet's features.pt/labels.pt in --data-dir); detection: coco, a "
+                          "COCO tree)", group="data")
     data_dir: str | None = option(None, "dataset root folder", group="data")
     download: bool = option(False, "let torchvision download the dataset (needs internet)",
                             group="data", bookkeeping=True)

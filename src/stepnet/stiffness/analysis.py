@@ -136,7 +136,7 @@ def analyze(model: nn.Module, batches: Iterable, max_inputs: int | None = None,
     per_trajectory = nsi_attention_correlation(trajectory.nsi_step, trajectory.step_mean,
                                                trajectory.stage)
     defined = torch.isfinite(per_trajectory)
-    stages = [s for s in correlation_stages]
+    stages = list(correlation_stages)
     result: dict[str, Any] = {
         "inputs": trajectory.num_inputs,
         "conventions": {"exclude": exclude, "proportion_over": proportion_over,

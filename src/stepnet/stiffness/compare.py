@@ -63,16 +63,16 @@ def final_accuracy(run: Path) -> float:
     return float(last["ema_test_acc1"] if "ema_test_acc1" in last else last["test_acc1"])
 
 
-def run_trajectory(run: Path, max_inputs: int, batch_size: int = 250, device: str = "cpu",
-                   exclude: str = "first", progress: bool = False) -> Trajectory:
-    """The trajectory of ``run``'s last checkpoint over ``max_inputs`` class-stratified test
-    inputs, computed once and cached beside the run (recomputed when the checkpoint is newer or
-    the settings differ)."""
+def run_trajectory(run: Path, config: Mapping[str, Any], max_inputs: int, batch_size: int = 250,
+                   device: str = "cpu", exclude: str = "first",
+                   progress: bool = False) -> Trajectory:
+    """The trajectory of ``run``'s last checkpoint (``config``: the run's saved config.json)
+    over ``max_inputs`` class-stratified test inputs, computed once and cached beside the run
+    (recomputed when the checkpoint is newer or the settings differ)."""
     from torch.utils.data import DataLoader
 
     from ..data import build_dataset, stratified_subset
     from ..engine import model_from_checkpoint
-    from ..engine.config import load_config_file
     from .recorder import record_trajectories
 
     checkpoint = run / "checkpoints" / "last.pt"
@@ -85,7 +85,6 @@ def run_trajectory(run: Path, max_inputs: int, batch_size: int = 250, device: st
         saved = torch.load(cache, weights_only=False)
         if saved.get("settings") == settings:
             return Trajectory(**saved["trajectory"])
-    config = load_config_file(run)
     test = build_dataset(config["dataset"], config.get("data_dir"), train=False, augment=False)
     test = stratified_subset(test, min(max_inputs, len(test)))
     model = model_from_checkpoint(checkpoint, task="classification").to(device)
@@ -153,7 +152,8 @@ def compare(runs: Sequence[str | Path], max_inputs: int = 1000, batch_size: int 
         name = names[key]
         trajectories[name] = []
         for run in members:
-            trajectory = run_trajectory(run, max_inputs, batch_size, device, exclude, progress)
+            trajectory = run_trajectory(run, configs[str(run)], max_inputs, batch_size, device,
+                                        exclude, progress)
             trajectories[name].append(trajectory)
             row = {"group": name, "run": str(run), "seed": configs[str(run)].get("seed"),
                    "accuracy": final_accuracy(run)}

@@ -66,10 +66,7 @@ class SudokuTask(Task):
             _, path = self.ood_source(c.ood)
             puzzles, solutions = read_csv(path)
             return puzzles[:c.test_puzzles], solutions[:c.test_puzzles]
-        if c.dataset == "satnet" and split != "hard":
-            if not c.data_dir:
-                raise ValueError("--dataset satnet needs --data-dir, the folder holding SATNet's "
-                                 "features.pt and labels.pt")
+        if c.dataset == "satnet" and split != "hard":   # data_dir checked in __init__
             puzzles, solutions = read_satnet(c.data_dir)
             if len(puzzles) <= c.test_puzzles:
                 raise ValueError(f"{c.data_dir} holds {len(puzzles)} boards, not more than "
