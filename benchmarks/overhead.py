@@ -18,13 +18,16 @@ over rounds (the machines are shared and noisy).
 * activations -- bytes autograd saves for the backward of one train step (tensors counted
   once per storage), the memory that grows with the batch; on CUDA also the peak allocated.
 
-``--channels-last`` runs every model and batch in channels-last memory format; ``--device``
-picks the device (CUDA timings synchronise before reading the clock).
+``--channels-last`` runs every model and batch in channels-last memory format; ``--compile``
+times ``torch.compile``d train and eval steps (every variant compiled, the same options as
+``stepnet train --compile``; compilation happens in the warm-up, outside the timings; the
+recorder and the memory counts use the eager model); ``--device`` picks the device (CUDA
+timings synchronise before reading the clock).
 
 Writes benchmarks/results/overhead.json and prints a table.
 
     python benchmarks/overhead.py [--rounds 5] [--settings ...] [--variants ...]
-        [--channels-last] [--device cuda]
+        [--channels-last] [--compile] [--device cuda]
 """
 from __future__ import annotations
 
@@ -82,7 +85,7 @@ class Runner:
     """One model variant with its optimizer and a fixed batch, ready to time."""
 
     def __init__(self, setting: dict[str, Any], variant: str, device: torch.device,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, compile: bool = False) -> None:
         self.model = create_model(setting["model"], num_classes=setting["num_classes"],
                                   **setting["kwargs"], **variant_kwargs(variant)).to(device)
         self.x = torch.randn(setting["batch"], 3, setting["size"], setting["size"],
@@ -95,17 +98,18 @@ class Runner:
         self.y = torch.randint(0, setting["num_classes"], (setting["batch"],), device=device)
         self.loss = torch.nn.CrossEntropyLoss()
         self.device = device
+        self.forward = torch.compile(self.model, dynamic=False) if compile else self.model
 
     def train_step(self) -> None:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        self.loss(self.model(self.x), self.y).backward()
+        self.loss(self.forward(self.x), self.y).backward()
         self.optimizer.step()
 
     def eval_step(self) -> None:
         self.model.eval()
         with torch.inference_mode():
-            self.model(self.x)
+            self.forward(self.x)
 
     def recorded_eval_step(self) -> None:
         from stepnet.stiffness import TrajectoryRecorder
@@ -153,11 +157,11 @@ def timed(fn, steps: int, device: torch.device) -> float:
 
 def benchmark_setting(setting_name: str, variants: list[str], rounds: int, steps: int,
                       device: torch.device, channels_last: bool = False,
-                      recorder: bool = True) -> list[dict]:
+                      recorder: bool = True, compile: bool = False) -> list[dict]:
     cfg = SETTINGS[setting_name]
     name = cfg["model"]
     variants = [v for v in variants if applies(name, v)]
-    runners = {v: Runner(cfg, v, device, channels_last) for v in variants}
+    runners = {v: Runner(cfg, v, device, channels_last, compile) for v in variants}
     memory = {v: r.saved_activation_bytes() for v, r in runners.items()}
     peaks = {v: r.peak_cuda_bytes() for v, r in runners.items()}
     for r in runners.values():  # warm-up: allocator, kernels, first-call overheads
@@ -178,7 +182,8 @@ def benchmark_setting(setting_name: str, variants: list[str], rounds: int, steps
     for v, r in runners.items():
         row = {
             "setting": setting_name, "model": name, "variant": v, "batch": cfg["batch"],
-            "size": cfg["size"], "channels_last": channels_last, "device": str(device),
+            "size": cfg["size"], "channels_last": channels_last, "compile": compile,
+            "device": str(device),
             "params": sum(p.numel() for p in r.model.parameters()),
             "flops": count_flops(r.model, cfg["size"], device),
             "train_images_per_s": cfg["batch"] / statistics.median(train[v]),
@@ -223,6 +228,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="steps per timing")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true",
+                        help="time torch.compile'd train and eval steps")
     parser.add_argument("--no-recorder", action="store_true",
                         help="skip the stiffness-recorder timing")
     parser.add_argument("--output", type=Path,
@@ -233,13 +240,13 @@ def main() -> None:
     rows = []
     for name in args.settings:
         rows += benchmark_setting(name, variants, args.rounds, args.steps, device,
-                                  args.channels_last, not args.no_recorder)
+                                  args.channels_last, not args.no_recorder, args.compile)
         print(format_table([r for r in rows if r["setting"] == name]), flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(),
             "machine": platform.processor() or platform.machine(), "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "channels_last": args.channels_last, "rounds": args.rounds, "steps": args.steps,
+            "channels_last": args.channels_last, "compile": args.compile, "rounds": args.rounds, "steps": args.steps,
             "flops_convention": "FlopCounterMode: 2 per multiply-add; pooling, normalisation "
             "and elementwise gates not counted"}
     args.output.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

@@ -26,6 +26,37 @@ def test_model_shapes_loops_and_readout():
     assert not torch.allclose(model(boards, 3), model(boards, 6))
 
 
+@pytest.mark.parametrize("core, preset", [("itrsa", "akorn"), ("itrsa", "paper2"),
+                                          ("akorn", "paper2")])
+def test_every_loop_readout_and_the_deep_supervision_loss(core, preset):
+    """Read-out t of ``every_loop`` is the model run for t loops; ``loss_loops="all"`` is the
+    mean of the per-loop cross-entropies (over the chosen cells), and its metrics are the last
+    loop's."""
+    from stepnet.engine.tasks import create_task
+
+    torch.manual_seed(0)
+    model = SudokuModel(dim=16, heads=2, loops=3, core=core, preset=preset)
+    puzzles, solutions = generate(2, (35, 40), seed=0)
+    boards, truth = torch.as_tensor(puzzles).long(), torch.as_tensor(solutions).long()
+    torch.manual_seed(1)      # AKOrN draws its blanks' initial state
+    every = model(boards, every_loop=True)
+    assert every.shape == (3, 2, 81, 9)
+    for t in (1, 2, 3):
+        torch.manual_seed(1)
+        torch.testing.assert_close(every[t - 1], model(boards, t))
+    for cells in ("blanks", "all"):
+        task = create_task(resolve_config("sudoku", {"loss_loops": "all", "loss_cells": cells,
+                                                     "core": core, "itrsa_preset": preset}))
+        torch.manual_seed(1)
+        losses, counts = task.losses(model, (boards, truth))
+        chosen = boards == 0 if cells == "blanks" else torch.ones_like(boards, dtype=torch.bool)
+        expected = sum(torch.nn.functional.cross_entropy(every[t][chosen], truth[chosen] - 1)
+                       for t in range(3)) / 3
+        torch.testing.assert_close(losses["ce"], expected)
+        right = (every[-1].argmax(-1) + 1 == truth) & (boards == 0)
+        assert int(counts["right"]) == int(right.sum())
+
+
 def test_structured_embedding_shares_row_column_and_box_codes():
     model = SudokuModel(dim=8, heads=2, loops=1)
     c = model.embed(torch.zeros(1, 81, dtype=torch.long))[0]

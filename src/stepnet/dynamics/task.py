@@ -108,10 +108,15 @@ class SudokuModel(nn.Module):
         return pseudo_energy(self.core, x, c)
 
     def forward(self, boards: Tensor, loops: int | None = None,
-                x0: Tensor | None = None) -> Tensor:
+                x0: Tensor | None = None, every_loop: bool = False) -> Tensor:
+        """boards [B, 81] -> logits [B, 81, 9] after ``loops`` loops (default: the training
+        loops), or with ``every_loop`` the read-out of every loop's state, [T, B, 81, 9]."""
         c = self.embed(boards)
         if x0 is None and self.core_kind == "akorn":
             x0 = self.initial_state(c, boards)
+        if every_loop:
+            states = self.core(c, loops or self.loops, x0, return_trajectory=True)[1:]
+            return self.logits(torch.stack(states))
         return self.logits(self.core(c, loops or self.loops, x0))
 
 

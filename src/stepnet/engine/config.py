@@ -166,6 +166,9 @@ class TrainConfig:
     loss_cells: str = option("blanks", "sudoku: cells in the cross-entropy: the blanks, or all "
                              "81 (as the AKOrN code)", group="sudoku",
                              choices=("blanks", "all"))
+    loss_loops: str = option("last", "sudoku: loops whose read-out enters the loss: the last "
+                             "only, or the mean over every loop (deep supervision, as recurrent "
+                             "relational networks)", group="sudoku", choices=("last", "all"))
     position: str = option("structured", "sudoku: cell embedding, row + column + box tables "
                            "or a free table", group="sudoku", choices=("structured", "learned"))
     train_puzzles: int = option(9000, "sudoku: generated training puzzles", group="sudoku")

@@ -26,11 +26,12 @@ def sudoku_counts(logits: Tensor, puzzles: Tensor, solutions: Tensor) -> dict[st
 
 
 class SudokuTask(Task):
-    """Cross-entropy of every blank cell after ``loops`` loops (plus the spectral regulariser
-    when ``spectral_weight`` > 0, reported as a separate named loss); cell accuracy (share of
-    blanks right) and board accuracy (every blank right); ``best.pt`` by board, then cell
-    accuracy. Data: ``train_puzzles`` / ``test_puzzles`` generated with ``givens`` givens from
-    seeds (seed, seed + 1); the final results add ``eval_loops`` loop counts and harder
+    """Cross-entropy of the cells ``loss_cells`` names (blanks or all) after ``loops`` loops,
+    or averaged over every loop's read-out (``loss_loops="all"``), plus the spectral
+    regulariser when ``spectral_weight`` > 0 (reported as a separate named loss); cell accuracy
+    (share of blanks right) and board accuracy (every blank right); ``best.pt`` by board, then
+    cell accuracy. Data: ``train_puzzles`` / ``test_puzzles`` generated with ``givens`` givens
+    from seeds (seed, seed + 1); the final results add ``eval_loops`` loop counts and harder
     puzzles (``hard_givens``, seed + 2)."""
 
     name = "sudoku"
@@ -114,10 +115,16 @@ class SudokuTask(Task):
 
     def losses(self, model: nn.Module, batch: Any) -> tuple[Losses, dict[str, Tensor]]:
         puzzles, solutions = batch
-        logits = model(puzzles)
         cells = puzzles == 0 if self.config.loss_cells == "blanks" \
             else torch.ones_like(puzzles, dtype=torch.bool)
-        losses = {"ce": nn.functional.cross_entropy(logits[cells], solutions[cells] - 1)}
+        if self.config.loss_loops == "all":
+            every = model(puzzles, every_loop=True)              # [T, B, 81, 9]
+            losses = {"ce": nn.functional.cross_entropy(every[:, cells].flatten(0, 1),
+                                                        solutions[cells].repeat(len(every)) - 1)}
+            logits = every[-1]
+        else:
+            logits = model(puzzles)
+            losses = {"ce": nn.functional.cross_entropy(logits[cells], solutions[cells] - 1)}
         if self.config.spectral_weight:
             from ...dynamics.models import spectral_regularizer
 
