@@ -4,8 +4,11 @@ regulariser, the energy-constrained core and AKOrN, over seeds.
 Variants (``VARIANTS``): the loop with the norm after the sum (preset ``paper2``, RMSNorm), before
 the attention (preset ``akorn``, LayerNorm, MLP after the loop), without norm; each of the first
 two with the spectral regulariser (weight 1e-4); the energy-constrained core (one symmetric head,
-an energy); AKOrN. Every run trains through the engine from the ``sudoku-akorn`` recipe (AdamW,
-warm-up, cosine, clipping, EMA, loss on all cells) with the sizes given here, and is evaluated at
+an energy); AKOrN. Every run trains through the engine from ``--recipe`` (default ``sudoku-akorn``, the CPU
+recipe; ``sudoku-paper`` is paper 2's size for GPU machines, with ``--device cuda``): AdamW,
+warm-up, cosine, clipping, EMA, loss on all cells, the recipe's sizes unless given here
+(``--dim``, ``--epochs``, ...), on generated puzzles or SATNet's (``--data-dir``), and is
+evaluated at
 ``--eval-loops`` on in-distribution puzzles and harder ones (board and cell accuracy); then
 ``analyze_sudoku`` gives the finite-horizon Lyapunov exponents over ``--boards`` test boards,
 the imaginary parts of the top Jacobian eigenvalues and energy-voting accuracy.
@@ -54,11 +57,12 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
     from stepnet.engine import NonFiniteLossError, Trainer, read_metrics, resolve_config
 
     run = args.runs / folder(variant) / f"seed{seed}"
-    config = resolve_config("sudoku-akorn", dict(
+    config = resolve_config(args.recipe, dict(
         dim=args.dim, heads=args.heads, loops=args.loops, train_puzzles=args.train_puzzles,
         test_puzzles=args.test_puzzles, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, eval_loops=args.eval_loops, seed=seed, output=str(run), device="cpu",
-        **VARIANTS[variant]))
+        lr=args.lr, eval_loops=args.eval_loops, seed=seed, output=str(run),
+        device=args.device, dataset="satnet" if args.data_dir else "sudoku",
+        data_dir=str(args.data_dir) if args.data_dir else None, **VARIANTS[variant]))
     if not (run / "result.json").is_file():
         try:
             trainer = Trainer(config, progress=False)
@@ -146,14 +150,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--loops", type=int, default=16)
-    parser.add_argument("--train-puzzles", type=int, default=9000)
-    parser.add_argument("--test-puzzles", type=int, default=500)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--recipe", choices=("sudoku-akorn", "sudoku-paper"),
+                        default="sudoku-akorn")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="SATNet's features.pt / labels.pt (default: generated puzzles)")
+    # sizes: the recipe's unless given
+    for flag, kind in (("--dim", int), ("--heads", int), ("--loops", int),
+                       ("--train-puzzles", int), ("--test-puzzles", int), ("--epochs", int),
+                       ("--batch-size", int), ("--lr", float)):
+        parser.add_argument(flag, type=kind, default=None)
     parser.add_argument("--eval-loops", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--boards", type=int, default=32, help="boards for the exponents")
     parser.add_argument("--k", type=int, default=4, help="exponents and eigenvalues per board")

@@ -14,7 +14,6 @@ from tqdm.auto import tqdm
 
 from ..models.registry import register_model
 from .models import EnergyItrSA, ItrSA, KuramotoCore, itrsa_options, pseudo_energy
-from .sudoku import generate
 
 
 POSITIONS = ("structured", "learned")
@@ -168,7 +167,7 @@ def analyze_sudoku(model: SudokuModel, config: dict[str, Any], boards: int = 32,
                    max_loops: int = 64, k: int = 8, output: str | Path | None = None,
                    progress: bool = True, votes: int = 8, vote_puzzles: int = 200,
                    contribution_boards: int = 2, seed: int = 0) -> dict[str, Any]:
-    """Dynamics of a trained Sudoku model on ``boards`` test puzzles: the k largest
+    """Dynamics of a trained Sudoku model on ``boards`` puzzles of its run's test split: the k largest
     finite-horizon Lyapunov exponents over the training horizon (matrix-free), the k
     largest-modulus eigenvalues of the one-step Jacobian at the final state with their
     imaginary-part statistics, the contribution index at the final state (first
@@ -180,8 +179,11 @@ def analyze_sudoku(model: SudokuModel, config: dict[str, Any], boards: int = 32,
     from .lyapunov import jacobian_eigenvalues, lyapunov_exponents
     from .monitoring import contribution_index, energy_voting
 
-    puzzles, solutions = generate(config["test_puzzles"], tuple(config["givens"]),
-                                  config["seed"] + 1)
+    from ..engine.config import TrainConfig
+    from ..engine.tasks.sudoku import SudokuTask
+
+    # the run's own test split: generated with its givens and seed, or SATNet's last boards
+    puzzles, solutions = SudokuTask(TrainConfig.from_dict(config, strict=False)).puzzles("test")
     boards = min(boards, len(puzzles))
     generator = torch.Generator().manual_seed(seed)
     result: dict[str, Any] = {"boards": boards, "loops": model.loops, "exponents": [],
