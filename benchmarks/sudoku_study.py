@@ -1,15 +1,16 @@
 """Paper 2's Sudoku study on models that work: normalisation placement, the spectral
 regulariser, the energy-constrained core and AKOrN, over seeds.
 
-Variants (``VARIANTS``): the loop with the norm after the sum (preset ``paper2``, RMSNorm), before
-the attention (preset ``akorn``, LayerNorm, MLP after the loop), without norm; each of the first
-two with the spectral regulariser (weight 1e-4); the energy-constrained core (one symmetric head,
-an energy); AKOrN. Every run trains through the engine from ``--recipe`` (default ``sudoku-akorn``, the CPU
-recipe; ``sudoku-paper`` is paper 2's size for GPU machines, with ``--device cuda``): AdamW,
-warm-up, cosine, clipping, EMA, loss on all cells, the recipe's sizes unless given here
-(``--dim``, ``--epochs``, ...), on generated puzzles or SATNet's (``--data-dir``), and is
-evaluated at
-``--eval-loops`` on in-distribution puzzles and harder ones (board and cell accuracy); then
+Variants (``VARIANTS``): the loop with the norm after the sum (preset ``paper2``) with LayerNorm
+(the CPU recipe's) and RMSNorm (paper 2's), before the attention (preset ``akorn``, LayerNorm, MLP
+after the loop), without norm; the two LayerNorm placements with the spectral regulariser
+(weight 1e-4); the energy-constrained core (one symmetric head, an energy); AKOrN. Every run
+trains through the engine from ``--recipe`` (default ``sudoku-cpu``, the CPU recipe that solves
+boards; ``sudoku-akorn`` is the AKOrN code's protocol at CPU width, ``sudoku-paper`` paper 2's
+size for GPU machines, with ``--device cuda``): AdamW, warm-up, cosine, clipping, EMA, loss on
+all cells, the recipe's sizes unless given here (``--dim``, ``--epochs``, ...), on generated
+puzzles or SATNet's (``--data-dir``), and is evaluated at ``--eval-loops`` on in-distribution
+puzzles and harder ones (board and cell accuracy); then
 ``analyze_sudoku`` gives the finite-horizon Lyapunov exponents over ``--boards`` test boards,
 the imaginary parts of the top Jacobian eigenvalues and energy-voting accuracy.
 
@@ -36,11 +37,14 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS: dict[str, dict[str, Any]] = {
-    "post (paper2, rmsnorm)": dict(itrsa_preset="paper2"),
-    "pre (akorn, layernorm)": dict(itrsa_preset="akorn"),
+    "post, layernorm": dict(itrsa_preset="paper2", norm="layernorm"),
+    "post, rmsnorm (paper2)": dict(itrsa_preset="paper2", norm="rmsnorm"),
+    "pre, layernorm (akorn)": dict(itrsa_preset="akorn", norm="layernorm"),
     "no norm": dict(itrsa_preset="paper2", placement="none", norm="none"),
-    "post + spectral reg.": dict(itrsa_preset="paper2", spectral_weight=1e-4),
-    "pre + spectral reg.": dict(itrsa_preset="akorn", spectral_weight=1e-4),
+    "post, layernorm + spectral reg.": dict(itrsa_preset="paper2", norm="layernorm",
+                                            spectral_weight=1e-4),
+    "pre, layernorm + spectral reg.": dict(itrsa_preset="akorn", norm="layernorm",
+                                           spectral_weight=1e-4),
     "energy core": dict(core="energy"),
     "AKOrN": dict(core="akorn"),
 }
@@ -150,8 +154,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--recipe", choices=("sudoku-akorn", "sudoku-paper"),
-                        default="sudoku-akorn")
+    parser.add_argument("--recipe", choices=("sudoku-cpu", "sudoku-akorn", "sudoku-paper"),
+                        default="sudoku-cpu")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="SATNet's features.pt / labels.pt (default: generated puzzles)")

@@ -502,6 +502,14 @@ RECIPES: dict[str, dict[str, Any]] = {
                          loss_cells="all", epochs=30, batch_size=64, dim=128, heads=4,
                          loops=16, train_puzzles=9000, test_puzzles=1000,
                          eval_loops=[16, 32, 64]),
+    # The CPU recipe that solves boards (2 cores, about half an hour; docs/dynamics.md): the
+    # paper2 loop (norm after the sum, input injection) with LayerNorm at D = 64, small batches.
+    "sudoku-cpu": dict(task="sudoku", model="sudoku", dataset="sudoku", itrsa_preset="paper2",
+                       norm="layernorm", optimizer="adamw", lr=1e-3, weight_decay=0.0,
+                       schedule="cosine", warmup_epochs=1.0, clip_grad_norm=1.0,
+                       ema_decay=0.999, loss_cells="all", epochs=40, batch_size=16, dim=64,
+                       heads=4, loops=16, train_puzzles=9000, test_puzzles=1000,
+                       eval_loops=[16, 32, 64]),
     # Paper 2's scale (D = 512, 8 heads, T = 16) on SATNet's 9k/1k split, for GPU machines.
     "sudoku-paper": dict(task="sudoku", model="sudoku", dataset="satnet", optimizer="adamw",
                          lr=5e-4, weight_decay=0.0, schedule="cosine", warmup_epochs=2.0,
