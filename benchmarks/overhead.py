@@ -246,7 +246,8 @@ def main() -> None:
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(),
             "machine": platform.processor() or platform.machine(), "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "channels_last": args.channels_last, "compile": args.compile, "rounds": args.rounds, "steps": args.steps,
+            "channels_last": args.channels_last, "compile": args.compile,
+            "rounds": args.rounds, "steps": args.steps,
             "flops_convention": "FlopCounterMode: 2 per multiply-add; pooling, normalisation "
             "and elementwise gates not counted"}
     args.output.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

@@ -167,8 +167,8 @@ def analyze_sudoku(model: SudokuModel, config: dict[str, Any], boards: int = 32,
                    max_loops: int = 64, k: int = 8, output: str | Path | None = None,
                    progress: bool = True, votes: int = 8, vote_puzzles: int = 200,
                    contribution_boards: int = 2, seed: int = 0) -> dict[str, Any]:
-    """Dynamics of a trained Sudoku model on ``boards`` puzzles of its run's test split: the k largest
-    finite-horizon Lyapunov exponents over the training horizon (matrix-free), the k
+    """Dynamics of a trained Sudoku model on ``boards`` puzzles of its run's test split: the k
+    largest finite-horizon Lyapunov exponents over the training horizon (matrix-free), the k
     largest-modulus eigenvalues of the one-step Jacobian at the final state with their
     imaginary-part statistics, the contribution index at the final state (first
     ``contribution_boards`` boards), energy traces over ``max_loops`` loops, board accuracy
