@@ -183,7 +183,9 @@ def analyze_sudoku(model: SudokuModel, config: dict[str, Any], boards: int = 32,
     from ..engine.tasks.sudoku import SudokuTask
 
     # the run's own test split: generated with its givens and seed, or SATNet's last boards
-    puzzles, solutions = SudokuTask(TrainConfig.from_dict(config, strict=False)).puzzles("test")
+    # (the out-of-distribution file is not needed for it, so a moved one does not stop us)
+    split = TrainConfig.from_dict({**config, "ood": None}, strict=False)
+    puzzles, solutions = SudokuTask(split).puzzles("test")
     boards = min(boards, len(puzzles))
     generator = torch.Generator().manual_seed(seed)
     result: dict[str, Any] = {"boards": boards, "loops": model.loops, "exponents": [],

@@ -117,14 +117,11 @@ class SudokuTask(Task):
         puzzles, solutions = batch
         cells = puzzles == 0 if self.config.loss_cells == "blanks" \
             else torch.ones_like(puzzles, dtype=torch.bool)
-        if self.config.loss_loops == "all":
-            every = model(puzzles, every_loop=True)              # [T, B, 81, 9]
-            losses = {"ce": nn.functional.cross_entropy(every[:, cells].flatten(0, 1),
-                                                        solutions[cells].repeat(len(every)) - 1)}
-            logits = every[-1]
-        else:
-            logits = model(puzzles)
-            losses = {"ce": nn.functional.cross_entropy(logits[cells], solutions[cells] - 1)}
+        every = (model(puzzles, every_loop=True) if self.config.loss_loops == "all"
+                 else model(puzzles)[None])                      # [T or 1, B, 81, 9]
+        losses = {"ce": nn.functional.cross_entropy(every[:, cells].flatten(0, 1),
+                                                    solutions[cells].repeat(len(every)) - 1)}
+        logits = every[-1]
         if self.config.spectral_weight:
             from ...dynamics.models import spectral_regularizer
 
