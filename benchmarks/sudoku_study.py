@@ -14,9 +14,12 @@ puzzles and harder ones (board and cell accuracy); then
 ``analyze_sudoku`` gives the finite-horizon Lyapunov exponents over ``--boards`` test boards,
 the imaginary parts of the top Jacobian eigenvalues and energy-voting accuracy.
 
-Resumes: a run with ``result.json`` is not trained again, an interrupted one continues from its
-last checkpoint, and analyses are cached per run. Writes ``--output`` (JSON), ``--figure`` and
-prints a table with mean ± std over seeds.
+Resumes, across sessions too: each finished run leaves a small record (its accuracies, exponents
+and settings) in ``--records``, which is committed, so a run whose record matches the current
+settings is neither trained nor analysed again even on a fresh machine; within a machine, a run
+with ``result.json`` is not trained again, an interrupted one continues from its last
+checkpoint, and analyses are cached per run. The table, ``--output`` (JSON) and ``--figure`` are
+rewritten after every finished run; the table prints with mean ± std over seeds.
 """
 from __future__ import annotations
 
@@ -54,8 +57,48 @@ def folder(variant: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in variant.lower()).strip("-")
 
 
+SETTINGS = ("recipe", "data_dir", "dim", "heads", "loops", "train_puzzles", "test_puzzles",
+            "epochs", "batch_size", "lr", "eval_loops", "boards", "k", "votes", "vote_puzzles")
+
+
+def study_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What a run's numbers depend on (not where it ran or how many workers shared the CPU)."""
+    return {name: str(getattr(args, name)) if isinstance(getattr(args, name), Path)
+            else getattr(args, name) for name in SETTINGS}
+
+
+def record_path(variant: str, seed: int, args: argparse.Namespace) -> Path:
+    return args.records / f"{folder(variant)}-seed{seed}.json"
+
+
+def read_record(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The finished run's row when its record was made with the current settings."""
+    path = record_path(variant, seed, args)
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if record.get("settings") != study_settings(args):
+        print(f"{path} was made with other settings; running it again", flush=True)
+        return None
+    return record["row"]
+
+
 def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Train (or resume, or skip), evaluate and analyse one run in a worker process."""
+    """Train (or resume, or skip), evaluate and analyse one run in a worker process, and
+    record its row."""
+    row = read_record(variant, seed, args)
+    if row is None:
+        row = train_and_analyse(variant, seed, args)
+        path = record_path(variant, seed, args)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"settings": study_settings(args), "row": row},
+                                        indent=1))
+        temporary.replace(path)
+    return row
+
+
+def train_and_analyse(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     from stepnet.dynamics.task import analyze_sudoku, load_sudoku_model
     from stepnet.engine import NonFiniteLossError, Trainer, read_metrics, resolve_config
@@ -104,7 +147,7 @@ def mean_std(values: list[float]) -> str:
 def table(rows: list[dict[str, Any]], loops: list[int]) -> str:
     """Markdown: per variant, mean ± std over seeds."""
     head = (["variant", "n"] + [f"board T={t}" for t in loops] + [f"hard board T={loops[-1]}",
-            "max exponent", "complex eigenvalues", "energy voting"])
+            "max exponent", "complex eigenvalues", "energy voting", "train min"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for variant in VARIANTS:
         mine = [r for r in rows if r["variant"] == variant and "diverged" not in r]
@@ -119,6 +162,7 @@ def table(rows: list[dict[str, Any]], loops: list[int]) -> str:
         cells.append(mean_std([r["imaginary"]["complex_share"] for r in mine]))
         cells.append(mean_std([r["energy_voting"]["board"] for r in mine
                                if r.get("energy_voting")]))
+        cells.append(f"{statistics.mean(r['seconds'] for r in mine) / 60:.0f}" if mine else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -148,6 +192,19 @@ def plot(rows: list[dict[str, Any]], loops: list[int], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_results(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    """The table (also as Markdown beside the figure), the JSON and the figure; the table."""
+    text = table(rows, args.eval_loops)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({"settings": study_settings(args), "rows": rows,
+                                       "table": text}, indent=1))
+    if rows:
+        plot(rows, args.eval_loops, args.figure)
+        args.figure.with_suffix(".md").write_text(text + "\n")
+    return text
 
 
 def main() -> None:
@@ -174,29 +231,33 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "sudoku_study")
     parser.add_argument("--output", type=Path,
                         default=ROOT / "benchmarks" / "results" / "sudoku_study.json")
+    parser.add_argument("--records", type=Path,
+                        default=ROOT / "docs" / "figures" / "sudoku_study" / "records",
+                        help="one small JSON per finished run (commit it: the study resumes "
+                             "from it on any machine)")
     parser.add_argument("--figure", type=Path,
-                        default=ROOT / "docs" / "figures" / "sudoku_study.png")
+                        default=ROOT / "docs" / "figures" / "sudoku_study" / "study.png")
     args = parser.parse_args()
     jobs = [(v, s) for s in args.seeds for v in args.variants]
     rows, failed = [], []
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
+    recorded = [row for v, s in jobs if (row := read_record(v, s, args)) is not None]
+    rows += recorded
+    jobs = [(v, s) for v, s in jobs
+            if not any(r["variant"] == v and r["seed"] == s for r in recorded)]
+    print(f"{len(recorded)} run(s) recorded already, {len(jobs)} to do", flush=True)
+    with ProcessPoolExecutor(max(1, args.workers), mp_context=context) as pool:
         futures = {pool.submit(run_one, v, s, args): (v, s) for v, s in jobs}
         for future in as_completed(futures):
             try:
                 rows.append(future.result())
                 print(f"{rows[-1]['variant']} seed {rows[-1]['seed']}: done", flush=True)
+                write_results(rows, args)
             except Exception as error:  # noqa: BLE001 - reported, the others go on
                 failed.append(futures[future])
                 print(f"FAILED {futures[future]}: {type(error).__name__}: {error}", flush=True)
-    text = table(rows, args.eval_loops)
-    print(text)
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"settings": settings, "rows": rows, "table": text},
-                                      indent=1))
-    plot(rows, args.eval_loops, args.figure)
-    print(f"wrote {args.output} and {args.figure}")
+    print(write_results(rows, args))
+    print(f"wrote {args.output}, {args.figure} and {args.figure.with_suffix('.md')}")
     if failed:
         raise SystemExit(f"{len(failed)} run(s) failed: {failed}")
 
