@@ -85,16 +85,13 @@ def read_record(variant: str, seed: int, args: argparse.Namespace) -> dict[str, 
 
 def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """Train (or resume, or skip), evaluate and analyse one run in a worker process, and
-    record its row."""
-    row = read_record(variant, seed, args)
-    if row is None:
-        row = train_and_analyse(variant, seed, args)
-        path = record_path(variant, seed, args)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"settings": study_settings(args), "row": row},
-                                        indent=1))
-        temporary.replace(path)
+    record its row (written atomically)."""
+    row = train_and_analyse(variant, seed, args)
+    path = record_path(variant, seed, args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"settings": study_settings(args), "row": row}, indent=1))
+    temporary.replace(path)
     return row
 
 

@@ -1,0 +1,48 @@
+"""benchmarks/sudoku_study.py resumes from its committed records: a finished run is neither
+trained nor analysed again on a fresh machine (no run folder), and a record made with other
+settings is run again."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY = ["--dim", "8", "--heads", "2", "--loops", "2", "--train-puzzles", "32",
+       "--test-puzzles", "8", "--batch-size", "16", "--boards", "2", "--k", "2", "--votes", "2",
+       "--vote-puzzles", "4", "--eval-loops", "2", "4", "--variants", "energy core",
+       "--seeds", "0", "--workers", "1"]
+
+
+def study(tmp_path: Path, *extra: str) -> str:
+    command = [sys.executable, str(ROOT / "benchmarks" / "sudoku_study.py"), *TOY, *extra,
+               "--runs", str(tmp_path / "runs"), "--records", str(tmp_path / "records"),
+               "--output", str(tmp_path / "study.json"), "--figure", str(tmp_path / "study.png")]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_study_resumes_from_its_records_on_a_fresh_machine(tmp_path: Path):
+    first = study(tmp_path, "--epochs", "1")
+    assert "0 run(s) recorded already, 1 to do" in first
+    record = json.loads((tmp_path / "records" / "energy-core-seed0.json").read_text())
+    assert record["settings"]["epochs"] == 1 and record["row"]["seed"] == 0
+    table = (tmp_path / "study.md").read_text()
+    assert table.startswith("| variant | n |") and "| energy core | 1 |" in table
+
+    shutil.rmtree(tmp_path / "runs")                  # a fresh machine keeps only the records
+    second = study(tmp_path, "--epochs", "1")
+    assert "1 run(s) recorded already, 0 to do" in second
+    assert not (tmp_path / "runs").exists()
+    assert json.loads((tmp_path / "study.json").read_text())["rows"] == [record["row"]]
+
+    third = study(tmp_path, "--epochs", "2")          # other settings: the record is not used
+    assert "made with other settings" in third and "0 run(s) recorded already" in third
+    assert json.loads((tmp_path / "records" / "energy-core-seed0.json").read_text()
+                      )["settings"]["epochs"] == 2
