@@ -142,26 +142,35 @@ def mean_std(values: list[float]) -> str:
 
 
 def table(rows: list[dict[str, Any]], loops: list[int]) -> str:
-    """Markdown: per variant, mean ± std over seeds."""
-    head = (["variant", "n"] + [f"board T={t}" for t in loops] + [f"hard board T={loops[-1]}",
-            "max exponent", "complex eigenvalues", "energy voting", "train min"])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    """Markdown, mean ± std over seeds per variant: accuracy (in distribution and hard, at
+    every test-time loop count), then the dynamics (largest exponent, eigenvalue oscillation,
+    energy voting against the single run on the same puzzles, training minutes)."""
+    accuracy = (["variant", "seeds"] + [f"board T={t}" for t in loops] + [f"cell T={loops[0]}"]
+                + [f"hard board T={t}" for t in loops])
+    dynamics = ["variant", "max exponent", "complex share", "mean \\|arg λ\\| (rad)",
+                "energy voting", "single run", "train min"]
+    first = ["| " + " | ".join(accuracy) + " |", "|" + "---|" * len(accuracy)]
+    second = ["| " + " | ".join(dynamics) + " |", "|" + "---|" * len(dynamics)]
     for variant in VARIANTS:
         mine = [r for r in rows if r["variant"] == variant and "diverged" not in r]
         diverged = sum(1 for r in rows if r["variant"] == variant and "diverged" in r)
         if not mine and not diverged:
             continue
-        cells = [variant + (f" ({diverged} diverged)" if diverged else ""), str(len(mine))]
-        cells += [mean_std([r["accuracy"]["test"][str(t)]["board"] for r in mine])
-                  for t in loops]
-        cells.append(mean_std([r["accuracy"]["hard"][str(loops[-1])]["board"] for r in mine]))
-        cells.append(mean_std([r["max_exponent"] for r in mine]))
-        cells.append(mean_std([r["imaginary"]["complex_share"] for r in mine]))
-        cells.append(mean_std([r["energy_voting"]["board"] for r in mine
-                               if r.get("energy_voting")]))
-        cells.append(f"{statistics.mean(r['seconds'] for r in mine) / 60:.0f}" if mine else "–")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        name = variant + (f" ({diverged} diverged)" if diverged else "")
+        at = lambda split, t, metric: mean_std(  # noqa: E731
+            [r["accuracy"][split][str(t)][metric] for r in mine])
+        cells = [name, str(len(mine))] + [at("test", t, "board") for t in loops]
+        cells += [at("test", loops[0], "cell")] + [at("hard", t, "board") for t in loops]
+        first.append("| " + " | ".join(cells) + " |")
+        voted = [r["energy_voting"] for r in mine if r.get("energy_voting")]
+        cells = [name, mean_std([r["max_exponent"] for r in mine]),
+                 mean_std([r["imaginary"]["complex_share"] for r in mine]),
+                 mean_std([r["imaginary"]["mean_abs_angle"] for r in mine]),
+                 mean_std([v["board"] for v in voted]),
+                 mean_std([v["single_run_board"] for v in voted]),
+                 f"{statistics.mean(r['seconds'] for r in mine) / 60:.0f}" if mine else "–"]
+        second.append("| " + " | ".join(cells) + " |")
+    return "\n".join(first) + "\n\n" + "\n".join(second)
 
 
 def plot(rows: list[dict[str, Any]], loops: list[int], path: Path) -> None:

@@ -34,7 +34,7 @@ def test_study_resumes_from_its_records_on_a_fresh_machine(tmp_path: Path):
     record = json.loads((tmp_path / "records" / "energy-core-seed0.json").read_text())
     assert record["settings"]["epochs"] == 1 and record["row"]["seed"] == 0
     table = (tmp_path / "study.md").read_text()
-    assert table.startswith("| variant | n |") and "| energy core | 1 |" in table
+    assert table.startswith("| variant | seeds |") and "| energy core | 1 |" in table
 
     shutil.rmtree(tmp_path / "runs")                  # a fresh machine keeps only the records
     second = study(tmp_path, "--epochs", "1")
