@@ -1,10 +1,12 @@
 """Paper 2's Sudoku study on models that work: normalisation placement, the spectral
 regulariser, the energy-constrained core and AKOrN, over seeds.
 
-Variants (``VARIANTS``): the loop with the norm after the sum (preset ``paper2``) with LayerNorm
-(the CPU recipe's) and RMSNorm (paper 2's), before the attention (preset ``akorn``, LayerNorm, MLP
-after the loop), without norm; the two LayerNorm placements with the spectral regulariser
-(weight 1e-4); the energy-constrained core (one symmetric head, an energy); AKOrN. Every run
+Variants (``VARIANTS``): the ``paper2`` loop (input injection, no MLP) with the norm after the
+sum, LayerNorm (the CPU recipe's) or RMSNorm (paper 2's); the same loop with LayerNorm before the
+attention (only the placement changes); the AKOrN code's pre-norm layout (preset ``akorn``: no
+input injection, biases, MLP after the loop); the loop without norm; the two LayerNorm
+placements with the spectral regulariser (weight 1e-4); the energy-constrained core (one
+symmetric head, an energy); AKOrN. Every run
 trains through the engine from ``--recipe`` (default ``sudoku-cpu``, the CPU recipe that solves
 boards; ``sudoku-akorn`` is the AKOrN code's protocol at CPU width, ``sudoku-paper`` paper 2's
 size for GPU machines, with ``--device cuda``): AdamW, warm-up, cosine, clipping, EMA, loss on
@@ -42,12 +44,13 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS: dict[str, dict[str, Any]] = {
     "post, layernorm": dict(itrsa_preset="paper2", norm="layernorm"),
     "post, rmsnorm (paper2)": dict(itrsa_preset="paper2", norm="rmsnorm"),
+    "pre, layernorm": dict(itrsa_preset="paper2", norm="layernorm", placement="pre"),
     "pre, layernorm (akorn)": dict(itrsa_preset="akorn", norm="layernorm"),
     "no norm": dict(itrsa_preset="paper2", placement="none", norm="none"),
     "post, layernorm + spectral reg.": dict(itrsa_preset="paper2", norm="layernorm",
                                             spectral_weight=1e-4),
-    "pre, layernorm + spectral reg.": dict(itrsa_preset="akorn", norm="layernorm",
-                                           spectral_weight=1e-4),
+    "pre, layernorm + spectral reg.": dict(itrsa_preset="paper2", norm="layernorm",
+                                           placement="pre", spectral_weight=1e-4),
     "energy core": dict(core="energy"),
     "AKOrN": dict(core="akorn"),
 }
@@ -232,6 +235,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4, help="exponents and eigenvalues per board")
     parser.add_argument("--votes", type=int, default=8)
     parser.add_argument("--vote-puzzles", type=int, default=200)
+    parser.add_argument("--table-only", action="store_true",
+                        help="rewrite the table, JSON and figure from the records; train nothing")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "sudoku_study")
@@ -252,6 +257,9 @@ def main() -> None:
     jobs = [(v, s) for v, s in jobs
             if not any(r["variant"] == v and r["seed"] == s for r in recorded)]
     print(f"{len(recorded)} run(s) recorded already, {len(jobs)} to do", flush=True)
+    if args.table_only:
+        print(write_results(rows, args))
+        return
     with ProcessPoolExecutor(max(1, args.workers), mp_context=context) as pool:
         futures = {pool.submit(run_one, v, s, args): (v, s) for v, s in jobs}
         for future in as_completed(futures):

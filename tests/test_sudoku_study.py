@@ -46,3 +46,7 @@ def test_study_resumes_from_its_records_on_a_fresh_machine(tmp_path: Path):
     assert "made with other settings" in third and "0 run(s) recorded already" in third
     assert json.loads((tmp_path / "records" / "energy-core-seed0.json").read_text()
                       )["settings"]["epochs"] == 2
+
+    shutil.rmtree(tmp_path / "runs")
+    only = study(tmp_path, "--epochs", "3", "--table-only")   # nothing recorded at 3 epochs
+    assert "0 run(s) recorded already, 1 to do" in only and not (tmp_path / "runs").exists()
