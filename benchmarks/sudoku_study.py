@@ -173,34 +173,52 @@ def table(rows: list[dict[str, Any]], loops: list[int]) -> str:
                  mean_std([v["single_run_board"] for v in voted]),
                  f"{statistics.mean(r['seconds'] for r in mine) / 60:.0f}" if mine else "–"]
         second.append("| " + " | ".join(cells) + " |")
-    return "\n".join(first) + "\n\n" + "\n".join(second)
+    return "\n".join(first) + "\n\n" + "\n".join(second) + "\n\n" + correlation(rows, loops)
+
+
+def correlation(rows: list[dict[str, Any]], loops: list[int]) -> str:
+    """Spearman rank correlation of the largest exponent with accuracy over every run."""
+    from scipy.stats import spearmanr
+
+    done = [r for r in rows if "diverged" not in r]
+    if len(done) < 3:
+        return "(fewer than 3 runs: no rank correlation)"
+    parts = []
+    for metric in ("board", "cell"):
+        rho, p = spearmanr([r["max_exponent"] for r in done],
+                           [r["accuracy"]["test"][str(loops[0])][metric] for r in done])
+        parts.append(f"{metric} accuracy at T={loops[0]}: ρ = {rho:+.2f} (p = {p:.2g})")
+    return (f"Spearman rank correlation of the largest exponent with, over {len(done)} runs, "
+            + "; ".join(parts) + ".")
 
 
 def plot(rows: list[dict[str, Any]], loops: list[int], path: Path) -> None:
-    """Board accuracy against the maximum exponent (one point per run) and against the number
-    of test-time loops (mean per variant)."""
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    """Board and cell accuracy against the largest exponent (one point per run), and board
+    accuracy against the number of test-time loops (mean per variant)."""
+    figure, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     for i, variant in enumerate(VARIANTS):
         mine = [r for r in rows if r["variant"] == variant and "diverged" not in r]
         if not mine:
             continue
-        left.scatter([r["max_exponent"] for r in mine],
-                     [r["accuracy"]["test"][str(loops[0])]["board"] for r in mine],
-                     color=f"C{i}", label=variant)
+        for axis, metric in zip(axes[:2], ("board", "cell")):
+            axis.scatter([r["max_exponent"] for r in mine],
+                         [r["accuracy"]["test"][str(loops[0])][metric] for r in mine],
+                         color=f"C{i}", label=variant)
         counts = sorted(int(t) for t in mine[0]["accuracy_vs_loops"])
-        right.plot(counts, [statistics.mean(r["accuracy_vs_loops"][str(t)]["board"]
-                                            for r in mine) for t in counts],
-                   marker="o", color=f"C{i}", label=variant)
-    left.axvline(0, color="grey", linewidth=0.6)
-    left.set_xlabel(f"maximum Lyapunov exponent ({loops[0]} loops)")
-    left.set_ylabel(f"board accuracy, {loops[0]} loops")
-    right.set_xscale("log", base=2)
-    right.set_xlabel("loops at test time")
-    right.set_ylabel("board accuracy")
-    right.legend(fontsize=7)
+        axes[2].plot(counts, [statistics.mean(r["accuracy_vs_loops"][str(t)]["board"]
+                                              for r in mine) for t in counts],
+                     marker="o", color=f"C{i}", label=variant)
+    for axis, metric in zip(axes[:2], ("board", "cell")):
+        axis.axvline(0, color="grey", linewidth=0.6)
+        axis.set_xlabel(f"largest Lyapunov exponent ({loops[0]} loops)")
+        axis.set_ylabel(f"{metric} accuracy, {loops[0]} loops")
+    axes[2].set_xscale("log", base=2)
+    axes[2].set_xlabel("loops at test time")
+    axes[2].set_ylabel("board accuracy (mean over seeds)")
+    axes[2].legend(fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
