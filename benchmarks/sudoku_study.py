@@ -29,7 +29,9 @@ import argparse
 import json
 import multiprocessing
 import os
+import signal
 import statistics
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -222,6 +224,16 @@ def plot(rows: list[dict[str, Any]], loops: list[int], path: Path) -> None:
     plt.close(figure)
 
 
+def die_with_parent() -> None:
+    """Worker initializer: on Linux the worker gets SIGTERM when the study process dies, so
+    killing the study (``kill PID``, ``pkill -f sudoku_study.py``) leaves no run training in
+    the background; elsewhere stop the whole process group (Ctrl-C does)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # 1 = PR_SET_PDEATHSIG
+
+
 def write_results(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     """The table (also as Markdown beside the figure), the JSON and the figure; the table."""
     text = table(rows, args.eval_loops)
@@ -278,7 +290,8 @@ def main() -> None:
     if args.table_only:
         print(write_results(rows, args))
         return
-    with ProcessPoolExecutor(max(1, args.workers), mp_context=context) as pool:
+    with ProcessPoolExecutor(max(1, args.workers), mp_context=context,
+                             initializer=die_with_parent) as pool:
         futures = {pool.submit(run_one, v, s, args): (v, s) for v, s in jobs}
         for future in as_completed(futures):
             try:

@@ -50,3 +50,52 @@ def test_study_resumes_from_its_records_on_a_fresh_machine(tmp_path: Path):
     shutil.rmtree(tmp_path / "runs")
     only = study(tmp_path, "--epochs", "3", "--table-only")   # nothing recorded at 3 epochs
     assert "0 run(s) recorded already, 1 to do" in only and not (tmp_path / "runs").exists()
+
+
+def children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_killing_the_study_stops_its_workers(tmp_path: Path):
+    import time
+
+    command = [sys.executable, str(ROOT / "benchmarks" / "sudoku_study.py"), *TOY,
+               "--epochs", "500", "--runs", str(tmp_path / "runs"),
+               "--records", str(tmp_path / "records"), "--output", str(tmp_path / "s.json"),
+               "--figure", str(tmp_path / "s.png")]
+    study_process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "runs").rglob("metrics.jsonl")):   # a worker is training
+            assert time.monotonic() < deadline and study_process.poll() is None
+            time.sleep(0.5)
+        workers = [pid for pid in children(study_process.pid)
+                   if b"multiprocessing" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                   and b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert workers
+    finally:
+        study_process.kill()
+        study_process.wait()
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in workers):
+        assert time.monotonic() < deadline, "a worker outlived the killed study"
+        time.sleep(0.2)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
