@@ -28,6 +28,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from stepnet.engine.distributed import die_with_parent
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data" / "cifar10-jpeg"
 
@@ -201,7 +203,8 @@ def main() -> None:
     else:
         context = multiprocessing.get_context("spawn")
         failed = []
-        with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(args.workers, mp_context=context,
+                                 initializer=die_with_parent) as pool:
             futures = {pool.submit(train_in_process, v, s, args): (v, s) for v, s in jobs}
             for future in as_completed(futures):
                 try:

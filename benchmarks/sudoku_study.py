@@ -29,9 +29,7 @@ import argparse
 import json
 import multiprocessing
 import os
-import signal
 import statistics
-import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+
+from stepnet.engine.distributed import die_with_parent  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -222,16 +222,6 @@ def plot(rows: list[dict[str, Any]], loops: list[int], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
-
-
-def die_with_parent() -> None:
-    """Worker initializer: on Linux the worker gets SIGTERM when the study process dies, so
-    killing the study (``kill PID``, ``pkill -f sudoku_study.py``) leaves no run training in
-    the background; elsewhere stop the whole process group (Ctrl-C does)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # 1 = PR_SET_PDEATHSIG
 
 
 def write_results(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:

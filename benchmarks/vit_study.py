@@ -27,6 +27,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from stepnet.engine.distributed import die_with_parent  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data" / "cifar10-jpeg"
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -149,7 +151,8 @@ def main() -> None:
     jobs = [(v, s) for s in args.seeds for v in args.variants]
     context = multiprocessing.get_context("spawn")
     rows = []
-    with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(args.workers, mp_context=context,
+                             initializer=die_with_parent) as pool:
         futures = [pool.submit(run_one, v, s, args) for v, s in jobs]
         for future in futures:
             row = future.result()

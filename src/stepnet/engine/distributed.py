@@ -89,3 +89,17 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+def die_with_parent() -> None:
+    """Process-pool initializer: on Linux the worker gets SIGTERM when the process that started
+    it dies, so killing a study (``kill PID``, ``pkill -f study.py``) leaves no run training in
+    the background (spawned workers' command lines do not name the script). Elsewhere a no-op:
+    stop the whole process group (Ctrl-C does)."""
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # 1 = PR_SET_PDEATHSIG
