@@ -40,6 +40,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from stepnet.engine.checkpoint import atomic_write  # noqa: E402
 from stepnet.engine.distributed import die_with_parent  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,11 +93,8 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
     """Train (or resume, or skip), evaluate and analyse one run in a worker process, and
     record its row (written atomically)."""
     row = train_and_analyse(variant, seed, args)
-    path = record_path(variant, seed, args)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"settings": study_settings(args), "row": row}, indent=1))
-    temporary.replace(path)
+    text = json.dumps({"settings": study_settings(args), "row": row}, indent=1)
+    atomic_write(record_path(variant, seed, args), lambda handle: handle.write(text.encode()))
     return row
 
 

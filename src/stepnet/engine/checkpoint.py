@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -24,17 +25,15 @@ from .config import TrainConfig
 FORMAT = "stepnet-checkpoint-v1"
 
 
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` to ``path`` atomically: a temporary file in the same folder, flushed
-    and fsynced, then renamed over the target. An interrupted write never leaves a partial file
-    in place of the previous checkpoint."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write`` on a temporary file in ``path``'s folder, flush and fsync it, then rename
+    it over ``path``. An interrupted write never leaves a partial file in place of the old one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, **payload}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -42,6 +41,13 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` to ``path`` atomically (:func:`atomic_write`): an interrupted write
+    never leaves a partial file in place of the previous checkpoint."""
+    payload = {"format": FORMAT, **payload}
+    return atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
