@@ -267,17 +267,19 @@ def main() -> None:
     parser.add_argument("--figure", type=Path,
                         default=ROOT / "docs" / "figures" / "sudoku_study" / "study.png")
     args = parser.parse_args()
-    jobs = [(v, s) for s in args.seeds for v in args.variants]
-    rows, failed = [], []
-    context = multiprocessing.get_context("spawn")
-    recorded = [row for v, s in jobs if (row := read_record(v, s, args)) is not None]
-    rows += recorded
-    jobs = [(v, s) for v, s in jobs
-            if not any(r["variant"] == v and r["seed"] == s for r in recorded)]
-    print(f"{len(recorded)} run(s) recorded already, {len(jobs)} to do", flush=True)
+    rows, jobs, failed = [], [], []
+    for seed in args.seeds:
+        for variant in args.variants:
+            row = read_record(variant, seed, args)
+            if row is None:
+                jobs.append((variant, seed))
+            else:
+                rows.append(row)
+    print(f"{len(rows)} run(s) recorded already, {len(jobs)} to do", flush=True)
     if args.table_only:
         print(write_results(rows, args))
         return
+    context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max(1, args.workers), mp_context=context,
                              initializer=die_with_parent) as pool:
         futures = {pool.submit(run_one, v, s, args): (v, s) for v, s in jobs}

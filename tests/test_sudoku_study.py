@@ -18,11 +18,15 @@ TOY = ["--dim", "8", "--heads", "2", "--loops", "2", "--train-puzzles", "32",
        "--seeds", "0", "--workers", "1"]
 
 
+def study_command(tmp_path: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "benchmarks" / "sudoku_study.py"), *TOY, *extra,
+            "--runs", str(tmp_path / "runs"), "--records", str(tmp_path / "records"),
+            "--output", str(tmp_path / "study.json"), "--figure", str(tmp_path / "study.png")]
+
+
 def study(tmp_path: Path, *extra: str) -> str:
-    command = [sys.executable, str(ROOT / "benchmarks" / "sudoku_study.py"), *TOY, *extra,
-               "--runs", str(tmp_path / "runs"), "--records", str(tmp_path / "records"),
-               "--output", str(tmp_path / "study.json"), "--figure", str(tmp_path / "study.png")]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    done = subprocess.run(study_command(tmp_path, *extra), capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
@@ -52,17 +56,19 @@ def test_study_resumes_from_its_records_on_a_fresh_machine(tmp_path: Path):
     assert "0 run(s) recorded already, 1 to do" in only and not (tmp_path / "runs").exists()
 
 
+def stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state, parent pid, ...); empty
+    when the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
 def children(pid: int) -> list[int]:
-    """Process ids whose parent is ``pid`` (from /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
+    """Process ids whose parent is ``pid``."""
+    return [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat")
+            if (fields := stat_fields(int(stat.parent.name))) and int(fields[1]) == pid]
 
 
 @pytest.mark.slow
@@ -70,12 +76,8 @@ def children(pid: int) -> list[int]:
 def test_killing_the_study_stops_its_workers(tmp_path: Path):
     import time
 
-    command = [sys.executable, str(ROOT / "benchmarks" / "sudoku_study.py"), *TOY,
-               "--epochs", "500", "--runs", str(tmp_path / "runs"),
-               "--records", str(tmp_path / "records"), "--output", str(tmp_path / "s.json"),
-               "--figure", str(tmp_path / "s.png")]
-    study_process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+    study_process = subprocess.Popen(study_command(tmp_path, "--epochs", "500"), cwd=ROOT,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while not list((tmp_path / "runs").rglob("metrics.jsonl")):   # a worker is training
@@ -89,13 +91,6 @@ def test_killing_the_study_stops_its_workers(tmp_path: Path):
         study_process.kill()
         study_process.wait()
     deadline = time.monotonic() + 30
-    while any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in workers):
+    while any(stat_fields(pid)[:1] not in ([], ["Z"]) for pid in workers):   # alive, not zombie
         assert time.monotonic() < deadline, "a worker outlived the killed study"
         time.sleep(0.2)
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "Z"
