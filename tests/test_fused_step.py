@@ -69,3 +69,89 @@ def test_reverse_mode_jacobians_under_vmap(case):
     expected = torch.func.jacrev(unfused, argnums=(0, 1, 2))(x, fx, h)
     for a, b in zip(ours, expected):
         torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)
+
+
+# --- GAP(x_{t+1}) handed on by the Euler step (the pool memo) ----------------------------------
+
+def count_full_poolings(monkeypatch) -> list[int]:
+    """Counts reads of full-size tensors by global_avg_pool (its autograd function's calls)."""
+    from stepnet.attention import base
+
+    calls = [0]
+    original = base._MeanOver.apply
+
+    def counted(*args):
+        calls[0] += 1
+        return original(*args)
+
+    monkeypatch.setattr(base._MeanOver, "apply", counted)
+    return calls
+
+
+@pytest.mark.parametrize("preact", [True, False])
+@pytest.mark.parametrize("attention", ["stepnet", "se"])
+def test_handed_on_pool_equals_pooling_the_state(monkeypatch, preact, attention):
+    """Logits and every gradient equal those of a network that pools every state afresh; in a
+    pre-activation StepNet only the first block of each stage pools its input x."""
+    from stepnet import create_model
+    from stepnet.attention import base
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, preact=preact,
+                         attention=attention).double().train()
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+
+    def logits_and_grads():
+        model.zero_grad()
+        out = model(x)
+        out.square().sum().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+    calls = count_full_poolings(monkeypatch)
+    out, grads = logits_and_grads()
+    memo_poolings = calls[0]
+    monkeypatch.setattr(base, "_memo_allowed", lambda t: False)
+    calls[0] = 0
+    ref_out, ref_grads = logits_and_grads()
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    blocks = 9
+    pools_per_block = 2 if attention == "stepnet" else 1
+    assert calls[0] == blocks * pools_per_block
+    handed_on = preact and attention == "stepnet"   # post-activation: relu_ changes x_{t+1}
+    assert memo_poolings == (blocks + 3 if handed_on else blocks * pools_per_block)
+
+
+def test_pool_memo_is_dropped_by_in_place_changes_and_skipped_where_unsafe():
+    from stepnet.attention.base import global_avg_pool, recall_pool, remember_pool
+
+    t = torch.randn(2, 3, 4, 4)
+    pooled = global_avg_pool(t)
+    assert recall_pool(t) is pooled
+    torch.testing.assert_close(global_avg_pool(t, keepdim=True), t.mean((2, 3), keepdim=True))
+    t.add_(1.0)                          # in place: the memo no longer describes t
+    assert recall_pool(t) is None
+    torch.testing.assert_close(global_avg_pool(t), t.mean((2, 3)))
+    tokens = torch.randn(2, 5, 3)
+    torch.testing.assert_close(global_avg_pool(tokens), tokens.mean(1))
+    with torch.inference_mode():         # no version counter: never remembered
+        u = torch.randn(2, 3, 4, 4)
+        remember_pool(u, u.mean((2, 3)))
+        assert recall_pool(u) is None
+        torch.testing.assert_close(global_avg_pool(u), u.mean((2, 3)))
+
+
+def test_euler_step_hands_on_the_pool_of_its_output_for_channel_and_token_gates():
+    from stepnet.attention.base import global_avg_pool, recall_pool
+
+    for case in ("channel", "token"):
+        x, fx, h = inputs(case, seed=3)
+        global_avg_pool(x), global_avg_pool(fx)
+        out = EulerStep()(x, fx, h)
+        dims = (1,) if case == "token" else (2, 3)
+        torch.testing.assert_close(recall_pool(out), out.mean(dims), rtol=1e-14, atol=1e-14)
+    x, fx, _ = inputs("channel")
+    spatial = torch.rand(3, 1, 4, 4, dtype=torch.float64)   # a spatial gate: nothing to hand on
+    global_avg_pool(x), global_avg_pool(fx)
+    assert recall_pool(EulerStep()(x, fx, spatial)) is None

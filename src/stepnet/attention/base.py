@@ -102,16 +102,61 @@ class _MeanOver(torch.autograd.Function):
         return tangent.mean(dim=ctx.dims, keepdim=ctx.keepdim)
 
 
+def pooled_dims(t: Tensor) -> tuple[int, ...]:
+    """The dimensions :func:`global_avg_pool` averages: (2, 3) of [B, C, H, W], (1,) of tokens."""
+    return (1,) if is_tokens(t) else (2, 3)
+
+
+_POOL_MEMO = "_stepnet_pooled"
+
+
+def _memo_allowed(t: Tensor) -> bool:
+    """Pool memos live on eager, version-counted tensors only: tracers and compilers see no
+    Python attributes, and inference tensors have no version counter to detect in-place
+    changes with."""
+    return not (is_fx_symbolic_tracing() or torch.jit.is_tracing()
+                or torch.compiler.is_compiling() or t.is_inference())
+
+
+def remember_pool(t: Tensor, pooled: Tensor) -> None:
+    """Record ``pooled`` ([B, C]) as ``global_avg_pool(t)``; valid until ``t`` is modified in
+    place (the memo keeps ``t``'s version counter).
+
+    The Euler step uses it to hand the next block GAP(x_{t+1}) = GAP(x_t) + GAP(fx) * h
+    (exact for a channel gate h, GAP being linear), so a pre-activation network pools each
+    state once instead of re-reading the full-size tensor in every block that needs it."""
+    if _memo_allowed(t):
+        setattr(t, _POOL_MEMO, (t._version, pooled))
+
+
+def recall_pool(t: Tensor) -> Tensor | None:
+    """The pooled [B, C] remembered for ``t``, or None (none recorded, or ``t`` has changed
+    since)."""
+    if not _memo_allowed(t):
+        return None
+    memo = getattr(t, _POOL_MEMO, None)
+    return None if memo is None or memo[0] != t._version else memo[1]
+
+
 def global_avg_pool(t: Tensor, keepdim: bool = False) -> Tensor:
     """Channel descriptor: [B, C, H, W] -> [B, C] (mean over positions; [B, C, 1, 1] with
     ``keepdim``), or tokens [B, N, D] -> [B, D] (mean over tokens; [B, 1, D] with ``keepdim``).
 
     Differentiable in reverse and forward mode; its backward allocates no full-size tensor.
+    The result is remembered on ``t`` (see :func:`remember_pool`): pooling the same unchanged
+    tensor again reads it no more.
     """
-    dims = (1,) if is_tokens(t) else (2, 3)
+    dims = pooled_dims(t)
     if torch.jit.is_tracing():   # TorchScript cannot hold a Python autograd function
         return t.mean(dim=dims, keepdim=keepdim)
-    return _MeanOver.apply(t, dims, keepdim)
+    pooled = recall_pool(t)
+    if pooled is None:
+        pooled = _MeanOver.apply(t, dims, False)
+        remember_pool(t, pooled)
+    if keepdim:
+        for d in dims:
+            pooled = pooled.unsqueeze(d)
+    return pooled
 
 
 def as_channel_gate(z: Tensor, like: Tensor | None = None) -> Tensor:

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from ..attention import IEBatchNorm2d, StepSize, create_attention, get_attention_class
+from ..attention.base import pooled_dims, recall_pool, remember_pool
 
 NORMS = ("bn", "iebn")
 
@@ -75,7 +76,23 @@ class EulerStep(nn.Module):
             return x + fx
         if is_fx_symbolic_tracing() or torch.jit.is_tracing():
             return torch.addcmul(x, fx, h)   # tracers record the plain op (same values)
-        return _EulerStepFunction.apply(x, fx, h)
+        x_next = _EulerStepFunction.apply(x, fx, h)
+        pass_on_pool(x, fx, h, x_next)
+        return x_next
+
+
+def pass_on_pool(x: Tensor, fx: Tensor, h: Tensor, x_next: Tensor) -> None:
+    """Remember GAP(x_next) = GAP(x) + GAP(fx) * h on ``x_next`` when both pools are already
+    known (the step-size module pooled x and fx) and h is a channel gate ([B|1, C, 1, 1], or
+    [B|1, 1, D] on tokens): the next block's step-size module then reads no full-size tensor to
+    pool its input. Exact up to float rounding, and differentiable like the pooling itself."""
+    dims = pooled_dims(fx)
+    if h.dim() != fx.dim() or any(h.shape[d] != 1 for d in dims):
+        return
+    p, d = recall_pool(x), recall_pool(fx)
+    if p is None or d is None:
+        return
+    remember_pool(x_next, torch.addcmul(p, d, h.flatten(1)))
 
 
 def norm_layer(norm: str) -> Callable[[int], nn.Module]:
