@@ -5,7 +5,8 @@ Settings (``SETTINGS``): CIFAR ResNet-164 pre- and post-activation at batch 32 a
 32x32; only the modules that work on tokens, ``stepnet:both`` etc. for other
 ``step_branches``). Within a setting every variant is built and timed side by side in one
 process: each round times every variant once, in turn, and the reported figure is the median
-over rounds (the machines are shared and noisy).
+over rounds (the machines are shared and noisy); ratios to the plain network are medians of
+the per-round ratios.
 
 * params -- trainable parameters;
 * FLOPs -- torch.utils.flop_counter.FlopCounterMode on one eval forward of one image: 2 FLOPs per
@@ -13,6 +14,10 @@ over rounds (the machines are shared and noisy).
   are not counted;
 * train images/s -- forward + backward + SGD step (momentum 0.9, weight decay 1e-4), train mode;
 * eval images/s -- forward under torch.inference_mode, eval mode;
+* ``floor`` (a variant defined here, not in the library) -- a constant learned channel gate:
+  the cost of the gated step alone, below which no step-size module can go;
+* ``name/fresh`` -- the variant timed with every state pooled afresh
+  (``stepnet.attention.base.fresh_pools``): what handing GAP(x_{t+1}) on saves;
 * recorder -- eval images/s with the stiffness recorder's hooks on (both step conventions), as
   a ratio to the same variant's plain eval;
 * activations -- bytes autograd saves for the backward of one train step (tensors counted
@@ -32,6 +37,7 @@ Writes benchmarks/results/overhead.json and prints a table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
@@ -43,7 +49,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from stepnet import create_model, list_attention
-from stepnet.attention import get_attention_class
+from stepnet.attention import StepSize, get_attention_class, register_attention
+from stepnet.attention.base import as_channel_gate, fresh_pools
 
 SETTINGS = {
     "resnet164-pre-b32": dict(model="resnet164", batch=32, size=32, num_classes=10,
@@ -59,8 +66,28 @@ SETTINGS = {
 }
 
 
+@register_attention("floor")
+class GateFloor(StepSize):
+    """Benchmark-only reference: a learned per-channel step size ``h = sigmoid(w)``, the same for
+    every input ([B, C, 1, 1], or [B, 1, D] on tokens). No pooling, no input dependence: what
+    the gated Euler step ``x + fx * h`` alone costs (its backward forms ``grad * h`` and
+    ``sum(grad * fx)``), the least any input-dependent step size can cost."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels)
+        self.logit = torch.nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
+        return as_channel_gate(torch.sigmoid(self.logit).expand(fx.shape[0], -1), fx)
+
+
+FRESH = "/fresh"
+
+
 def variant_kwargs(variant: str) -> dict[str, Any]:
-    """``iebn`` (ResNet norm), an attention name, or ``name:branches`` (ViT step_branches)."""
+    """``iebn`` (ResNet norm), an attention name, or ``name:branches`` (ViT step_branches);
+    a ``/fresh`` suffix (timed with every state pooled afresh) builds the same model."""
+    variant = variant.removesuffix(FRESH)
     if variant == "iebn":
         return {"norm": "iebn"}
     name, _, branches = variant.partition(":")
@@ -69,6 +96,7 @@ def variant_kwargs(variant: str) -> dict[str, Any]:
 
 def applies(model: str, variant: str) -> bool:
     """Which variants a model can build: ViTs take token modules only, ResNets no branches."""
+    variant = variant.removesuffix(FRESH)
     if model.startswith("vit"):
         return variant != "iebn" and get_attention_class(variant.split(":")[0]).supports_tokens
     return ":" not in variant
@@ -99,23 +127,25 @@ class Runner:
         self.loss = torch.nn.CrossEntropyLoss()
         self.device = device
         self.forward = torch.compile(self.model, dynamic=False) if compile else self.model
+        self.pools = fresh_pools if variant.endswith(FRESH) else contextlib.nullcontext
 
     def train_step(self) -> None:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        self.loss(self.forward(self.x), self.y).backward()
+        with self.pools():
+            self.loss(self.forward(self.x), self.y).backward()
         self.optimizer.step()
 
     def eval_step(self) -> None:
         self.model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), self.pools():
             self.forward(self.x)
 
     def recorded_eval_step(self) -> None:
         from stepnet.stiffness import TrajectoryRecorder
 
         self.model.eval()
-        with TrajectoryRecorder(self.model), torch.inference_mode():
+        with TrajectoryRecorder(self.model), torch.inference_mode(), self.pools():
             self.model(self.x)
 
     def saved_activation_bytes(self) -> int:
@@ -194,15 +224,23 @@ def benchmark_setting(setting_name: str, variants: list[str], rounds: int, steps
             row["peak_bytes"] = peaks[v]
         if recorder:
             row["recorder_eval_images_per_s"] = cfg["batch"] / statistics.median(recorded[v])
-            row["recorder_ratio"] = statistics.median(recorded[v]) / statistics.median(evals[v])
+            row["recorder_ratio"] = 1 / paired_ratio(evals[v], recorded[v])
         rows.append(row)
     base = next(row for row in rows if row["variant"] == "none")
     for row in rows:
-        for key in ("params", "flops", "train_images_per_s", "eval_images_per_s",
-                    "activation_bytes", "peak_bytes"):
+        for key in ("params", "flops", "activation_bytes", "peak_bytes"):
             if key in row:
                 row[f"{key}_ratio"] = row[key] / base[key]
+        for key, seconds in (("train", "train_seconds"), ("eval", "eval_seconds")):
+            row[f"{key}_images_per_s_ratio"] = paired_ratio(base[seconds], row[seconds])
     return rows
+
+
+def paired_ratio(base_seconds: list[float], seconds: list[float]) -> float:
+    """Throughput ÷ the plain network's: the median over rounds of the ratio within each round
+    (the two were timed back to back), which drifts of a shared machine's speed cancel out of
+    better than a ratio of medians."""
+    return statistics.median(b / s for b, s in zip(base_seconds, seconds))
 
 
 def format_table(rows: list[dict]) -> str:

@@ -14,7 +14,9 @@ tokens.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -108,14 +110,28 @@ def pooled_dims(t: Tensor) -> tuple[int, ...]:
 
 
 _POOL_MEMO = "_stepnet_pooled"
+_pool_memo_enabled = True
+
+
+@contextlib.contextmanager
+def fresh_pools() -> Iterator[None]:
+    """Within this context every pooling reads its tensor (no pool memo is read or written):
+    the reference computation, and what the memo saves (``benchmarks/overhead.py`` variants
+    ``name/fresh``)."""
+    global _pool_memo_enabled
+    previous, _pool_memo_enabled = _pool_memo_enabled, False
+    try:
+        yield
+    finally:
+        _pool_memo_enabled = previous
 
 
 def _memo_allowed(t: Tensor) -> bool:
     """Pool memos live on eager, version-counted tensors only: tracers and compilers see no
     Python attributes, and inference tensors have no version counter to detect in-place
     changes with."""
-    return not (is_fx_symbolic_tracing() or torch.jit.is_tracing()
-                or torch.compiler.is_compiling() or t.is_inference())
+    return _pool_memo_enabled and not (is_fx_symbolic_tracing() or torch.jit.is_tracing()
+                                       or torch.compiler.is_compiling() or t.is_inference())
 
 
 def remember_pool(t: Tensor, pooled: Tensor) -> None:
