@@ -86,6 +86,10 @@ def read_record(variant: str, seed: int, args: argparse.Namespace) -> dict[str, 
     if record.get("settings") != study_settings(args):
         print(f"{path} was made with other settings; running it again", flush=True)
         return None
+    if "weights" not in record["row"] and "diverged" not in record["row"]:
+        print(f"{path} has the accuracy of the raw weights; evaluating the weight average "
+              "(the weights of the exponents) again", flush=True)
+        return None
     return record["row"]
 
 
@@ -110,7 +114,8 @@ def train_and_analyse(variant: str, seed: int, args: argparse.Namespace) -> dict
         lr=args.lr, eval_loops=args.eval_loops, seed=seed, output=str(run),
         device=args.device, dataset="satnet" if args.data_dir else "sudoku",
         data_dir=str(args.data_dir) if args.data_dir else None, **VARIANTS[variant]))
-    if not (run / "result.json").is_file():
+    result = run / "result.json"
+    if not result.is_file():
         try:
             trainer = Trainer(config, progress=False)
             if (run / "checkpoints" / "last.pt").is_file():
@@ -118,6 +123,12 @@ def train_and_analyse(variant: str, seed: int, args: argparse.Namespace) -> dict
             trainer.fit()
         except NonFiniteLossError as error:
             return {"variant": variant, "seed": seed, "diverged": str(error)}
+    if "weights" not in json.loads(result.read_text()):
+        # written before final results came from the weight average: evaluate it again
+        trainer = Trainer(config, progress=False)
+        trainer.resume()
+        trainer.write_results()
+    final = json.loads(result.read_text())
     cache = run / "analysis.json"
     if cache.is_file():
         analysis = json.loads(cache.read_text())
@@ -129,7 +140,7 @@ def train_and_analyse(variant: str, seed: int, args: argparse.Namespace) -> dict
         cache.write_text(json.dumps(analysis))
     history = read_metrics(run)
     return {"variant": variant, "seed": seed,
-            "accuracy": json.loads((run / "result.json").read_text())["accuracy"],
+            "accuracy": final["accuracy"], "weights": final["weights"],
             "max_exponent": analysis["max_exponent_mean"],
             "imaginary": analysis["imaginary"], "energy_voting": analysis.get("energy_voting"),
             "accuracy_vs_loops": analysis["accuracy_vs_loops"],

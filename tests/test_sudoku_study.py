@@ -1,6 +1,7 @@
 """benchmarks/sudoku_study.py resumes from its committed records: a finished run is neither
 trained nor analysed again on a fresh machine (no run folder), and a record made with other
-settings is run again."""
+settings is run again; a record whose accuracy is not that of the weight average is
+evaluated again from its run's checkpoint."""
 from __future__ import annotations
 
 import json
@@ -39,6 +40,21 @@ def test_study_resumes_from_its_records_on_a_fresh_machine(tmp_path: Path):
     assert record["settings"]["epochs"] == 1 and record["row"]["seed"] == 0
     table = (tmp_path / "study.md").read_text()
     assert table.startswith("| variant | seeds |") and "| energy core | 1 |" in table
+    assert record["row"]["weights"] == "ema"          # the recipe keeps a weight average
+
+    # a record (and result.json) from before final results came from the weight average:
+    # evaluated again from the run's checkpoint, not trained again
+    run = tmp_path / "runs" / "energy-core" / "seed0"
+    epochs_logged = (run / "metrics.jsonl").read_text()
+    for path, key in ((tmp_path / "records" / "energy-core-seed0.json", "row"),
+                      (run / "result.json", None)):
+        old = json.loads(path.read_text())
+        (old[key] if key else old).pop("weights")
+        path.write_text(json.dumps(old))
+    again = study(tmp_path, "--epochs", "1")
+    assert "has the accuracy of the raw weights" in again
+    assert (run / "metrics.jsonl").read_text() == epochs_logged
+    assert json.loads((tmp_path / "records" / "energy-core-seed0.json").read_text()) == record
 
     shutil.rmtree(tmp_path / "runs")                  # a fresh machine keeps only the records
     second = study(tmp_path, "--epochs", "1")

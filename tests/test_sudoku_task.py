@@ -10,6 +10,8 @@ import torch
 from stepnet.dynamics.sudoku import generate
 from stepnet.dynamics.task import SudokuModel, evaluate, load_sudoku_model
 from stepnet.engine import Trainer, load_checkpoint, resolve_config
+from stepnet.engine.checkpoint import model_from_checkpoint
+from stepnet.engine.tasks import create_task
 
 
 def sudoku_config(output, **overrides):
@@ -102,6 +104,31 @@ def test_tiny_training_run_learns_and_writes_results(tmp_path):
     model, _ = load_sudoku_model(tmp_path / "checkpoints" / "last.pt")
     assert saved["accuracy"]["test"]["4"]["cell"] == pytest.approx(history[-1]["test_cell"])
     assert load_checkpoint(tmp_path)["task"] == "sudoku"
+
+
+def test_final_results_are_those_of_the_weight_average_when_kept(tmp_path):
+    """result.json evaluates the weights a checkpoint loads by default (the average, which
+    also picks best.pt), says so, and a resumed finished run writes the same file again."""
+    config = sudoku_config(tmp_path, dim=16, heads=2, loops=2, train_puzzles=64,
+                           test_puzzles=16, epochs=2, batch_size=32, lr=3e-3,
+                           eval_loops=[2, 4], ema_decay=0.5)
+    Trainer(config, progress=False).fit()
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved["weights"] == "ema"
+    average, _ = load_sudoku_model(tmp_path / "checkpoints" / "last.pt")
+    raw = model_from_checkpoint(load_checkpoint(tmp_path), task="sudoku", weights="raw")
+    task = create_task(config)
+    puzzles, solutions = task.puzzles("test")
+    for loops in ("2", "4"):
+        assert saved["accuracy"]["test"][loops] == evaluate(average, puzzles, solutions,
+                                                            int(loops))
+    assert any(not torch.equal(a, b) for a, b in zip(average.state_dict().values(),
+                                                     raw.state_dict().values()))
+    (tmp_path / "result.json").unlink()
+    again = Trainer(config, progress=False)
+    again.resume()
+    again.write_results()
+    assert json.loads((tmp_path / "result.json").read_text()) == saved
 
 
 def test_dynamics_commands(tmp_path, capsys):

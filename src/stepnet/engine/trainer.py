@@ -423,12 +423,25 @@ class Trainer:
                         + f"  ({metrics['seconds']:.1f}s)")
             self.ctx.barrier()
         if self.ctx.is_main and metrics:
-            final = self.task.final_results(self.model, progress=self.progress)
-            if final:
-                (self.run_dir / "result.json").write_text(
-                    json.dumps({"metrics": metrics, **final}, indent=1) + "\n")
-            write_report(self.run_dir)
+            self.write_results(metrics)
         return metrics
+
+    def write_results(self, metrics: dict[str, float] | None = None) -> None:
+        """``result.json`` (the last epoch's ``metrics``, default: the last line of
+        ``metrics.jsonl``, and the task's final results) and the run's report.
+
+        Final results are computed on the weights a checkpoint loads by default -- the weight
+        average when one is kept, which also selected ``best.pt`` -- and say which
+        (``"weights": "ema" | "raw"``)."""
+        if metrics is None:
+            metrics = read_metrics(self.run_dir)[-1]
+        model = self.ema.module if self.ema is not None else self.model
+        final = self.task.final_results(model, progress=self.progress)
+        if final:
+            final["weights"] = "ema" if self.ema is not None else "raw"
+            (self.run_dir / "result.json").write_text(
+                json.dumps({"metrics": metrics, **final}, indent=1) + "\n")
+        write_report(self.run_dir)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
