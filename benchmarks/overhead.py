@@ -224,7 +224,7 @@ def benchmark_setting(setting_name: str, variants: list[str], rounds: int, steps
             row["peak_bytes"] = peaks[v]
         if recorder:
             row["recorder_eval_images_per_s"] = cfg["batch"] / statistics.median(recorded[v])
-            row["recorder_ratio"] = 1 / paired_ratio(evals[v], recorded[v])
+            row["recorder_ratio"] = paired_ratio(recorded[v], evals[v])
         rows.append(row)
     base = next(row for row in rows if row["variant"] == "none")
     for row in rows:
@@ -236,11 +236,11 @@ def benchmark_setting(setting_name: str, variants: list[str], rounds: int, steps
     return rows
 
 
-def paired_ratio(base_seconds: list[float], seconds: list[float]) -> float:
-    """Throughput ÷ the plain network's: the median over rounds of the ratio within each round
-    (the two were timed back to back), which drifts of a shared machine's speed cancel out of
-    better than a ratio of medians."""
-    return statistics.median(b / s for b, s in zip(base_seconds, seconds))
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """The median over rounds of ``numerator / denominator`` within each round (the two were
+    timed back to back), which drifts of a shared machine's speed cancel out of better than a
+    ratio of medians. Seconds of the plain network over a variant's: its throughput ratio."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator))
 
 
 def format_table(rows: list[dict]) -> str:

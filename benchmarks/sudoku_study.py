@@ -123,12 +123,13 @@ def train_and_analyse(variant: str, seed: int, args: argparse.Namespace) -> dict
             trainer.fit()
         except NonFiniteLossError as error:
             return {"variant": variant, "seed": seed, "diverged": str(error)}
-    if "weights" not in json.loads(result.read_text()):
+    final = json.loads(result.read_text())
+    if "weights" not in final:
         # written before final results came from the weight average: evaluate it again
         trainer = Trainer(config, progress=False)
         trainer.resume()
         trainer.write_results()
-    final = json.loads(result.read_text())
+        final = json.loads(result.read_text())
     cache = run / "analysis.json"
     if cache.is_file():
         analysis = json.loads(cache.read_text())
