@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from stepnet.engine.distributed import die_with_parent
+from stepnet.engine.distributed import die_with_parent, run_dying_with_parent
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data" / "cifar10-jpeg"
@@ -130,7 +129,7 @@ def train_with_torchrun(variant: str, seed: int, args: argparse.Namespace) -> st
         command += ["--set", f"{key}={text}"]
     if (run / "checkpoints" / "last.pt").is_file():
         command.append("--resume")
-    subprocess.run(command, check=True)
+    run_dying_with_parent(command)
     return f"{variant} seed {seed}: trained"
 
 

@@ -1,6 +1,8 @@
 """Helpers shared by the tests."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 
@@ -23,3 +25,12 @@ def randomize_parameters(model: torch.nn.Module, scale: float = 0.5) -> None:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(scale * torch.randn_like(p))
+
+
+def stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state, parent pid, ...); empty
+    when the process is gone (Linux)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []

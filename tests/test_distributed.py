@@ -12,6 +12,7 @@ import torch
 
 from stepnet.engine import Trainer, resolve_config
 from tests.ddp_worker import SETTINGS
+from tests.helpers import stat_fields
 
 # Stated tolerance: both runs see the same samples in the same global batches, but BatchNorm
 # normalises each process's half batch separately (SyncBatchNorm is CUDA-only here) and the
@@ -66,3 +67,44 @@ def test_torchrun_two_processes_match_one(tmp_path):
     for a, b in zip(distributed, alone):
         assert abs(a - b) <= LOSS_RELATIVE_TOLERANCE * b, (distributed, alone)
     assert distributed[-1] < distributed[0]
+
+
+TRAINER = """
+import os, sys, time
+from pathlib import Path
+Path(sys.argv[1]).write_text(str(os.getpid()))
+time.sleep(300)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_run_dying_with_parent_takes_torchrun_and_its_trainer_along(tmp_path):
+    """A study's worker starts ``torchrun``; when the worker dies (killed, SIGKILL), torchrun
+    and the trainer it started stop too instead of training on unseen."""
+    import signal
+    import time
+
+    (tmp_path / "trainer.py").write_text(TRAINER)
+    pid_file = tmp_path / "trainer.pid"
+    worker = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from stepnet.engine.distributed import "
+         "run_dying_with_parent; run_dying_with_parent(sys.argv[1:])", sys.executable, "-m",
+         "torch.distributed.run", "--standalone", "--nproc-per-node=1",
+         str(tmp_path / "trainer.py"), str(pid_file)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (pid_file.is_file() and pid_file.read_text()):
+            assert time.monotonic() < deadline and worker.poll() is None
+            time.sleep(0.2)
+        trainer = int(pid_file.read_text())
+        assert stat_fields(trainer)[:1] not in ([], ["Z"])
+    finally:
+        worker.kill()
+        worker.wait()
+    deadline = time.monotonic() + 60
+    while stat_fields(trainer)[:1] not in ([], ["Z"]):      # alive, not a zombie
+        if time.monotonic() > deadline:
+            os.kill(trainer, signal.SIGKILL)        # no orphan left behind by a failing test
+            pytest.fail("the trainer outlived its killed worker")
+        time.sleep(0.2)

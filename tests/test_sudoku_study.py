@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import stat_fields
+
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ["--dim", "8", "--heads", "2", "--loops", "2", "--train-puzzles", "32",
        "--test-puzzles", "8", "--batch-size", "16", "--boards", "2", "--k", "2", "--votes", "2",
@@ -70,15 +72,6 @@ def test_study_resumes_from_its_records_on_a_fresh_machine(tmp_path: Path):
     shutil.rmtree(tmp_path / "runs")
     only = study(tmp_path, "--epochs", "3", "--table-only")   # nothing recorded at 3 epochs
     assert "0 run(s) recorded already, 1 to do" in only and not (tmp_path / "runs").exists()
-
-
-def stat_fields(pid: int) -> list[str]:
-    """The fields of /proc/PID/stat after the command name (state, parent pid, ...); empty
-    when the process is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return []
 
 
 def children(pid: int) -> list[int]:

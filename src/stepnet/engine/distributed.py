@@ -1,7 +1,12 @@
 """torch.distributed set-up for ``torchrun``: the same command from a laptop to a cluster."""
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -91,15 +96,28 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A function that makes the calling process get SIGTERM when its parent dies (Linux
+    ``PR_SET_PDEATHSIG``), or None elsewhere. libc is loaded here, in the caller, so the function
+    itself only makes the system call: safe as a ``preexec_fn`` between fork and exec."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(1, signal.SIGTERM)   # 1 = PR_SET_PDEATHSIG
+
+
 def die_with_parent() -> None:
     """Process-pool initializer: on Linux the worker gets SIGTERM when the process that started
     it dies, so killing a study (``kill PID``, ``pkill -f study.py``) leaves no run training in
     the background (spawned workers' command lines do not name the script). Elsewhere a no-op:
     stop the whole process group (Ctrl-C does)."""
-    import sys
+    set_signal = _parent_death_signal()
+    if set_signal is not None:
+        set_signal()
 
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # 1 = PR_SET_PDEATHSIG
+def run_dying_with_parent(command: Sequence[str]) -> None:
+    """``subprocess.run(command, check=True)`` whose child gets SIGTERM when the calling process
+    dies (Linux; the parent-death signal is not inherited across fork, so a study's worker that
+    starts ``torchrun`` must ask for it again). torchrun passes SIGTERM on to its trainers."""
+    subprocess.run(list(command), check=True, preexec_fn=_parent_death_signal())
