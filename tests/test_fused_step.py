@@ -74,17 +74,17 @@ def test_reverse_mode_jacobians_under_vmap(case):
 # --- GAP(x_{t+1}) handed on by the Euler step (the pool memo) ----------------------------------
 
 def count_full_poolings(monkeypatch) -> list[int]:
-    """Counts reads of full-size tensors by global_avg_pool (its autograd function's calls)."""
+    """Counts reads of full-size tensors by global_avg_pool."""
     from stepnet.attention import base
 
     calls = [0]
-    original = base._MeanOver.apply
+    original = base._mean_by_sum
 
     def counted(*args):
         calls[0] += 1
         return original(*args)
 
-    monkeypatch.setattr(base._MeanOver, "apply", counted)
+    monkeypatch.setattr(base, "_mean_by_sum", counted)
     return calls
 
 
@@ -123,6 +123,27 @@ def test_handed_on_pool_equals_pooling_the_state(monkeypatch, preact, attention)
     assert memo_poolings == (blocks + 3 if handed_on else blocks * pools_per_block)
 
 
+def test_pooling_is_the_mean_bitwise_and_its_gradient_is_a_broadcast_view():
+    """GAP equals ``mean`` to the bit (maps and tokens), and its backward hands a stride-0 view
+    of the [B, C] gradient to the input instead of writing a full-size tensor; backward and
+    double backward pass gradcheck (forward mode: test_numeric_core)."""
+    from stepnet.attention.base import global_avg_pool
+
+    torch.manual_seed(0)
+    maps, tokens = torch.randn(8, 64, 32, 32), torch.randn(4, 65, 48)
+    assert torch.equal(global_avg_pool(maps), maps.mean((2, 3)))
+    assert torch.equal(global_avg_pool(tokens), tokens.mean(1))
+
+    t = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 3, dtype=torch.float64)
+    grad, = torch.autograd.grad((global_avg_pool(t) * weights).sum(), t)
+    assert grad.stride()[2:] == (0, 0)
+    torch.testing.assert_close(grad, (weights / 20)[:, :, None, None].expand_as(t),
+                               rtol=0, atol=0)
+    assert torch.autograd.gradcheck(lambda v: global_avg_pool(v).square(), (t,))
+    assert torch.autograd.gradgradcheck(lambda v: global_avg_pool(v).square(), (t,))
+
+
 def test_pool_memo_is_dropped_by_in_place_changes_and_skipped_where_unsafe():
     from stepnet.attention.base import global_avg_pool, recall_pool, remember_pool
 
@@ -135,6 +156,16 @@ def test_pool_memo_is_dropped_by_in_place_changes_and_skipped_where_unsafe():
     torch.testing.assert_close(global_avg_pool(t), t.mean((2, 3)))
     tokens = torch.randn(2, 5, 3)
     torch.testing.assert_close(global_avg_pool(tokens), tokens.mean(1))
+    leaf = torch.randn(2, 3, 4, 4, requires_grad=True)   # outlives backward passes: no memo
+    for _ in range(2):
+        global_avg_pool(leaf).square().sum().backward()
+    assert recall_pool(leaf) is None
+    torch.testing.assert_close(leaf.grad, 2 * 2 * leaf.mean((2, 3), keepdim=True)
+                               .expand_as(leaf).detach() / 16)
+    state = leaf * 2                     # pooled without gradients first, then with them
+    with torch.no_grad():
+        global_avg_pool(state)
+    assert global_avg_pool(state).requires_grad
     with torch.inference_mode():         # no version counter: never remembered
         u = torch.randn(2, 3, 4, 4)
         remember_pool(u, u.mean((2, 3)))

@@ -72,36 +72,17 @@ def refuse_tokens(module: StepSize, fx: Tensor) -> None:
                          f"{', '.join(valid)}")
 
 
-class _MeanOver(torch.autograd.Function):
-    """Mean over fixed dimensions whose backward returns a broadcast view instead of a new
-    full-size tensor.
+def _mean_by_sum(t: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """``t.mean(dims)`` computed as ``t.sum(dims) / count`` (ATen's mean is that sum and
+    division: the results are bitwise equal).
 
-    autograd's own ``mean`` backward writes a full-size gradient that is then added into the
-    input's other gradients -- a full memory pass per block that made StepNet (which pools both
-    x and fx) 3x slower per block than it needs to be on CPU (see benchmarks/overhead.py).
+    The backward is why: autograd's ``mean`` backward writes a full-size gradient that is then
+    added into the input's other gradients (a full memory pass per block, which made StepNet 3x
+    slower per block than it needs to be on CPU), while ``sum``'s returns a broadcast view. Two
+    native ops, so forward mode, vmap and double backward come with them, and no Python
+    autograd function is called per block.
     """
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(t: Tensor, dims: tuple[int, ...], keepdim: bool) -> Tensor:
-        return t.mean(dim=dims, keepdim=keepdim)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
-        ctx.shape, ctx.dims, ctx.keepdim = inputs[0].shape, inputs[1], inputs[2]
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # noqa: ANN001
-        if not ctx.keepdim:
-            for d in sorted(ctx.dims):
-                grad = grad.unsqueeze(d)
-        count = math.prod(ctx.shape[d] for d in ctx.dims)
-        return (grad / count).expand(ctx.shape), None, None
-
-    @staticmethod
-    def jvp(ctx, tangent: Tensor, _dims: None, _keepdim: None) -> Tensor:  # noqa: ANN001
-        return tangent.mean(dim=ctx.dims, keepdim=ctx.keepdim)
+    return t.sum(dim=dims) / math.prod(t.shape[d] for d in dims)
 
 
 def pooled_dims(t: Tensor) -> tuple[int, ...]:
@@ -127,11 +108,13 @@ def fresh_pools() -> Iterator[None]:
 
 
 def _memo_allowed(t: Tensor) -> bool:
-    """Pool memos live on eager, version-counted tensors only: tracers and compilers see no
-    Python attributes, and inference tensors have no version counter to detect in-place
-    changes with."""
-    return _pool_memo_enabled and not (is_fx_symbolic_tracing() or torch.jit.is_tracing()
-                                       or torch.compiler.is_compiling() or t.is_inference())
+    """Pool memos live on eager, version-counted tensors that are not leaves requiring grad:
+    tracers and compilers see no Python attributes, inference tensors have no version counter
+    to detect in-place changes with, and a leaf that requires grad (a user's input) outlives
+    backward passes that free the graph a remembered pooling would hang on."""
+    return _pool_memo_enabled and not (
+        is_fx_symbolic_tracing() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+        or t.is_inference() or (t.requires_grad and t.grad_fn is None))
 
 
 def remember_pool(t: Tensor, pooled: Tensor) -> None:
@@ -140,18 +123,25 @@ def remember_pool(t: Tensor, pooled: Tensor) -> None:
 
     The Euler step uses it to hand the next block GAP(x_{t+1}) = GAP(x_t) + GAP(fx) * h
     (exact for a channel gate h, GAP being linear), so a pre-activation network pools each
-    state once instead of re-reading the full-size tensor in every block that needs it."""
+    state once instead of re-reading the full-size tensor in every block that needs it.
+    In-place changes made through ``t.data`` bypass the version counter and are not seen
+    (as for autograd itself); :func:`fresh_pools` turns the memo off."""
     if _memo_allowed(t):
         setattr(t, _POOL_MEMO, (t._version, pooled))
 
 
 def recall_pool(t: Tensor) -> Tensor | None:
-    """The pooled [B, C] remembered for ``t``, or None (none recorded, or ``t`` has changed
-    since)."""
+    """The pooled [B, C] remembered for ``t``, or None (none recorded, ``t`` has changed since,
+    or gradients are wanted now and the memo was made without them, under ``no_grad``)."""
     if not _memo_allowed(t):
         return None
     memo = getattr(t, _POOL_MEMO, None)
-    return None if memo is None or memo[0] != t._version else memo[1]
+    if memo is None or memo[0] != t._version:
+        return None
+    pooled = memo[1]
+    if t.requires_grad and torch.is_grad_enabled() and not pooled.requires_grad:
+        return None
+    return pooled
 
 
 def global_avg_pool(t: Tensor, keepdim: bool = False) -> Tensor:
@@ -163,11 +153,11 @@ def global_avg_pool(t: Tensor, keepdim: bool = False) -> Tensor:
     tensor again reads it no more.
     """
     dims = pooled_dims(t)
-    if torch.jit.is_tracing():   # TorchScript cannot hold a Python autograd function
+    if torch.jit.is_tracing():   # the traced graph records the mean itself
         return t.mean(dim=dims, keepdim=keepdim)
     pooled = recall_pool(t)
     if pooled is None:
-        pooled = _MeanOver.apply(t, dims, False)
+        pooled = _mean_by_sum(t, dims)
         remember_pool(t, pooled)
     if keepdim:
         for d in dims:
