@@ -34,3 +34,8 @@ def stat_fields(pid: int) -> list[str]:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return []
+
+
+def is_running(pid: int) -> bool:
+    """True while process ``pid`` exists and is not a zombie (Linux)."""
+    return stat_fields(pid)[:1] not in ([], ["Z"])

@@ -12,7 +12,7 @@ import torch
 
 from stepnet.engine import Trainer, resolve_config
 from tests.ddp_worker import SETTINGS
-from tests.helpers import stat_fields
+from tests.helpers import is_running
 
 # Stated tolerance: both runs see the same samples in the same global batches, but BatchNorm
 # normalises each process's half batch separately (SyncBatchNorm is CUDA-only here) and the
@@ -98,12 +98,12 @@ def test_run_dying_with_parent_takes_torchrun_and_its_trainer_along(tmp_path):
             assert time.monotonic() < deadline and worker.poll() is None
             time.sleep(0.2)
         trainer = int(pid_file.read_text())
-        assert stat_fields(trainer)[:1] not in ([], ["Z"])
+        assert is_running(trainer)
     finally:
         worker.kill()
         worker.wait()
     deadline = time.monotonic() + 60
-    while stat_fields(trainer)[:1] not in ([], ["Z"]):      # alive, not a zombie
+    while is_running(trainer):
         if time.monotonic() > deadline:
             os.kill(trainer, signal.SIGKILL)        # no orphan left behind by a failing test
             pytest.fail("the trainer outlived its killed worker")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import stat_fields
+from tests.helpers import is_running, stat_fields
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ["--dim", "8", "--heads", "2", "--loops", "2", "--train-puzzles", "32",
@@ -100,6 +100,6 @@ def test_killing_the_study_stops_its_workers(tmp_path: Path):
         study_process.kill()
         study_process.wait()
     deadline = time.monotonic() + 30
-    while any(stat_fields(pid)[:1] not in ([], ["Z"]) for pid in workers):   # alive, not zombie
+    while any(is_running(pid) for pid in workers):
         assert time.monotonic() < deadline, "a worker outlived the killed study"
         time.sleep(0.2)
