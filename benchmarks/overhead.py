@@ -18,6 +18,8 @@ the per-round ratios.
   the cost of the gated step alone, below which no step-size module can go;
 * ``name/fresh`` -- the variant timed with every state pooled afresh
   (``stepnet.attention.base.fresh_pools``): what handing GAP(x_{t+1}) on saves;
+* ``name/aten`` -- the variant timed without compiled kernels (``stepnet.kernels.aten_only``):
+  what the one-pass backward of the gated step saves;
 * recorder -- eval images/s with the stiffness recorder's hooks on (both step conventions), as
   a ratio to the same variant's plain eval;
 * activations -- bytes autograd saves for the backward of one train step (tensors counted
@@ -51,6 +53,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from stepnet import create_model, list_attention
 from stepnet.attention import StepSize, get_attention_class, register_attention
 from stepnet.attention.base import as_channel_gate, fresh_pools
+from stepnet.kernels import aten_only
 
 SETTINGS = {
     "resnet164-pre-b32": dict(model="resnet164", batch=32, size=32, num_classes=10,
@@ -81,13 +84,23 @@ class GateFloor(StepSize):
         return as_channel_gate(torch.sigmoid(self.logit).expand(fx.shape[0], -1), fx)
 
 
-FRESH = "/fresh"
+# timing conditions a variant name may end with: the same model, timed inside this context
+CONDITIONS = {"/fresh": fresh_pools, "/aten": aten_only}
+
+
+def split_variant(variant: str) -> tuple[str, Any]:
+    """``name/condition`` -> (name, the context to time it in; a null context without one)."""
+    name, slash, condition = variant.partition("/")
+    if slash and "/" + condition not in CONDITIONS:
+        raise ValueError(f"unknown timing condition {'/' + condition!r} in {variant!r}; valid: "
+                         f"{', '.join(CONDITIONS)}")
+    return name, CONDITIONS.get("/" + condition, contextlib.nullcontext)
 
 
 def variant_kwargs(variant: str) -> dict[str, Any]:
     """``iebn`` (ResNet norm), an attention name, or ``name:branches`` (ViT step_branches);
-    a ``/fresh`` suffix (timed with every state pooled afresh) builds the same model."""
-    variant = variant.removesuffix(FRESH)
+    a ``/fresh`` or ``/aten`` suffix (a timing condition) builds the same model."""
+    variant = split_variant(variant)[0]
     if variant == "iebn":
         return {"norm": "iebn"}
     name, _, branches = variant.partition(":")
@@ -96,7 +109,7 @@ def variant_kwargs(variant: str) -> dict[str, Any]:
 
 def applies(model: str, variant: str) -> bool:
     """Which variants a model can build: ViTs take token modules only, ResNets no branches."""
-    variant = variant.removesuffix(FRESH)
+    variant = split_variant(variant)[0]
     if model.startswith("vit"):
         return variant != "iebn" and get_attention_class(variant.split(":")[0]).supports_tokens
     return ":" not in variant
@@ -127,25 +140,25 @@ class Runner:
         self.loss = torch.nn.CrossEntropyLoss()
         self.device = device
         self.forward = torch.compile(self.model, dynamic=False) if compile else self.model
-        self.pools = fresh_pools if variant.endswith(FRESH) else contextlib.nullcontext
+        self.condition = split_variant(variant)[1]
 
     def train_step(self) -> None:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        with self.pools():
+        with self.condition():
             self.loss(self.forward(self.x), self.y).backward()
         self.optimizer.step()
 
     def eval_step(self) -> None:
         self.model.eval()
-        with torch.inference_mode(), self.pools():
+        with torch.inference_mode(), self.condition():
             self.forward(self.x)
 
     def recorded_eval_step(self) -> None:
         from stepnet.stiffness import TrajectoryRecorder
 
         self.model.eval()
-        with TrajectoryRecorder(self.model), torch.inference_mode(), self.pools():
+        with TrajectoryRecorder(self.model), torch.inference_mode(), self.condition():
             self.model(self.x)
 
     def saved_activation_bytes(self) -> int:
@@ -275,6 +288,11 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     variants = ["none"] + [v for v in args.variants if v != "none"]
+    for variant in variants:
+        try:
+            split_variant(variant)
+        except ValueError as error:
+            parser.error(str(error))
     rows = []
     for name in args.settings:
         rows += benchmark_setting(name, variants, args.rounds, args.steps, device,

@@ -10,6 +10,7 @@ from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from ..attention import IEBatchNorm2d, StepSize, create_attention, get_attention_class
 from ..attention.base import pooled_dims, recall_pool, remember_pool
+from ..kernels import gate_backward
 
 NORMS = ("bn", "iebn")
 
@@ -17,7 +18,8 @@ NORMS = ("bn", "iebn")
 class _EulerStepFunction(torch.autograd.Function):
     """``x + fx * h`` with a lean backward: autograd's ``addcmul`` backward materialises an extra
     full-size ``fx * value`` before its reduction; here grad_h = sum(grad * fx) over the
-    broadcast dimensions, and grad_x is ``grad`` itself."""
+    broadcast dimensions, and grad_x is ``grad`` itself. On CPU with a channel gate, grad_fx
+    and grad_h come from one compiled pass (:func:`stepnet.kernels.gate_backward`)."""
 
     generate_vmap_rule = True
 
@@ -40,7 +42,10 @@ class _EulerStepFunction(torch.autograd.Function):
         grad_fx = grad_h = None
         reuse = (need_h and need_fx and not torch.is_grad_enabled() and fx.shape == grad.shape
                  and fx.dtype == grad.dtype == h.dtype)
-        if reuse:
+        fused = gate_backward(grad, fx, h) if reuse else None
+        if fused is not None:   # the compiled one-pass kernel (stepnet.kernels)
+            grad_fx, grad_h = fused
+        elif reuse:
             # one full-size buffer: grad * fx, reduced to grad_h, then overwritten by grad * h
             # (a fresh full-size allocation per call costs more than the arithmetic on CPU)
             buffer = torch.mul(grad, fx)

@@ -1,0 +1,177 @@
+"""Compiled CPU kernels, built on first use with the system's C compiler.
+
+One kernel today: the backward of the gated Euler step ``x + fx * h`` for a channel gate in one
+pass over ``grad`` and ``fx`` (``gate_backward.c``), where ATen needs three (``grad * fx``, its
+sum, ``grad * h``). The results equal ATen's to float rounding (``grad_fx`` bitwise, ``grad_h``
+summed in another order).
+
+The C source is compiled the first time a CPU backward needs it (under a second, with
+``$CC`` or ``cc``, OpenMP and ``-O3``) into ``$STEPNET_CACHE_DIR/kernels`` (default
+``~/.cache/stepnet/kernels``), under a name that hashes the source, the compiler and its flags;
+later processes load the cached library. Linux only, and only where torch's CPU parallel backend
+is OpenMP: the kernel then shares torch's OpenMP runtime and threads (a second runtime's threads
+would fight torch's for the cores). Where it cannot be built or loaded, one warning says why and
+the ATen ops are used. ``STEPNET_KERNELS=0`` in the environment, or :func:`aten_only`, turns the
+kernels off.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["aten_only", "gate_backward", "kernels_available", "cache_dir"]
+
+SOURCE = "gate_backward.c"
+FLAGS = ("-O3", "-fopenmp", "-fPIC", "-shared", "-std=c11")
+_DTYPES = {torch.float32: 0, torch.float64: 1}
+
+_enabled = os.environ.get("STEPNET_KERNELS", "1") != "0"
+_library: ctypes.CDLL | None = None
+_load_failed = False
+
+
+def cache_dir() -> Path:
+    """Where built kernels are kept: ``$STEPNET_CACHE_DIR/kernels``, else
+    ``$XDG_CACHE_HOME/stepnet/kernels``, else ``~/.cache/stepnet/kernels``."""
+    root = os.environ.get("STEPNET_CACHE_DIR")
+    if root:
+        return Path(root) / "kernels"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "stepnet" / "kernels"
+
+
+@contextlib.contextmanager
+def aten_only() -> Iterator[None]:
+    """Within this context no compiled kernel is used: the ATen reference path
+    (``benchmarks/overhead.py`` variants ``name/aten``)."""
+    global _enabled
+    previous, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = previous
+
+
+def _compiler() -> list[str] | None:
+    cc = os.environ.get("CC")
+    if cc:
+        return shlex.split(cc)
+    found = shutil.which("cc") or shutil.which("gcc")
+    return [found] if found else None
+
+
+def _openmp_runtimes() -> set[str]:
+    """Paths of the OpenMP runtimes mapped into this process (Linux)."""
+    with open("/proc/self/maps") as maps:
+        return {line.split()[-1] for line in maps
+                if "libgomp" in line or "libiomp" in line or "libomp" in line}
+
+
+def _build_and_load() -> ctypes.CDLL:
+    """Compile (once per source, compiler and flags) and load the kernel library; raises
+    ``RuntimeError`` saying why it cannot."""
+    if not sys.platform.startswith("linux"):
+        raise RuntimeError(f"compiled kernels are built on Linux only (this is {sys.platform})")
+    if "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        raise RuntimeError("torch's CPU parallel backend is not OpenMP")
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C compiler found (set CC, or install gcc)")
+    source = resources.files(__name__).joinpath(SOURCE).read_bytes()
+    key = hashlib.sha256(source + repr((compiler, FLAGS)).encode()).hexdigest()[:16]
+    target = cache_dir() / f"gate_backward-{key}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source_file = target.with_name(f".{target.stem}.{os.getpid()}.c")
+        partial = target.with_name(f".{target.stem}.{os.getpid()}.so")
+        try:
+            source_file.write_bytes(source)
+            done = subprocess.run([*compiler, *FLAGS, "-o", str(partial), str(source_file)],
+                                  capture_output=True, text=True, timeout=300)
+            if done.returncode != 0:
+                raise RuntimeError(f"{shlex.join(compiler)} failed: {done.stderr.strip()[-600:]}")
+            os.replace(partial, target)   # atomic: concurrent builders (torchrun ranks) agree
+        finally:
+            source_file.unlink(missing_ok=True)
+            partial.unlink(missing_ok=True)
+    before = _openmp_runtimes()
+    library = ctypes.CDLL(str(target))
+    other = _openmp_runtimes() - before
+    if other:
+        raise RuntimeError(f"the kernel loaded an OpenMP runtime other than torch's "
+                           f"({', '.join(sorted(other))})")
+    library.stepnet_gate_backward.restype = ctypes.c_int
+    library.stepnet_gate_backward.argtypes = ([ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3
+                                              + [ctypes.c_int] * 2)
+    return library
+
+
+def _load() -> ctypes.CDLL | None:
+    global _library, _load_failed
+    if _library is None and not _load_failed:
+        try:
+            _library = _build_and_load()
+        except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+            _load_failed = True
+            warnings.warn(f"stepnet: compiled CPU kernels unavailable ({error}); using ATen ops "
+                          f"(same results, slower). STEPNET_KERNELS=0 silences this.",
+                          RuntimeWarning, stacklevel=3)
+    return _library
+
+
+def kernels_available() -> bool:
+    """True when the kernels are on and built (builds them if needed)."""
+    return _enabled and _load() is not None
+
+
+def _plain_cpu(t: Tensor) -> bool:
+    """An ordinary eager CPU tensor whose memory can be handed to C (no tensor subclass, no
+    functorch wrapper such as vmap's batched tensors, no fake tensor of a compiler)."""
+    return (type(t) is Tensor and t.device.type == "cpu" and t.is_contiguous()
+            and not torch._C._functorch.is_functorch_wrapped_tensor(t))
+
+
+def gate_backward(grad: Tensor, fx: Tensor, h: Tensor) -> tuple[Tensor, Tensor] | None:
+    """``(grad * h, (grad * fx).sum_to_size(h.shape))`` in one pass, or None where the kernel
+    does not apply (then the caller computes them with ATen ops).
+
+    Applies to contiguous float32/float64 CPU tensors ``grad``, ``fx`` [B, C, *S] and a channel
+    gate ``h`` [B|1, C, 1, ...], outside autograd recording (not for double backward) and
+    outside tracing and compiling.
+    """
+    if not _enabled or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return None
+    if (grad.dim() < 3 or grad.shape != fx.shape or h.dim() != grad.dim()
+            or grad.numel() == 0 or h.shape[1] != grad.shape[1]
+            or h.shape[0] not in (1, grad.shape[0]) or any(s != 1 for s in h.shape[2:])):
+        return None
+    dtype = _DTYPES.get(grad.dtype)
+    if dtype is None or not fx.dtype == h.dtype == grad.dtype:
+        return None
+    if not (_plain_cpu(grad) and _plain_cpu(fx) and _plain_cpu(h)):
+        return None
+    library = _load()
+    if library is None:
+        return None
+    rows = grad.shape[0] * grad.shape[1]
+    grad_fx = torch.empty_like(grad)
+    row_sum = torch.empty(grad.shape[:2], dtype=grad.dtype)
+    library.stepnet_gate_backward(grad.data_ptr(), fx.data_ptr(), h.data_ptr(),
+                                  grad_fx.data_ptr(), row_sum.data_ptr(), rows,
+                                  grad.numel() // rows, h.numel(), dtype,
+                                  torch.get_num_threads())
+    grad_h = row_sum.view(grad.shape[:2] + (1,) * (grad.dim() - 2)).sum_to_size(h.shape)
+    return grad_fx, grad_h

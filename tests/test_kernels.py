@@ -1,0 +1,154 @@
+"""The compiled one-pass backward of the gated Euler step (stepnet.kernels) against ATen's
+three-pass computation and an independent float64 sum; where it must not apply, and what a
+failed build does."""
+from __future__ import annotations
+
+import shutil
+import sys
+import warnings
+
+import pytest
+import torch
+
+from stepnet import kernels
+from stepnet.models import EulerStep, create_model
+
+needs_compiler = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or shutil.which("cc") is None,
+    reason="the kernels are built on Linux with a C compiler")
+
+
+@pytest.fixture
+def fresh_kernels(monkeypatch, tmp_path):
+    """A kernel module state of its own: nothing loaded yet, an empty cache directory."""
+    monkeypatch.setenv("STEPNET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(kernels, "_library", None)
+    monkeypatch.setattr(kernels, "_load_failed", False)
+    monkeypatch.setattr(kernels, "_enabled", True)
+    return tmp_path
+
+
+def tensors(shape, gate, dtype, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    grad = torch.randn(shape, generator=generator, dtype=dtype)
+    fx = torch.randn(shape, generator=generator, dtype=dtype)
+    h = torch.rand(gate, generator=generator, dtype=dtype)
+    return grad, fx, h
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape,gate", [((3, 5, 7, 9), (3, 5, 1, 1)),   # per-sample gate
+                                        ((3, 5, 7, 9), (1, 5, 1, 1)),   # shared gate
+                                        ((4, 6, 33), (4, 6, 1)),         # 1-D maps
+                                        ((2, 3, 2, 3, 4), (2, 3, 1, 1, 1))])
+def test_kernel_equals_aten_and_a_float64_sum(fresh_kernels, dtype, shape, gate):
+    grad, fx, h = tensors(shape, gate, dtype)
+    with torch.no_grad():
+        got = kernels.gate_backward(grad, fx, h)
+    assert got is not None, "the kernel did not apply"
+    grad_fx, grad_h = got
+    # grad * h is one rounding either way: bitwise equal
+    assert torch.equal(grad_fx, grad * h)
+    assert grad_h.shape == h.shape and grad_h.dtype == dtype
+    exact = (grad.double() * fx.double()).sum_to_size(h.shape)
+    tolerance = {torch.float32: 2e-6, torch.float64: 1e-14}[dtype]
+    scale = (grad.double() * fx.double()).abs().sum_to_size(h.shape)
+    assert ((grad_h.double() - exact).abs() <= tolerance * scale).all()
+
+
+@needs_compiler
+def test_kernel_spreads_rows_over_threads_and_handles_one_row(fresh_kernels):
+    grad, fx, h = tensors((1, 1, 1000), (1, 1, 1), torch.float64)
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            with torch.no_grad():
+                grad_fx, grad_h = kernels.gate_backward(grad, fx, h)
+            torch.testing.assert_close(grad_h, (grad * fx).sum_to_size(h.shape), rtol=1e-14,
+                                       atol=0)
+        grad, fx, h = tensors((7, 3, 5, 5), (7, 3, 1, 1), torch.float64, seed=1)
+        with torch.no_grad():
+            _, grad_h = kernels.gate_backward(grad, fx, h)
+        torch.testing.assert_close(grad_h, (grad * fx).sum_to_size(h.shape), rtol=1e-14, atol=0)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@needs_compiler
+def test_kernel_is_built_once_into_the_cache(fresh_kernels):
+    assert kernels.kernels_available()
+    built = sorted(p.name for p in (fresh_kernels / "kernels").iterdir())
+    assert len(built) == 1 and built[0].startswith("gate_backward-") and built[0].endswith(".so")
+    stamp = (fresh_kernels / "kernels" / built[0]).stat().st_mtime_ns
+    kernels._library = None   # a new process: loads the cached library, compiles nothing
+    assert kernels.kernels_available()
+    assert (fresh_kernels / "kernels" / built[0]).stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in (fresh_kernels / "kernels").iterdir()) == built
+
+
+def test_kernel_declines_what_it_does_not_cover(fresh_kernels):
+    grad, fx, h = tensors((2, 4, 3, 3), (2, 4, 1, 1), torch.float64)
+    cases = {
+        "channels_last": (grad.contiguous(memory_format=torch.channels_last), fx, h),
+        "token gate [B, 1, D]": (grad[:, :, 0], fx[:, :, 0], h[:, :1, 0].expand(2, 1, 3)
+                                 .contiguous()),
+        "spatial gate": (grad, fx, torch.rand(2, 1, 3, 3, dtype=torch.float64)),
+        "mixed dtypes": (grad, fx.float(), h),
+        "bfloat16": (grad.bfloat16(), fx.bfloat16(), h.bfloat16()),
+        "other shapes": (grad, fx[:, :, :2], h),
+        "empty": (grad[:0], fx[:0], h[:0]),
+    }
+    with torch.no_grad():
+        for name, args in cases.items():
+            assert kernels.gate_backward(*args) is None, name
+    assert kernels.gate_backward(grad, fx, h) is None, "grad mode on (double backward)"
+    with torch.no_grad(), kernels.aten_only():
+        assert kernels.gate_backward(grad, fx, h) is None, "aten_only"
+
+
+def test_failed_build_warns_once_and_training_goes_on(fresh_kernels, monkeypatch):
+    monkeypatch.setenv("CC", "false")   # a compiler that always fails
+    model = create_model("resnet20", num_classes=10, attention="stepnet").double()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model(x).sum().backward()
+        model(x).sum().backward()
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "compiled CPU kernels unavailable" in messages[0]
+    assert "false failed" in messages[0] and "STEPNET_KERNELS=0" in messages[0]
+    assert not kernels.kernels_available()
+    assert not list((fresh_kernels / "kernels").glob("*.so")), "no partial library left"
+
+
+@needs_compiler
+def test_network_gradients_with_and_without_the_kernel(fresh_kernels, monkeypatch):
+    """ResNet-20 + StepNet in float64: every parameter gradient equal with the kernel and with
+    ATen's ops, and the kernel ran once per gated block."""
+    calls = [0]
+    original = kernels.gate_backward
+
+    def counted(*args):
+        result = original(*args)
+        calls[0] += result is not None
+        return result
+
+    monkeypatch.setattr("stepnet.models.layers.gate_backward", counted)
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, attention="stepnet").double()
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+
+    def gradients():
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), torch.arange(4)).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    fused = gradients()
+    assert calls[0] == sum(isinstance(m, EulerStep) for m in model.modules()) == 9
+    with kernels.aten_only():
+        reference = gradients()
+    assert calls[0] == 9
+    for name, value in reference.items():
+        torch.testing.assert_close(fused[name], value, rtol=1e-10, atol=1e-12, msg=name)
