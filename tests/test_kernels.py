@@ -80,7 +80,7 @@ def test_kernel_spreads_rows_over_threads_and_handles_one_row(fresh_kernels):
 def test_kernel_is_built_once_into_the_cache(fresh_kernels):
     assert kernels.kernels_available()
     built = sorted(p.name for p in (fresh_kernels / "kernels").iterdir())
-    assert len(built) == 1 and built[0].startswith("gate_backward-") and built[0].endswith(".so")
+    assert len(built) == 1 and built[0].startswith("kernels-") and built[0].endswith(".so")
     stamp = (fresh_kernels / "kernels" / built[0]).stat().st_mtime_ns
     kernels._library = None   # a new process: loads the cached library, compiles nothing
     assert kernels.kernels_available()
@@ -152,3 +152,74 @@ def test_network_gradients_with_and_without_the_kernel(fresh_kernels, monkeypatc
     assert calls[0] == 9
     for name, value in reference.items():
         torch.testing.assert_close(fused[name], value, rtol=1e-10, atol=1e-12, msg=name)
+
+
+# --- the recorder's sums of squares ----------------------------------------------------------
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(3, 5, 7, 9), (4, 6, 33), (2, 3, 2, 3, 4), (1, 1, 1000)])
+@pytest.mark.parametrize("difference", [True, False])
+def test_square_sums_equal_a_float64_computation(fresh_kernels, dtype, shape, difference):
+    generator = torch.Generator().manual_seed(3)
+    a = torch.randn(shape, generator=generator, dtype=dtype)
+    b = a + 1e-3 * torch.randn(shape, generator=generator, dtype=dtype)  # a small update
+    got = kernels.square_sums(a, b, difference=difference)
+    assert got is not None, "the kernel did not apply"
+    dims = tuple(range(2, len(shape)))
+    second = b.double() - a.double() if difference else b.double()
+    for value, exact in zip(got, ((a.double() ** 2).sum(dims), (second ** 2).sum(dims))):
+        assert value.dtype == torch.float64 and value.shape == shape[:2]
+        torch.testing.assert_close(value, exact, rtol=1e-12, atol=0)
+
+
+def test_square_sums_decline_what_they_do_not_cover(fresh_kernels):
+    a = torch.randn(2, 4, 3, 3)
+    cases = {"channels_last": (a.contiguous(memory_format=torch.channels_last), a),
+             "2-D": (a[:, :, 0, 0], a[:, :, 0, 0]), "shapes differ": (a, a[:, :2]),
+             "mixed dtypes": (a, a.double()), "float16": (a.half(), a.half()),
+             "empty": (a[:0], a[:0])}
+    for name, args in cases.items():
+        assert kernels.square_sums(*args) is None, name
+    with kernels.aten_only():
+        assert kernels.square_sums(a, a) is None, "aten_only"
+
+
+@needs_compiler
+@pytest.mark.parametrize("preact", [False, True])
+@pytest.mark.parametrize("attention", ["stepnet", "none", "cbam"])
+def test_recorder_statistics_with_and_without_the_kernel(fresh_kernels, monkeypatch, attention,
+                                                         preact):
+    """ResNet-20: every recorded statistic equal with the kernel and with ATen's ops, for a
+    channel gate, no gate, and a spatial gate (whose update norms fall back to ATen). Post-
+    activation forms the update x_{t+1} - x_t; pre-activation blocks are exact Euler steps, whose
+    update is fx * h."""
+    from stepnet.stiffness import TrajectoryRecorder
+
+    calls = [0]
+    original = kernels.square_sums
+
+    def counted(*args, **kwargs):
+        result = original(*args, **kwargs)
+        calls[0] += result is not None
+        return result
+
+    monkeypatch.setattr(kernels, "square_sums", counted)
+    torch.manual_seed(1)
+    model = create_model("resnet20", num_classes=10, attention=attention,
+                         preact=preact).eval()
+    x = torch.randn(3, 3, 32, 32)
+
+    def record():
+        with TrajectoryRecorder(model) as recorder, torch.inference_mode():
+            model(x)
+        return recorder.trajectory()
+
+    fused = record()
+    # every block but the two that change shape (no update; their state norm is taken by ATen)
+    assert calls[0] == 9 - 2
+    with kernels.aten_only():
+        reference = record()
+    for key in ("nsi", "nsi_step", "state_norm", "update_norm", "update_norm_step"):
+        torch.testing.assert_close(getattr(fused, key), getattr(reference, key), rtol=2e-5,
+                                   atol=1e-6, equal_nan=True, msg=key)

@@ -1,9 +1,14 @@
 """Compiled CPU kernels, built on first use with the system's C compiler.
 
-One kernel today: the backward of the gated Euler step ``x + fx * h`` for a channel gate in one
-pass over ``grad`` and ``fx`` (``gate_backward.c``), where ATen needs three (``grad * fx``, its
-sum, ``grad * h``). The results equal ATen's to float rounding (``grad_fx`` bitwise, ``grad_h``
-summed in another order).
+Each makes one pass over full-size tensors where ATen needs several (``kernels.c``):
+
+* :func:`gate_backward` -- the backward of the gated Euler step ``x + fx * h`` for a channel
+  gate, one pass over ``grad`` and ``fx`` instead of three (``grad * fx``, its sum,
+  ``grad * h``); equal to ATen's to float rounding (``grad_fx`` bitwise, ``grad_h`` summed in
+  another order);
+* :func:`square_sums` -- the stiffness recorder's ``Σ x_t²`` and ``Σ (x_{t+1} - x_t)²`` (or
+  ``Σ fx²``) per (sample, channel), one pass over the two tensors instead of four (two),
+  accumulated in float64.
 
 The C source is compiled the first time a CPU backward needs it (under a second, with
 ``$CC`` or ``cc``, OpenMP and ``-O3``) into ``$STEPNET_CACHE_DIR/kernels`` (default
@@ -32,9 +37,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["aten_only", "gate_backward", "kernels_available", "cache_dir"]
+__all__ = ["aten_only", "gate_backward", "square_sums", "kernels_available", "cache_dir"]
 
-SOURCE = "gate_backward.c"
+SOURCE = "kernels.c"
 FLAGS = ("-O3", "-fopenmp", "-fPIC", "-shared", "-std=c11")
 _DTYPES = {torch.float32: 0, torch.float64: 1}
 
@@ -92,7 +97,7 @@ def _build_and_load() -> ctypes.CDLL:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
     source = resources.files(__name__).joinpath(SOURCE).read_bytes()
     key = hashlib.sha256(source + repr((compiler, FLAGS)).encode()).hexdigest()[:16]
-    target = cache_dir() / f"gate_backward-{key}.so"
+    target = cache_dir() / f"kernels-{key}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         source_file = target.with_name(f".{target.stem}.{os.getpid()}.c")
@@ -116,6 +121,9 @@ def _build_and_load() -> ctypes.CDLL:
     library.stepnet_gate_backward.restype = ctypes.c_int
     library.stepnet_gate_backward.argtypes = ([ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3
                                               + [ctypes.c_int] * 2)
+    library.stepnet_square_sums.restype = ctypes.c_int
+    library.stepnet_square_sums.argtypes = ([ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2
+                                            + [ctypes.c_int] * 3)
     return library
 
 
@@ -144,6 +152,10 @@ def _plain_cpu(t: Tensor) -> bool:
             and not torch._C._functorch.is_functorch_wrapped_tensor(t))
 
 
+def _active() -> bool:
+    return _enabled and not torch.compiler.is_compiling()
+
+
 def gate_backward(grad: Tensor, fx: Tensor, h: Tensor) -> tuple[Tensor, Tensor] | None:
     """``(grad * h, (grad * fx).sum_to_size(h.shape))`` in one pass, or None where the kernel
     does not apply (then the caller computes them with ATen ops).
@@ -152,7 +164,7 @@ def gate_backward(grad: Tensor, fx: Tensor, h: Tensor) -> tuple[Tensor, Tensor] 
     gate ``h`` [B|1, C, 1, ...], outside autograd recording (not for double backward) and
     outside tracing and compiling.
     """
-    if not _enabled or torch.is_grad_enabled() or torch.compiler.is_compiling():
+    if not _active() or torch.is_grad_enabled():
         return None
     if (grad.dim() < 3 or grad.shape != fx.shape or h.dim() != grad.dim()
             or grad.numel() == 0 or h.shape[1] != grad.shape[1]
@@ -175,3 +187,30 @@ def gate_backward(grad: Tensor, fx: Tensor, h: Tensor) -> tuple[Tensor, Tensor] 
                                   torch.get_num_threads())
     grad_h = row_sum.view(grad.shape[:2] + (1,) * (grad.dim() - 2)).sum_to_size(h.shape)
     return grad_fx, grad_h
+
+
+def square_sums(a: Tensor, b: Tensor, difference: bool = True
+                ) -> tuple[Tensor, Tensor] | None:
+    """``((a ** 2).sum(dims), ((b - a) ** 2).sum(dims))`` over every dimension after the second
+    (``difference=False``: ``(b ** 2).sum(dims)`` second), both [B, C] float64, in one pass over
+    ``a`` and ``b`` without forming ``b - a``; or None where the kernel does not apply (then the
+    caller computes them with ATen ops).
+
+    Applies to contiguous float32/float64 CPU tensors of one shape [B, C, *S] (at least 3
+    dimensions). The results are not differentiable (the stiffness recorder's statistics).
+    """
+    if not _active() or a.dim() < 3 or a.shape != b.shape or a.numel() == 0:
+        return None
+    dtype = _DTYPES.get(a.dtype)
+    if dtype is None or b.dtype != a.dtype or not (_plain_cpu(a) and _plain_cpu(b)):
+        return None
+    library = _load()
+    if library is None:
+        return None
+    rows = a.shape[0] * a.shape[1]
+    sum_a = torch.empty(a.shape[:2], dtype=torch.float64)
+    sum_b = torch.empty(a.shape[:2], dtype=torch.float64)
+    library.stepnet_square_sums(a.data_ptr(), b.data_ptr(), sum_a.data_ptr(), sum_b.data_ptr(),
+                                rows, a.numel() // rows, int(difference), dtype,
+                                torch.get_num_threads())
+    return sum_a, sum_b

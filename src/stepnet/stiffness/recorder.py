@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .. import kernels
 from .metrics import EXCLUDED
 
 
@@ -159,6 +160,25 @@ def _update_norms(update: Tensor, h: Tensor | None, scaled: bool) -> tuple[Tenso
             torch.linalg.vector_norm(update / h, dim=dims))
 
 
+def _update_norms_from_squares(squares: Tensor, h: Tensor | None, like: Tensor, scaled: bool
+                               ) -> tuple[Tensor, Tensor] | None:
+    """:func:`_update_norms` from ``squares``, the sums of squares of ``update`` per (sample,
+    channel) ([B, C], over every dimension of ``like`` after the second), when h is None or a
+    gate with one entry per (sample, channel); None for other shapes of h (then the update is
+    needed in full)."""
+    if h is None:
+        norm = squares.sum(dim=1).sqrt()
+        return norm, norm
+    if h.dim() == like.dim() and h.shape[2:].numel() == 1 and h.shape[:2] == like.shape[:2]:
+        per_group, gate = squares.sqrt(), h.flatten(1).to(squares.dtype)
+        if scaled:
+            return (torch.linalg.vector_norm(per_group * gate, dim=1),
+                    torch.linalg.vector_norm(per_group, dim=1))
+        return (torch.linalg.vector_norm(per_group, dim=1),
+                torch.linalg.vector_norm(per_group / gate, dim=1))
+    return None
+
+
 def _per_sample_mean(h: Tensor | None, batch: int, like: Tensor) -> Tensor:
     """Mean of h broadcast over a [B, ...] feature map, per sample; 1 when h is None."""
     if h is None:
@@ -211,7 +231,15 @@ class TrajectoryRecorder:
             row = self._rows[index]
             h, fx = self._pending_h[index], self._pending_fx[index]
             self._pending_h[index] = self._pending_fx[index] = None
-            row["state_norm"].append(torch.linalg.vector_norm(x_t, dim=dims).float())
+            exact = self._exact[index] and fx is not None   # x_{t+1} - x_t = fx * h exactly
+            update = fx if exact else x_next
+            # one compiled pass over x_t and fx (or x_{t+1}) gives the state's and the update's
+            # sums of squares per (sample, channel); None where it does not apply
+            squares = kernels.square_sums(x_t, update, difference=not exact)
+            if squares is not None:
+                row["state_norm"].append(squares[0].sum(dim=1).sqrt().float())
+            else:
+                row["state_norm"].append(torch.linalg.vector_norm(x_t, dim=dims).float())
             row["step_mean"].append(_per_sample_mean(h, batch, x_t))
             if x_t.shape != x_next.shape:
                 self._changes_shape[index] = True
@@ -219,7 +247,11 @@ class TrajectoryRecorder:
                 row["update_norm"].append(nan)
                 row["update_norm_step"].append(nan)
                 return
-            if self._exact[index] and fx is not None:   # x_{t+1} - x_t = fx * h exactly
+            norms = None if squares is None else _update_norms_from_squares(
+                squares[1], h, x_t, scaled=exact)
+            if norms is not None:
+                plain, by_step = norms
+            elif exact:
                 plain, by_step = _update_norms(fx, h, scaled=True)
             else:
                 plain, by_step = _update_norms(x_next - x_t, h, scaled=False)
