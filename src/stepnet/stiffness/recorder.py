@@ -160,20 +160,17 @@ def _update_norms(update: Tensor, h: Tensor | None, scaled: bool) -> tuple[Tenso
             torch.linalg.vector_norm(update / h, dim=dims))
 
 
-def _update_norms_from_squares(squares: Tensor, h: Tensor | None, like: Tensor, scaled: bool
+def _update_norms_from_squares(squares: Tensor, h: Tensor | None, like: Tensor
                                ) -> tuple[Tensor, Tensor] | None:
-    """:func:`_update_norms` from ``squares``, the sums of squares of ``update`` per (sample,
-    channel) ([B, C], over every dimension of ``like`` after the second), when h is None or a
-    gate with one entry per (sample, channel); None for other shapes of h (then the update is
-    needed in full)."""
+    """(||x_{t+1} - x_t||, ||(x_{t+1} - x_t) / h||) per sample from ``squares``, the sums of
+    squares of x_{t+1} - x_t per (sample, channel) ([B, C], over every dimension of ``like``
+    after the second), when h is None or a gate with one entry per (sample, channel); None for
+    other shapes of h (then the update is needed in full)."""
     if h is None:
         norm = squares.sum(dim=1).sqrt()
         return norm, norm
     if h.dim() == like.dim() and h.shape[2:].numel() == 1 and h.shape[:2] == like.shape[:2]:
         per_group, gate = squares.sqrt(), h.flatten(1).to(squares.dtype)
-        if scaled:
-            return (torch.linalg.vector_norm(per_group * gate, dim=1),
-                    torch.linalg.vector_norm(per_group, dim=1))
         return (torch.linalg.vector_norm(per_group, dim=1),
                 torch.linalg.vector_norm(per_group / gate, dim=1))
     return None
@@ -232,10 +229,11 @@ class TrajectoryRecorder:
             h, fx = self._pending_h[index], self._pending_fx[index]
             self._pending_h[index] = self._pending_fx[index] = None
             exact = self._exact[index] and fx is not None   # x_{t+1} - x_t = fx * h exactly
-            update = fx if exact else x_next
-            # one compiled pass over x_t and fx (or x_{t+1}) gives the state's and the update's
-            # sums of squares per (sample, channel); None where it does not apply
-            squares = kernels.square_sums(x_t, update, difference=not exact)
+            # otherwise x_{t+1} - x_t is needed: one compiled pass over x_t and x_{t+1} gives
+            # the sums of squares of both per (sample, channel) without forming the difference
+            # (None where the kernel does not apply). Exact steps read x_t and fx once each
+            # with ATen already; the kernel measured no gain there.
+            squares = None if exact else kernels.square_sums(x_t, x_next)
             if squares is not None:
                 row["state_norm"].append(squares[0].sum(dim=1).sqrt().float())
             else:
@@ -247,12 +245,11 @@ class TrajectoryRecorder:
                 row["update_norm"].append(nan)
                 row["update_norm_step"].append(nan)
                 return
-            norms = None if squares is None else _update_norms_from_squares(
-                squares[1], h, x_t, scaled=exact)
-            if norms is not None:
-                plain, by_step = norms
-            elif exact:
+            norms = None if squares is None else _update_norms_from_squares(squares[1], h, x_t)
+            if exact:
                 plain, by_step = _update_norms(fx, h, scaled=True)
+            elif norms is not None:
+                plain, by_step = norms
             else:
                 plain, by_step = _update_norms(x_next - x_t, h, scaled=False)
             row["update_norm"].append(plain.float())
