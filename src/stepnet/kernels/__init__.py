@@ -6,9 +6,8 @@ Each makes one pass over full-size tensors where ATen needs several (``kernels.c
   gate, one pass over ``grad`` and ``fx`` instead of three (``grad * fx``, its sum,
   ``grad * h``); equal to ATen's to float rounding (``grad_fx`` bitwise, ``grad_h`` summed in
   another order);
-* :func:`square_sums` -- the stiffness recorder's ``Σ x_t²`` and ``Σ (x_{t+1} - x_t)²`` (or
-  ``Σ fx²``) per (sample, channel), one pass over the two tensors instead of four (two),
-  accumulated in float64.
+* :func:`square_sums` -- the stiffness recorder's ``Σ x_t²`` and ``Σ (x_{t+1} - x_t)²`` per
+  (sample, channel), one pass over the two states instead of four, accumulated in float64.
 
 The C source is compiled the first time a CPU backward needs it (under a second, with
 ``$CC`` or ``cc``, OpenMP and ``-O3``) into ``$STEPNET_CACHE_DIR/kernels`` (default
@@ -123,7 +122,7 @@ def _build_and_load() -> ctypes.CDLL:
                                               + [ctypes.c_int] * 2)
     library.stepnet_square_sums.restype = ctypes.c_int
     library.stepnet_square_sums.argtypes = ([ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2
-                                            + [ctypes.c_int] * 3)
+                                            + [ctypes.c_int] * 2)
     return library
 
 
@@ -189,12 +188,10 @@ def gate_backward(grad: Tensor, fx: Tensor, h: Tensor) -> tuple[Tensor, Tensor] 
     return grad_fx, grad_h
 
 
-def square_sums(a: Tensor, b: Tensor, difference: bool = True
-                ) -> tuple[Tensor, Tensor] | None:
-    """``((a ** 2).sum(dims), ((b - a) ** 2).sum(dims))`` over every dimension after the second
-    (``difference=False``: ``(b ** 2).sum(dims)`` second), both [B, C] float64, in one pass over
-    ``a`` and ``b`` without forming ``b - a``; or None where the kernel does not apply (then the
-    caller computes them with ATen ops).
+def square_sums(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor] | None:
+    """``((a ** 2).sum(dims), ((b - a) ** 2).sum(dims))`` over every dimension after the second,
+    both [B, C] float64, in one pass over ``a`` and ``b`` without forming ``b - a``; or None
+    where the kernel does not apply (then the caller computes them with ATen ops).
 
     Applies to contiguous float32/float64 CPU tensors of one shape [B, C, *S] (at least 3
     dimensions). The results are not differentiable (the stiffness recorder's statistics).
@@ -209,8 +206,8 @@ def square_sums(a: Tensor, b: Tensor, difference: bool = True
         return None
     rows = a.shape[0] * a.shape[1]
     sum_a = torch.empty(a.shape[:2], dtype=torch.float64)
-    sum_b = torch.empty(a.shape[:2], dtype=torch.float64)
-    library.stepnet_square_sums(a.data_ptr(), b.data_ptr(), sum_a.data_ptr(), sum_b.data_ptr(),
-                                rows, a.numel() // rows, int(difference), dtype,
+    sum_diff = torch.empty(a.shape[:2], dtype=torch.float64)
+    library.stepnet_square_sums(a.data_ptr(), b.data_ptr(), sum_a.data_ptr(),
+                                sum_diff.data_ptr(), rows, a.numel() // rows, dtype,
                                 torch.get_num_threads())
-    return sum_a, sum_b
+    return sum_a, sum_diff

@@ -12,12 +12,10 @@
  *
  * stepnet_square_sums -- the stiffness recorder's norms of a state and of its update:
  *
- *     sum_a[r] = sum_i a[r, i]^2
- *     sum_b[r] = sum_i (b[r, i] - a[r, i])^2   (difference = 1: b is the next state)
- *                sum_i b[r, i]^2               (difference = 0: b is the update itself)
+ *     sum_a[r]    = sum_i a[r, i]^2
+ *     sum_diff[r] = sum_i (b[r, i] - a[r, i])^2        (accumulated in double)
  *
- * accumulated in double. For the difference ATen needs four passes (the norm of a, b - a
- * written out, read back, its norm); otherwise two, here one over both.
+ * ATen needs four passes (the norm of a, b - a written out, read back, its norm).
  *
  * Rows are shared out by OpenMP; loaded into a process that has imported torch, this uses
  * torch's own OpenMP runtime (the same libgomp), so its threads are torch's threads.
@@ -54,20 +52,19 @@ GATE_ROWS(gate_rows_f64, double)
 
 #define SQUARE_ROWS(NAME, T)                                                              \
     CLONES                                                                                \
-    static void NAME(const T *a, const T *b, double *sum_a, double *sum_b,               \
-                     int64_t begin, int64_t end, int64_t inner, int difference) {         \
-        const double keep = difference ? 1.0 : 0.0;                                       \
+    static void NAME(const T *a, const T *b, double *sum_a, double *sum_diff,            \
+                     int64_t begin, int64_t end, int64_t inner) {                         \
         for (int64_t r = begin; r < end; ++r) {                                           \
             const T *ar = a + r * inner, *br = b + r * inner;                             \
-            double sa = 0, sb = 0;                                                        \
-            _Pragma("omp simd reduction(+:sa, sb)")                                       \
+            double sa = 0, sd = 0;                                                        \
+            _Pragma("omp simd reduction(+:sa, sd)")                                       \
             for (int64_t i = 0; i < inner; ++i) {                                         \
-                const double av = ar[i], d = (double)br[i] - keep * av;                   \
+                const double av = ar[i], d = (double)br[i] - av;                          \
                 sa += av * av;                                                            \
-                sb += d * d;                                                              \
+                sd += d * d;                                                              \
             }                                                                             \
             sum_a[r] = sa;                                                                \
-            sum_b[r] = sb;                                                                \
+            sum_diff[r] = sd;                                                             \
         }                                                                                 \
     }
 
@@ -95,16 +92,16 @@ int stepnet_gate_backward(const void *grad, const void *fx, const void *h, void 
     return 0;
 }
 
-int stepnet_square_sums(const void *a, const void *b, double *sum_a, double *sum_b,
-                        int64_t rows, int64_t inner, int difference, int dtype, int threads) {
+int stepnet_square_sums(const void *a, const void *b, double *sum_a, double *sum_diff,
+                        int64_t rows, int64_t inner, int dtype, int threads) {
     threads = clamp_threads(threads, rows);
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int t = 0; t < threads; ++t) {
         int64_t begin = rows * t / threads, end = rows * (t + 1) / threads;
         if (dtype == 1)
-            square_rows_f64(a, b, sum_a, sum_b, begin, end, inner, difference);
+            square_rows_f64(a, b, sum_a, sum_diff, begin, end, inner);
         else
-            square_rows_f32(a, b, sum_a, sum_b, begin, end, inner, difference);
+            square_rows_f32(a, b, sum_a, sum_diff, begin, end, inner);
     }
     return 0;
 }

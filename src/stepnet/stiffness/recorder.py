@@ -125,16 +125,34 @@ def _exact_euler_step(module: nn.Module) -> bool:
             and type(module).forward is ResidualBlock.forward)
 
 
+def _channel_gate(t: Tensor, h: Tensor) -> Tensor | None:
+    """h's entries as [B, C] when h is a gate with one entry per (sample, channel) of t
+    ([B, C, 1, 1] on a feature map); None for other shapes of h."""
+    if h.dim() == t.dim() and h.dim() >= 3 and h.shape[2:].numel() == 1 \
+            and h.shape[:2] == t.shape[:2]:
+        return h.flatten(1)
+    return None
+
+
 def _gate_group_norms(t: Tensor, h: Tensor) -> tuple[Tensor, Tensor] | None:
     """(per-group norms of t, the matching entries of h), both [B, G], when h is a channel gate
     [B, C, 1, 1] (groups: channels, norms over H x W) or a token gate [B, 1, D] (groups:
     features, norms over the tokens); None for other shapes of h."""
-    if h.dim() == t.dim() and h.dim() >= 3 and h.shape[2:].numel() == 1 \
-            and h.shape[:2] == t.shape[:2]:
-        return torch.linalg.vector_norm(t, dim=tuple(range(2, t.dim()))), h.flatten(1)
+    gate = _channel_gate(t, h)
+    if gate is not None:
+        return torch.linalg.vector_norm(t, dim=tuple(range(2, t.dim()))), gate
     if h.dim() == 3 and t.dim() == 3 and h.shape[1] == 1 and h.shape[2] == t.shape[2]:
         return torch.linalg.vector_norm(t, dim=1), h[:, 0]
     return None
+
+
+def _norms_from_groups(per_group: Tensor, gate: Tensor, scaled: bool) -> tuple[Tensor, Tensor]:
+    """:func:`_update_norms` from the update's per-group norms and the gate's entries ([B, G])."""
+    if scaled:
+        return (torch.linalg.vector_norm(per_group * gate, dim=1),
+                torch.linalg.vector_norm(per_group, dim=1))
+    return (torch.linalg.vector_norm(per_group, dim=1),
+            torch.linalg.vector_norm(per_group / gate, dim=1))
 
 
 def _update_norms(update: Tensor, h: Tensor | None, scaled: bool) -> tuple[Tensor, Tensor]:
@@ -147,12 +165,7 @@ def _update_norms(update: Tensor, h: Tensor | None, scaled: bool) -> tuple[Tenso
         return norm, norm
     groups = _gate_group_norms(update, h)
     if groups is not None:
-        per_group, gate = groups
-        if scaled:
-            return (torch.linalg.vector_norm(per_group * gate, dim=1),
-                    torch.linalg.vector_norm(per_group, dim=1))
-        return (torch.linalg.vector_norm(per_group, dim=1),
-                torch.linalg.vector_norm(per_group / gate, dim=1))
+        return _norms_from_groups(*groups, scaled=scaled)
     if scaled:
         return (torch.linalg.vector_norm(update * h, dim=dims),
                 torch.linalg.vector_norm(update, dim=dims))
@@ -164,16 +177,15 @@ def _update_norms_from_squares(squares: Tensor, h: Tensor | None, like: Tensor
                                ) -> tuple[Tensor, Tensor] | None:
     """(||x_{t+1} - x_t||, ||(x_{t+1} - x_t) / h||) per sample from ``squares``, the sums of
     squares of x_{t+1} - x_t per (sample, channel) ([B, C], over every dimension of ``like``
-    after the second), when h is None or a gate with one entry per (sample, channel); None for
-    other shapes of h (then the update is needed in full)."""
+    after the second), when h is None or a channel gate; None for other shapes of h (then the
+    update is needed in full)."""
     if h is None:
         norm = squares.sum(dim=1).sqrt()
         return norm, norm
-    if h.dim() == like.dim() and h.shape[2:].numel() == 1 and h.shape[:2] == like.shape[:2]:
-        per_group, gate = squares.sqrt(), h.flatten(1).to(squares.dtype)
-        return (torch.linalg.vector_norm(per_group, dim=1),
-                torch.linalg.vector_norm(per_group / gate, dim=1))
-    return None
+    gate = _channel_gate(like, h)
+    if gate is None:
+        return None
+    return _norms_from_groups(squares.sqrt(), gate.to(squares.dtype), scaled=False)
 
 
 def _per_sample_mean(h: Tensor | None, batch: int, like: Tensor) -> Tensor:
