@@ -200,15 +200,18 @@ def timed(fn, steps: int, device: torch.device) -> float:
 
 def benchmark_setting(setting_name: str, variants: list[str], rounds: int, steps: int,
                       device: torch.device, channels_last: bool = False,
-                      recorder: bool = True, compile: bool = False) -> list[dict]:
+                      recorder: bool = True, compile: bool = False,
+                      train_timing: bool = True) -> list[dict]:
     cfg = SETTINGS[setting_name]
     name = cfg["model"]
     variants = [v for v in variants if applies(name, v)]
     runners = {v: Runner(cfg, v, device, channels_last, compile) for v in variants}
-    memory = {v: r.saved_activation_bytes() for v, r in runners.items()}
-    peaks = {v: r.peak_cuda_bytes() for v, r in runners.items()}
+    memory = {v: r.saved_activation_bytes() if train_timing else float("nan")
+              for v, r in runners.items()}
+    peaks = {v: r.peak_cuda_bytes() if train_timing else None for v, r in runners.items()}
     for r in runners.values():  # warm-up: allocator, kernels, first-call overheads
-        r.train_step()
+        if train_timing:
+            r.train_step()
         r.eval_step()
         if recorder:
             r.recorded_eval_step()
@@ -217,7 +220,8 @@ def benchmark_setting(setting_name: str, variants: list[str], rounds: int, steps
     recorded = {v: [] for v in variants}
     for _ in range(rounds):
         for v, r in runners.items():
-            train[v].append(timed(r.train_step, steps, device))
+            if train_timing:
+                train[v].append(timed(r.train_step, steps, device))
             evals[v].append(timed(r.eval_step, steps, device))
             if recorder:
                 recorded[v].append(timed(r.recorded_eval_step, steps, device))
@@ -229,7 +233,8 @@ def benchmark_setting(setting_name: str, variants: list[str], rounds: int, steps
             "device": str(device),
             "params": sum(p.numel() for p in r.model.parameters()),
             "flops": count_flops(r.model, cfg["size"], device),
-            "train_images_per_s": cfg["batch"] / statistics.median(train[v]),
+            "train_images_per_s": (cfg["batch"] / statistics.median(train[v]) if train[v]
+                                   else float("nan")),
             "eval_images_per_s": cfg["batch"] / statistics.median(evals[v]),
             "activation_bytes": memory[v], "train_seconds": train[v],
             "eval_seconds": evals[v]}
@@ -245,7 +250,8 @@ def benchmark_setting(setting_name: str, variants: list[str], rounds: int, steps
             if key in row:
                 row[f"{key}_ratio"] = row[key] / base[key]
         for key, seconds in (("train", "train_seconds"), ("eval", "eval_seconds")):
-            row[f"{key}_images_per_s_ratio"] = paired_ratio(base[seconds], row[seconds])
+            row[f"{key}_images_per_s_ratio"] = (paired_ratio(base[seconds], row[seconds])
+                                                if row[seconds] else float("nan"))
     return rows
 
 
@@ -283,6 +289,8 @@ def main() -> None:
                         help="time torch.compile'd train and eval steps")
     parser.add_argument("--no-recorder", action="store_true",
                         help="skip the stiffness-recorder timing")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="skip the train-step timing and the activation memory count")
     parser.add_argument("--output", type=Path,
                         default=Path(__file__).parent / "results" / "overhead.json")
     args = parser.parse_args()
@@ -296,7 +304,8 @@ def main() -> None:
     rows = []
     for name in args.settings:
         rows += benchmark_setting(name, variants, args.rounds, args.steps, device,
-                                  args.channels_last, not args.no_recorder, args.compile)
+                                  args.channels_last, not args.no_recorder, args.compile,
+                                  not args.eval_only)
         print(format_table([r for r in rows if r["setting"] == name]), flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -1,6 +1,7 @@
-"""The Euler step x + fx * h (one autograd function) against the unfused computation, in
-float64: forward, backward, forward-mode (jvp) and double backward, for channel gates
-[B, C, 1, 1] on feature maps and token gates [B, 1, D] on token sequences."""
+"""The Euler step x + fx * h (one autograd function) and the post-activation step
+relu(x + fx * h) against the unfused computation, in float64: forward, backward, forward-mode
+(jvp) and double backward, for channel gates [B, C, 1, 1] on feature maps and token gates
+[B, 1, D] on token sequences."""
 from __future__ import annotations
 
 import pytest
@@ -24,49 +25,65 @@ def unfused(x, fx, h):
     return x + fx * h
 
 
+def unfused_relu(x, fx, h):
+    return torch.relu(x + fx * h)
+
+
+RELU = pytest.mark.parametrize("relu", [False, True], ids=["step", "relu-step"])
+
+
+@RELU
 @pytest.mark.parametrize("case", CASES)
-def test_forward_and_backward_equal_the_unfused_step(case):
-    step = EulerStep()
+def test_forward_and_backward_equal_the_unfused_step(case, relu):
+    step = EulerStep(relu=relu)
     x, fx, h = (t.requires_grad_() for t in inputs(case))
     grad = torch.randn_like(x)
     ours = step(x, fx, h)
-    reference = unfused(x, fx, h)
+    reference = (unfused_relu if relu else unfused)(x, fx, h)
     torch.testing.assert_close(ours, reference, rtol=0, atol=1e-15)
     got = torch.autograd.grad(ours, (x, fx, h), grad)
     expected = torch.autograd.grad(reference, (x, fx, h), grad)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)
-    # grad_h = sum of grad * fx over the broadcast dimensions, grad_fx = grad * h
-    torch.testing.assert_close(got[2], (grad * fx).sum_to_size(h.shape), rtol=1e-14, atol=0)
-    torch.testing.assert_close(got[1], grad * h, rtol=0, atol=0)
+    # grad_h = sum of g * fx over the broadcast dimensions, grad_fx = g * h, with g the
+    # incoming gradient (through the ReLU's mask for the post-activation step)
+    g = torch.where(reference > 0, grad, 0) if relu else grad
+    torch.testing.assert_close(got[0], g, rtol=0, atol=0)
+    torch.testing.assert_close(got[2], (g * fx).sum_to_size(h.shape), rtol=1e-14, atol=0)
+    torch.testing.assert_close(got[1], g * h, rtol=0, atol=0)
 
 
+@RELU
 @pytest.mark.parametrize("case", CASES)
-def test_only_the_needed_gradients(case):
+def test_only_the_needed_gradients(case, relu):
     x, fx, h = inputs(case)
     fx.requires_grad_()
-    out = EulerStep()(x, fx, h)
+    out = EulerStep(relu=relu)(x, fx, h)
     (grad_fx,) = torch.autograd.grad(out.sum(), (fx,))
-    torch.testing.assert_close(grad_fx, h.expand_as(fx), rtol=0, atol=0)
+    mask = (out > 0).double() if relu else 1
+    torch.testing.assert_close(grad_fx, h.expand_as(fx) * mask, rtol=0, atol=0)
 
 
+@RELU
 @pytest.mark.parametrize("case", CASES)
-def test_gradcheck_gradgradcheck_and_forward_mode(case):
+def test_gradcheck_gradgradcheck_and_forward_mode(case, relu):
     x, fx, h = (t.requires_grad_() for t in inputs(case, seed=1))
-    step = EulerStep()
+    step = EulerStep(relu=relu)
     assert torch.autograd.gradcheck(step, (x, fx, h), check_forward_ad=True)
     assert torch.autograd.gradgradcheck(step, (x, fx, h))
     tangents = tuple(torch.randn_like(t) for t in (x, fx, h))
     _, ours = torch.func.jvp(step, (x.detach(), fx.detach(), h.detach()), tangents)
-    _, expected = torch.func.jvp(unfused, (x.detach(), fx.detach(), h.detach()), tangents)
+    _, expected = torch.func.jvp(unfused_relu if relu else unfused,
+                                 (x.detach(), fx.detach(), h.detach()), tangents)
     torch.testing.assert_close(ours, expected, rtol=1e-14, atol=1e-14)
 
 
+@RELU
 @pytest.mark.parametrize("case", ["channel", "token"])
-def test_reverse_mode_jacobians_under_vmap(case):
+def test_reverse_mode_jacobians_under_vmap(case, relu):
     x, fx, h = inputs(case, seed=2)
-    ours = torch.func.jacrev(EulerStep(), argnums=(0, 1, 2))(x, fx, h)
-    expected = torch.func.jacrev(unfused, argnums=(0, 1, 2))(x, fx, h)
+    ours = torch.func.jacrev(EulerStep(relu=relu), argnums=(0, 1, 2))(x, fx, h)
+    expected = torch.func.jacrev(unfused_relu if relu else unfused, argnums=(0, 1, 2))(x, fx, h)
     for a, b in zip(ours, expected):
         torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)
 

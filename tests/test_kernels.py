@@ -124,20 +124,25 @@ def test_failed_build_warns_once_and_training_goes_on(fresh_kernels, monkeypatch
 
 
 @needs_compiler
-def test_network_gradients_with_and_without_the_kernel(fresh_kernels, monkeypatch):
-    """ResNet-20 + StepNet in float64: every parameter gradient equal with the kernel and with
-    ATen's ops, and the kernel ran once per gated block."""
-    calls = [0]
-    original = kernels.gate_backward
+@pytest.mark.parametrize("preact", [True, False])
+def test_network_gradients_with_and_without_the_kernel(fresh_kernels, monkeypatch, preact):
+    """ResNet-20 + StepNet in float64: every parameter gradient equal with the kernels and with
+    ATen's ops, and the kernel ran once per gated block (pre-activation: the step's backward;
+    post-activation: the step's and its ReLU's)."""
+    calls = {"gate_backward": 0, "gate_relu_backward": 0}
 
-    def counted(*args):
-        result = original(*args)
-        calls[0] += result is not None
-        return result
+    def counted(name, original):
+        def call(*args):
+            result = original(*args)
+            calls[name] += result is not None
+            return result
+        return call
 
-    monkeypatch.setattr("stepnet.models.layers.gate_backward", counted)
+    for name in calls:
+        monkeypatch.setattr(f"stepnet.models.layers.{name}", counted(name, getattr(kernels, name)))
     torch.manual_seed(0)
-    model = create_model("resnet20", num_classes=10, attention="stepnet").double()
+    model = create_model("resnet20", num_classes=10, attention="stepnet",
+                         preact=preact).double()
     x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
 
     def gradients():
@@ -146,12 +151,38 @@ def test_network_gradients_with_and_without_the_kernel(fresh_kernels, monkeypatc
         return {n: p.grad.clone() for n, p in model.named_parameters()}
 
     fused = gradients()
-    assert calls[0] == sum(isinstance(m, EulerStep) for m in model.modules()) == 9
+    used = "gate_backward" if preact else "gate_relu_backward"
+    assert calls[used] == sum(isinstance(m, EulerStep) for m in model.modules()) == 9
+    assert sum(calls.values()) == 9
     with kernels.aten_only():
         reference = gradients()
-    assert calls[0] == 9
+    assert sum(calls.values()) == 9
     for name, value in reference.items():
         torch.testing.assert_close(fused[name], value, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape,gate", [((3, 5, 7, 9), (3, 5, 1, 1)), ((3, 5, 7, 9), (1, 5, 1, 1)),
+                                        ((4, 6, 33), (4, 6, 1))])
+def test_relu_step_backward_equals_aten(fresh_kernels, dtype, shape, gate):
+    """grad_x (the ReLU's backward) and grad_fx bitwise as ATen's threshold_backward and
+    product, grad_h to float rounding against a float64 sum; zeros and NaN in the output
+    masked as ATen masks them."""
+    grad, fx, h = tensors(shape, gate, dtype)
+    y = torch.relu(torch.randn(shape, dtype=dtype))
+    y.view(-1)[:5] = torch.tensor([0.0, -0.0, float("nan"), 1.0, 0.0], dtype=dtype)
+    with torch.no_grad():
+        got = kernels.gate_relu_backward(grad, y, fx, h)
+    assert got is not None, "the kernel did not apply"
+    masked = torch.ops.aten.threshold_backward(grad, y, 0)
+    assert torch.equal(got[0], masked)
+    assert torch.equal(got[1], masked * h)
+    exact = (masked.double() * fx.double()).sum_to_size(h.shape)
+    scale = (masked.double() * fx.double()).abs().sum_to_size(h.shape)
+    tolerance = {torch.float32: 2e-6, torch.float64: 1e-14}[dtype]
+    assert ((got[2].double() - exact).abs() <= tolerance * scale).all()
+    assert kernels.gate_relu_backward(grad, y, fx, h) is None, "grad mode on"
 
 
 # --- the recorder's sums of squares ----------------------------------------------------------
@@ -185,25 +216,121 @@ def test_square_sums_decline_what_they_do_not_cover(fresh_kernels):
 
 
 @needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape,gate", [((3, 5, 7, 9), (3, 5, 1, 1)), ((3, 5, 7, 9), (1, 5, 1, 1)),
+                                        ((3, 5, 7, 9), None), ((4, 6, 33), (4, 6, 1)),
+                                        ((2, 3, 2, 3, 4), (2, 3, 1, 1, 1))])
+@pytest.mark.parametrize("relu", [False, True])
+def test_euler_step_equals_aten_bitwise_and_sums_a_float64_computation(fresh_kernels, dtype,
+                                                                        shape, gate, relu):
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(shape, generator=generator, dtype=dtype)
+    fx = torch.randn(shape, generator=generator, dtype=dtype)
+    h = None if gate is None else torch.rand(gate, generator=generator, dtype=dtype)
+    with torch.inference_mode():
+        reference = x + fx if h is None else torch.addcmul(x, fx, h)
+        if relu:
+            reference = torch.relu(reference)
+        plain = kernels.euler_step(x, fx, h, relu=relu)
+        summed = kernels.euler_step(x, fx, h, relu=relu, sums=True)
+    assert plain is not None and summed is not None, "the kernel did not apply"
+    assert plain[1] is None
+    assert torch.equal(plain[0], reference) and torch.equal(summed[0], reference)
+    dims = tuple(range(2, len(shape)))
+    gate = torch.ones(()) if h is None else h.double()
+    # the update as float64 from its definition: x_{t+1} - x_t; without the ReLU fx * h
+    update = reference.double() - x.double() if relu else fx.double() * gate
+    expected = torch.stack([(reference.double() ** 2).sum(dims), (update ** 2).sum(dims),
+                            ((update / gate) ** 2).sum(dims)])
+    assert summed[1].dtype == torch.float64 and summed[1].shape == (3,) + shape[:2]
+    torch.testing.assert_close(summed[1], expected, rtol=1e-12, atol=0)
+
+
+@needs_compiler
+def test_euler_step_matches_both_of_atens_roundings(fresh_kernels, monkeypatch):
+    """ATen's addcmul rounds once (fused multiply-add) in its vector kernels and twice in its
+    baseline one; the kernel follows the probe, and both of its modes are exact."""
+    x = torch.full((2, 3, 64), -1.0)
+    fx = torch.full((2, 3, 64), 1 + 2.0 ** -12)
+    h = torch.full((2, 3, 1), 1 + 2.0 ** -12)
+    with torch.no_grad():
+        assert torch.equal(kernels.euler_step(x, fx, h)[0], torch.addcmul(x, fx, h))
+        for fuses, expected in ((True, torch.full_like(x, 2.0 ** -11 + 2.0 ** -24)),
+                                (False, torch.full_like(x, 2.0 ** -11))):
+            monkeypatch.setattr(kernels, "_addcmul_fuses", lambda dtype, f=fuses: f)
+            assert torch.equal(kernels.euler_step(x, fx, h)[0], expected), fuses
+
+
+def test_euler_step_declines_what_it_does_not_cover(fresh_kernels):
+    x, fx, h = tensors((2, 4, 3, 3), (2, 4, 1, 1), torch.float64)
+    tokens = torch.randn(2, 5, 4, dtype=torch.float64)
+    cases = {
+        "channels_last": (x.contiguous(memory_format=torch.channels_last), fx, h),
+        "token gate [B, 1, D]": (tokens, tokens, torch.rand(2, 1, 4, dtype=torch.float64)),
+        "spatial gate": (x, fx, torch.rand(2, 1, 3, 3, dtype=torch.float64)),
+        "mixed dtypes": (x, fx.float(), h),
+        "gate of another dtype": (x, fx, h.float()),
+        "bfloat16": (x.bfloat16(), fx.bfloat16(), None),
+        "2-D": (x[:, :, 0, 0], fx[:, :, 0, 0], None),
+        "empty": (x[:0], fx[:0], h[:0]),
+    }
+    with torch.no_grad():
+        for name, args in cases.items():
+            assert kernels.euler_step(*args) is None, name
+    assert kernels.euler_step(x, fx, h) is None, "grad mode on (autograd records the step)"
+    with torch.no_grad(), kernels.aten_only():
+        assert kernels.euler_step(x, fx, h) is None, "aten_only"
+
+
+@needs_compiler
+@pytest.mark.parametrize("preact", [False, True])
+@pytest.mark.parametrize("attention", ["stepnet", "none"])
+def test_evaluation_with_the_kernel_equals_aten_bitwise(fresh_kernels, attention, preact):
+    """ResNet-20 in evaluation: logits with the one-pass step (post-activation: step and ReLU)
+    equal to the ATen ops' bitwise, under no_grad and under inference_mode; post-activation
+    also to a forward with autograd recording (ATen ops, the step's ReLU in place).
+    (Pre-activation StepNet's three modes differ by float rounding with or without the kernel:
+    its pooling memo is not used under inference_mode.)"""
+    torch.manual_seed(2)
+    model = create_model("resnet20", num_classes=10, attention=attention, preact=preact).eval()
+    x = torch.randn(3, 3, 32, 32)
+    for mode in (torch.inference_mode, torch.no_grad):
+        with mode():
+            fused = model(x)
+            with kernels.aten_only():
+                reference = model(x)
+        assert torch.equal(fused, reference), mode.__name__
+    if not preact or attention == "none":
+        assert torch.equal(model(x).detach(), reference)
+
+
+@needs_compiler
 @pytest.mark.parametrize("preact", [False, True])
 @pytest.mark.parametrize("attention", ["stepnet", "none", "cbam"])
 def test_recorder_statistics_with_and_without_the_kernel(fresh_kernels, monkeypatch, attention,
                                                          preact):
-    """ResNet-20: every recorded statistic equal with the kernel and with ATen's ops, for a
-    channel gate, no gate, and a spatial gate (whose update norms fall back to ATen). Post-
-    activation forms the update x_{t+1} - x_t; pre-activation blocks are exact Euler steps, whose
-    update is fx * h."""
+    """ResNet-20: every recorded statistic equal with the kernels and with ATen's ops, for a
+    channel gate, no gate, and a spatial gate. With a channel gate or none every step sums its
+    output and update in its own pass (the state norms are handed on from block to block);
+    a spatial gate's steps use ATen, and the post-activation ones read x_t and x_{t+1} again
+    in one pass (square_sums) for every block that keeps its shape."""
+    from stepnet.models import layers
     from stepnet.stiffness import TrajectoryRecorder
 
-    calls = [0]
-    original = kernels.square_sums
+    calls = {"square_sums": 0, "euler_step": 0}
 
-    def counted(*args, **kwargs):
-        result = original(*args, **kwargs)
-        calls[0] += result is not None
-        return result
+    def counted(name, original):
+        def call(*args, **kwargs):
+            result = original(*args, **kwargs)
+            calls[name] += result is not None
+            return result
+        return call
 
-    monkeypatch.setattr(kernels, "square_sums", counted)
+    monkeypatch.setattr(kernels, "square_sums", counted("square_sums", kernels.square_sums))
+    monkeypatch.setattr(layers, "euler_step", counted("euler_step", layers.euler_step))
+    monkeypatch.setattr(TrajectoryRecorder, "_handed_state_norm",
+                        counted("handed on", TrajectoryRecorder._handed_state_norm))
+    calls["handed on"] = 0
     torch.manual_seed(1)
     model = create_model("resnet20", num_classes=10, attention=attention,
                          preact=preact).eval()
@@ -215,9 +342,12 @@ def test_recorder_statistics_with_and_without_the_kernel(fresh_kernels, monkeypa
         return recorder.trajectory()
 
     fused = record()
-    # post-activation: every block but the two that change shape (no update; their state norm
-    # is taken by ATen); pre-activation blocks are exact steps, whose norms ATen takes
-    assert calls[0] == (0 if preact else 9 - 2)
+    spatial = attention == "cbam"
+    assert calls["euler_step"] == (0 if spatial else 9)
+    assert calls["square_sums"] == (9 - 2 if spatial and not preact else 0)
+    # every block but the first reads its state norm from the step before it
+    assert calls["handed on"] == (0 if spatial else 8)
+    assert all(not b.step.record_sums and b.step.sums is None for b in model.residual_blocks())
     with kernels.aten_only():
         reference = record()
     for key in ("nsi", "nsi_step", "state_norm", "update_norm", "update_norm_step"):

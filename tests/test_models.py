@@ -71,7 +71,10 @@ def test_euler_step_exposes_x_fx_h_and_output(attention, preact):
             assert h is None
         else:
             torch.testing.assert_close(h, block.attention(shortcut, branch))
-        torch.testing.assert_close(output, x + fx if h is None else x + fx * h)
+        step = x + fx if h is None else x + fx * h
+        # post-activation: the step applies the block's ReLU, so its output is the block's
+        torch.testing.assert_close(output, step if preact else torch.relu(step))
+        torch.testing.assert_close(output, block(captured_input[block]))
 
 
 def test_preact_bottleneck_manual_forward():

@@ -6,10 +6,18 @@ Each makes one pass over full-size tensors where ATen needs several (``kernels.c
   gate, one pass over ``grad`` and ``fx`` instead of three (``grad * fx``, its sum,
   ``grad * h``); equal to ATen's to float rounding (``grad_fx`` bitwise, ``grad_h`` summed in
   another order);
+* :func:`gate_relu_backward` -- the same for the post-activation step ``relu(x + fx * h)``,
+  the ReLU's backward included: one pass over ``grad``, the output and ``fx``;
 * :func:`square_sums` -- the stiffness recorder's ``Σ x_t²`` and ``Σ (x_{t+1} - x_t)²`` per
-  (sample, channel), one pass over the two states instead of four, accumulated in float64.
+  (sample, channel), one pass over the two states instead of four, accumulated in float64;
+* :func:`euler_step` -- the Euler step ``x + fx * h`` outside autograd (evaluation, and the
+  forward of the post-activation step in training), with the post-activation ReLU and, when
+  asked, the recorder's sums of squares in the same pass (ATen needs two passes for the step
+  and the ReLU, the recorder two more to read the states again); bitwise equal to ATen's
+  ``addcmul`` (one rounding or two, as ATen rounds on this CPU) and ``relu``.
 
-The C source is compiled the first time a CPU backward needs it (under a second, with
+x86-64 CPUs with AVX2 and FMA run a vectorised build of every kernel, others a baseline one.
+The C source is compiled the first time a CPU step needs it (under a second, with
 ``$CC`` or ``cc``, OpenMP and ``-O3``) into ``$STEPNET_CACHE_DIR/kernels`` (default
 ``~/.cache/stepnet/kernels``), under a name that hashes the source, the compiler and its flags;
 later processes load the cached library. Linux only, and only where torch's CPU parallel backend
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import os
 import shlex
@@ -36,7 +45,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["aten_only", "gate_backward", "square_sums", "kernels_available", "cache_dir"]
+__all__ = ["aten_only", "euler_step", "gate_backward", "gate_relu_backward", "square_sums", "kernels_available", "cache_dir"]
 
 SOURCE = "kernels.c"
 FLAGS = ("-O3", "-fopenmp", "-fPIC", "-shared", "-std=c11")
@@ -120,9 +129,15 @@ def _build_and_load() -> ctypes.CDLL:
     library.stepnet_gate_backward.restype = ctypes.c_int
     library.stepnet_gate_backward.argtypes = ([ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3
                                               + [ctypes.c_int] * 2)
+    library.stepnet_gate_relu_backward.restype = ctypes.c_int
+    library.stepnet_gate_relu_backward.argtypes = ([ctypes.c_void_p] * 7 + [ctypes.c_int64] * 3
+                                                   + [ctypes.c_int] * 2)
     library.stepnet_square_sums.restype = ctypes.c_int
     library.stepnet_square_sums.argtypes = ([ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2
                                             + [ctypes.c_int] * 2)
+    library.stepnet_euler_step.restype = ctypes.c_int
+    library.stepnet_euler_step.argtypes = ([ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3
+                                           + [ctypes.c_int] * 4)
     return library
 
 
@@ -155,6 +170,29 @@ def _active() -> bool:
     return _enabled and not torch.compiler.is_compiling()
 
 
+def _gate_applies(grad: Tensor, h: Tensor, *full: Tensor) -> int | None:
+    """The dtype code when the gate kernels apply to ``grad`` and the full-size ``full``
+    tensors (one shape [B, C, *S], contiguous CPU float32/float64, outside autograd recording,
+    tracing and compiling) with a channel gate ``h`` of the same dtype; else None."""
+    if not _active() or torch.is_grad_enabled():
+        return None
+    if (grad.dim() < 3 or grad.numel() == 0 or any(t.shape != grad.shape for t in full)
+            or _channel_gate_rows(h, grad) is None):
+        return None
+    dtype = _DTYPES.get(grad.dtype)
+    if dtype is None or any(t.dtype != grad.dtype for t in (h, *full)):
+        return None
+    if not all(_plain_cpu(t) for t in (grad, h, *full)):
+        return None
+    return dtype if _load() is not None else None
+
+
+def _rows_to_gate(row_sum: Tensor, grad: Tensor, h: Tensor) -> Tensor:
+    """grad_h from the per-(sample, channel) sums [B, C]: summed over the batch for a shared
+    gate [1, C, 1, ...]."""
+    return row_sum.view(grad.shape[:2] + (1,) * (grad.dim() - 2)).sum_to_size(h.shape)
+
+
 def gate_backward(grad: Tensor, fx: Tensor, h: Tensor) -> tuple[Tensor, Tensor] | None:
     """``(grad * h, (grad * fx).sum_to_size(h.shape))`` in one pass, or None where the kernel
     does not apply (then the caller computes them with ATen ops).
@@ -163,29 +201,37 @@ def gate_backward(grad: Tensor, fx: Tensor, h: Tensor) -> tuple[Tensor, Tensor] 
     gate ``h`` [B|1, C, 1, ...], outside autograd recording (not for double backward) and
     outside tracing and compiling.
     """
-    if not _active() or torch.is_grad_enabled():
-        return None
-    if (grad.dim() < 3 or grad.shape != fx.shape or h.dim() != grad.dim()
-            or grad.numel() == 0 or h.shape[1] != grad.shape[1]
-            or h.shape[0] not in (1, grad.shape[0]) or any(s != 1 for s in h.shape[2:])):
-        return None
-    dtype = _DTYPES.get(grad.dtype)
-    if dtype is None or not fx.dtype == h.dtype == grad.dtype:
-        return None
-    if not (_plain_cpu(grad) and _plain_cpu(fx) and _plain_cpu(h)):
-        return None
-    library = _load()
-    if library is None:
+    dtype = _gate_applies(grad, h, fx)
+    if dtype is None:
         return None
     rows = grad.shape[0] * grad.shape[1]
     grad_fx = torch.empty_like(grad)
     row_sum = torch.empty(grad.shape[:2], dtype=grad.dtype)
-    library.stepnet_gate_backward(grad.data_ptr(), fx.data_ptr(), h.data_ptr(),
-                                  grad_fx.data_ptr(), row_sum.data_ptr(), rows,
-                                  grad.numel() // rows, h.numel(), dtype,
-                                  torch.get_num_threads())
-    grad_h = row_sum.view(grad.shape[:2] + (1,) * (grad.dim() - 2)).sum_to_size(h.shape)
-    return grad_fx, grad_h
+    _library.stepnet_gate_backward(grad.data_ptr(), fx.data_ptr(), h.data_ptr(),
+                                   grad_fx.data_ptr(), row_sum.data_ptr(), rows,
+                                   grad.numel() // rows, h.numel(), dtype,
+                                   torch.get_num_threads())
+    return grad_fx, _rows_to_gate(row_sum, grad, h)
+
+
+def gate_relu_backward(grad: Tensor, y: Tensor, fx: Tensor, h: Tensor
+                       ) -> tuple[Tensor, Tensor, Tensor] | None:
+    """The backward of ``y = relu(x + fx * h)`` from its output ``y``: ``(grad_x, grad_x * h,
+    (grad_x * fx).sum_to_size(h.shape))`` with ``grad_x = threshold_backward(grad, y, 0)``
+    (zero where y <= 0), in one pass; or None where the kernel does not apply (as
+    :func:`gate_backward`)."""
+    dtype = _gate_applies(grad, h, y, fx)
+    if dtype is None:
+        return None
+    rows = grad.shape[0] * grad.shape[1]
+    grad_x = torch.empty_like(grad)
+    grad_fx = torch.empty_like(grad)
+    row_sum = torch.empty(grad.shape[:2], dtype=grad.dtype)
+    _library.stepnet_gate_relu_backward(grad.data_ptr(), y.data_ptr(), fx.data_ptr(),
+                                        h.data_ptr(), grad_x.data_ptr(), grad_fx.data_ptr(),
+                                        row_sum.data_ptr(), rows, grad.numel() // rows,
+                                        h.numel(), dtype, torch.get_num_threads())
+    return grad_x, grad_fx, _rows_to_gate(row_sum, grad, h)
 
 
 def square_sums(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor] | None:
@@ -211,3 +257,66 @@ def square_sums(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor] | None:
                                 sum_diff.data_ptr(), rows, a.numel() // rows, dtype,
                                 torch.get_num_threads())
     return sum_a, sum_diff
+
+
+def _channel_gate_rows(h: Tensor, like: Tensor) -> int | None:
+    """The number of gate values of a channel gate ``h`` [B|1, C, 1, ...] for ``like``
+    [B, C, *S] (B * C or C), or None when ``h`` is not one."""
+    if (h.dim() != like.dim() or h.shape[1] != like.shape[1]
+            or h.shape[0] not in (1, like.shape[0]) or any(s != 1 for s in h.shape[2:])):
+        return None
+    return h.numel()
+
+
+@functools.cache
+def _addcmul_fuses(dtype: torch.dtype) -> bool:
+    """Whether ATen's CPU ``addcmul`` rounds ``x + fx * h`` once (a fused multiply-add, as its
+    AVX2 / AVX-512 / NEON kernels do) or twice (its baseline kernel): a probe whose product
+    (1 + 2^-12)^2 = 1 + 2^-11 + 2^-24 loses its last term when rounded on its own."""
+    x = torch.full((4, 64), -1.0, dtype=dtype)
+    fx = torch.full((4, 64), 1 + 2.0 ** -12, dtype=dtype)
+    h = torch.full((4, 1), 1 + 2.0 ** -12, dtype=dtype)
+    if dtype == torch.float64:
+        fx.fill_(1 + 2.0 ** -27)
+        h.fill_(1 + 2.0 ** -27)
+    with torch.no_grad():
+        return bool((torch.addcmul(x, fx, h) != (x + fx * h)).all())
+
+
+def euler_step(x: Tensor, fx: Tensor, h: Tensor | None, relu: bool = False,
+               sums: bool = False) -> tuple[Tensor, Tensor | None] | None:
+    """``x + fx * h`` (``relu``: then the ReLU) in one pass, with, when ``sums``, the sums of
+    squares per (sample, channel) the stiffness recorder needs; or None where the kernel does
+    not apply (then the caller uses ATen ops).
+
+    Returns ``(out, sums)``: ``out`` [B, C, *S] bitwise equal to ``torch.addcmul(x, fx, h)``
+    (``x + fx`` when h is None), then ``torch.relu``; ``sums`` (when asked for, else None)
+    [3, B, C] float64 over every dimension after the second: Σ out², Σ u², Σ (u / h)² for the
+    update u = out - x (taken as fx * h without the ReLU, where it is exactly that). Applies
+    outside autograd recording (``no_grad``, ``inference_mode``) to contiguous float32/float64
+    CPU tensors ``x`` and ``fx`` of one shape [B, C, *S] and a channel gate ``h``
+    [B|1, C, 1, ...] or None, outside tracing and compiling.
+    """
+    if not _active() or torch.is_grad_enabled():
+        return None
+    if x.dim() < 3 or x.shape != fx.shape or x.numel() == 0:
+        return None
+    dtype = _DTYPES.get(x.dtype)
+    if dtype is None or fx.dtype != x.dtype or not (_plain_cpu(x) and _plain_cpu(fx)):
+        return None
+    h_rows = 1
+    if h is not None:
+        h_rows = _channel_gate_rows(h, x)
+        if h_rows is None or h.dtype != x.dtype or not _plain_cpu(h):
+            return None
+    library = _load()
+    if library is None:
+        return None
+    rows = x.shape[0] * x.shape[1]
+    out = torch.empty_like(x)
+    planes = torch.empty((3,) + x.shape[:2], dtype=torch.float64) if sums else None
+    library.stepnet_euler_step(x.data_ptr(), fx.data_ptr(), None if h is None else h.data_ptr(),
+                               out.data_ptr(), None if planes is None else planes.data_ptr(),
+                               rows, x.numel() // rows, h_rows, int(relu),
+                               int(_addcmul_fuses(x.dtype)), dtype, torch.get_num_threads())
+    return out, planes

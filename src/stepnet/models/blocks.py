@@ -1,4 +1,5 @@
-"""Residual blocks as Euler steps: ``x_next = shortcut(x) + fx * h``.
+"""Residual blocks as Euler steps: ``x_next = shortcut(x) + fx * h`` (post-activation blocks:
+``relu(shortcut(x) + fx * h)``, the ReLU applied by the step).
 
 Every block has ``attention`` (its step-size module), ``step`` (the parameter-free
 :class:`EulerStep`), and the bookkeeping analysis code needs: ``stage``, ``index`` (in forward
@@ -28,16 +29,19 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 
 
 class ResidualBlock(nn.Module):
-    """Base of all blocks. Subclasses set the layers and implement ``forward``."""
+    """Base of all blocks. Subclasses set the layers and implement ``branches``; post-activation
+    blocks set ``post_activation = True`` (their step applies the ReLU, so the step's output is
+    the block's output)."""
 
     expansion = 1
+    post_activation = False
 
     def __init__(self, in_planes: int, planes: int, stride: int, attention: StepSize) -> None:
         super().__init__()
         self.out_planes = planes * self.expansion
         self.changes_shape = stride != 1 or in_planes != self.out_planes
         self.attention = attention
-        self.step = EulerStep()
+        self.step = EulerStep(relu=self.post_activation)
         self.stage = -1
         self.index = -1
 
@@ -51,7 +55,8 @@ class ResidualBlock(nn.Module):
         return None if self.attention.is_identity else self.attention(shortcut, fx)
 
     def euler_step(self, x: Tensor, fx: Tensor) -> Tensor:
-        """``x + fx * h`` with h from the attention module (skipped when h = 1)."""
+        """``x + fx * h`` with h from the attention module (skipped when h = 1), then the ReLU in
+        post-activation blocks."""
         return self.step(x, fx, self.step_size(x, fx))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -60,6 +65,8 @@ class ResidualBlock(nn.Module):
 
 class BasicBlock(ResidualBlock):
     """Post-activation basic block: relu(shortcut(x) + bn2(conv2(relu(bn1(conv1(x))))) * h)."""
+
+    post_activation = True
 
     def __init__(self, in_planes: int, planes: int, stride: int, attention: StepSize,
                  norm: NormLayer = nn.BatchNorm2d,
@@ -78,14 +85,12 @@ class BasicBlock(ResidualBlock):
         shortcut = x if self.downsample is None else self.downsample(x)
         return shortcut, self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.relu(self.euler_step(*self.branches(x)))
-
 
 class Bottleneck(ResidualBlock):
     """Post-activation bottleneck (1x1, 3x3 with the stride, 1x1 x4), torchvision's layout."""
 
     expansion = 4
+    post_activation = True
 
     def __init__(self, in_planes: int, planes: int, stride: int, attention: StepSize,
                  norm: NormLayer = nn.BatchNorm2d,
@@ -107,9 +112,6 @@ class Bottleneck(ResidualBlock):
         fx = self.relu(self.bn1(self.conv1(x)))
         fx = self.relu(self.bn2(self.conv2(fx)))
         return shortcut, self.bn3(self.conv3(fx))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.relu(self.euler_step(*self.branches(x)))
 
 
 class PreActBasicBlock(ResidualBlock):

@@ -10,9 +10,45 @@ from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from ..attention import IEBatchNorm2d, StepSize, create_attention, get_attention_class
 from ..attention.base import pooled_dims, recall_pool, remember_pool
-from ..kernels import gate_backward
+from ..kernels import euler_step, gate_backward, gate_relu_backward
 
 NORMS = ("bn", "iebn")
+
+
+def _gated_step_backward(needs: tuple[bool, ...], x_shape: torch.Size, grad: Tensor, fx: Tensor,
+                         h: Tensor) -> tuple[Tensor | None, ...]:
+    """(grad_x, grad_fx, grad_h) of ``x + fx * h`` for the incoming ``grad``."""
+    need_x, need_fx, need_h = needs
+    grad_x = grad.sum_to_size(x_shape) if need_x else None
+    grad_fx = grad_h = None
+    reuse = (need_h and need_fx and not torch.is_grad_enabled() and fx.shape == grad.shape
+             and fx.dtype == grad.dtype == h.dtype)
+    fused = gate_backward(grad, fx, h) if reuse else None
+    if fused is not None:   # the compiled one-pass kernel (stepnet.kernels)
+        grad_fx, grad_h = fused
+    elif reuse:
+        # one full-size buffer: grad * fx, reduced to grad_h, then overwritten by grad * h
+        # (a fresh full-size allocation per call costs more than the arithmetic on CPU)
+        buffer = torch.mul(grad, fx)
+        grad_h = buffer.sum_to_size(h.shape)
+        grad_fx = torch.mul(grad, h, out=buffer)
+    else:   # double backward (create_graph) or mixed dtypes: differentiable, out-of-place
+        if need_h:
+            grad_h = (grad * fx).sum_to_size(h.shape)
+        if need_fx:
+            grad_fx = (grad * h).sum_to_size(fx.shape)
+    return grad_x, grad_fx, grad_h
+
+
+def _step_tangent(tx: Tensor | None, tfx: Tensor | None, th: Tensor | None, fx: Tensor,
+                  h: Tensor) -> Tensor:
+    """The forward-mode derivative of ``x + fx * h``: tx + tfx * h + fx * th."""
+    out = torch.zeros_like(torch.addcmul(fx, fx, h)) if tx is None else tx
+    if tfx is not None:
+        out = torch.addcmul(out, tfx, h)
+    if th is not None:
+        out = torch.addcmul(out, fx, th)
+    return out
 
 
 class _EulerStepFunction(torch.autograd.Function):
@@ -37,50 +73,95 @@ class _EulerStepFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # noqa: ANN001
         fx, h = ctx.saved_tensors
-        need_x, need_fx, need_h = ctx.needs_input_grad
-        grad_x = grad.sum_to_size(ctx.x_shape) if need_x else None
-        grad_fx = grad_h = None
-        reuse = (need_h and need_fx and not torch.is_grad_enabled() and fx.shape == grad.shape
-                 and fx.dtype == grad.dtype == h.dtype)
-        fused = gate_backward(grad, fx, h) if reuse else None
-        if fused is not None:   # the compiled one-pass kernel (stepnet.kernels)
-            grad_fx, grad_h = fused
-        elif reuse:
-            # one full-size buffer: grad * fx, reduced to grad_h, then overwritten by grad * h
-            # (a fresh full-size allocation per call costs more than the arithmetic on CPU)
-            buffer = torch.mul(grad, fx)
-            grad_h = buffer.sum_to_size(h.shape)
-            grad_fx = torch.mul(grad, h, out=buffer)
-        else:   # double backward (create_graph) or mixed dtypes: differentiable, out-of-place
-            if need_h:
-                grad_h = (grad * fx).sum_to_size(h.shape)
-            if need_fx:
-                grad_fx = (grad * h).sum_to_size(fx.shape)
-        return grad_x, grad_fx, grad_h
+        return _gated_step_backward(ctx.needs_input_grad, ctx.x_shape, grad, fx, h)
 
     @staticmethod
     def jvp(ctx, tx: Tensor | None, tfx: Tensor | None, th: Tensor | None) -> Tensor:  # noqa: ANN001
         fx, h = ctx.saved_tensors
-        out = torch.zeros_like(torch.addcmul(fx, fx, h)) if tx is None else tx
-        if tfx is not None:
-            out = torch.addcmul(out, tfx, h)
-        if th is not None:
-            out = torch.addcmul(out, fx, th)
-        return out
+        return _step_tangent(tx, tfx, th, fx, h)
+
+
+class _EulerStepReluFunction(torch.autograd.Function):
+    """``relu(x + fx * h)``, the post-activation blocks' step, saving its output ``y`` for the
+    ReLU's mask. On CPU with a channel gate the forward is one compiled pass (step and ReLU)
+    and the backward too (:func:`stepnet.kernels.gate_relu_backward`: the ReLU's backward,
+    grad_fx and grad_h reading ``grad``, ``y`` and ``fx`` once), where ATen reads and writes
+    the ReLU's gradient in between; elsewhere ATen's ops, with the same values."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, fx: Tensor, h: Tensor) -> Tensor:
+        fused = euler_step(x, fx, h, relu=True)   # autograd does not record inside forward
+        return fused[0] if fused is not None else torch.addcmul(x, fx, h).relu_()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        x, fx, h = inputs
+        ctx.x_shape = x.shape
+        ctx.save_for_backward(fx, h, output)
+        ctx.save_for_forward(fx, h, output)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # noqa: ANN001
+        fx, h, y = ctx.saved_tensors
+        need_x, need_fx, need_h = ctx.needs_input_grad
+        if need_fx and need_h:
+            fused = gate_relu_backward(grad, y, fx, h)
+            if fused is not None:   # one compiled pass
+                grad_x, grad_fx, grad_h = fused
+                return grad_x.sum_to_size(ctx.x_shape) if need_x else None, grad_fx, grad_h
+        # ATen: the ReLU's backward (zero where y <= 0), then the gated step's
+        masked = torch.ops.aten.threshold_backward(grad, y, 0)
+        return _gated_step_backward(ctx.needs_input_grad, ctx.x_shape, masked, fx, h)
+
+    @staticmethod
+    def jvp(ctx, tx: Tensor | None, tfx: Tensor | None, th: Tensor | None) -> Tensor:  # noqa: ANN001
+        fx, h, y = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(_step_tangent(tx, tfx, th, fx, h), y, 0)
 
 
 class EulerStep(nn.Module):
-    """``x_next = x + fx * h`` -- one explicit Euler step; ``h = None`` means h = 1.
+    """``x_next = x + fx * h`` -- one explicit Euler step; ``h = None`` means h = 1. With
+    ``relu=True`` (post-activation blocks) ``x_next = relu(x + fx * h)``: the block's output.
 
     Parameter-free. It is its own module so analysis code can read a block's ``x``, ``fx``, ``h``
     (forward-hook inputs) and ``x_next`` (hook output) without recomputing anything.
+
+    Outside autograd (``no_grad``, ``inference_mode``) on CPU the step, its ReLU and, when
+    ``record_sums`` is set (the stiffness recorder sets it), the sums of squares per (sample,
+    channel) of ``x_next``, of the update and of the update divided by h come from one
+    compiled pass (:func:`stepnet.kernels.euler_step`, bitwise equal to ATen's ops); the sums
+    ([3, B, C] float64) are then left in ``sums`` for the forward hooks, else ``sums`` is None.
     """
 
+    def __init__(self, relu: bool = False) -> None:
+        super().__init__()
+        self.relu = relu
+        self.record_sums = False
+        self.sums: Tensor | None = None
+
+    def extra_repr(self) -> str:
+        return "relu=True" if self.relu else ""
+
     def forward(self, x: Tensor, fx: Tensor, h: Tensor | None) -> Tensor:
-        if h is None:
-            return x + fx
+        self.sums = None
         if is_fx_symbolic_tracing() or torch.jit.is_tracing():
-            return torch.addcmul(x, fx, h)   # tracers record the plain op (same values)
+            # tracers record the plain ops (same values)
+            x_next = x + fx if h is None else torch.addcmul(x, fx, h)
+            return torch.relu(x_next) if self.relu else x_next
+        if (self.relu or self.record_sums) and not torch.is_grad_enabled():
+            fused = euler_step(x, fx, h, self.relu, self.record_sums)
+            if fused is not None:   # one compiled pass (stepnet.kernels)
+                x_next, self.sums = fused
+                if h is not None and not self.relu:
+                    pass_on_pool(x, fx, h, x_next)
+                return x_next
+        if h is None:
+            x_next = x + fx
+            return torch.relu_(x_next) if self.relu else x_next
+        if self.relu:
+            return _EulerStepReluFunction.apply(x, fx, h)
         x_next = _EulerStepFunction.apply(x, fx, h)
         pass_on_pool(x, fx, h, x_next)
         return x_next

@@ -122,7 +122,7 @@ def _exact_euler_step(module: nn.Module) -> bool:
     from ..models.blocks import ResidualBlock
 
     return (isinstance(module, ResidualBlock) and not module.changes_shape
-            and type(module).forward is ResidualBlock.forward)
+            and not module.step.relu and type(module).forward is ResidualBlock.forward)
 
 
 def _channel_gate(t: Tensor, h: Tensor) -> Tensor | None:
@@ -229,7 +229,23 @@ class TrajectoryRecorder:
         self._changes_shape = [False] * len(self.blocks)
         self._pending_h: list[Tensor | None] = [None] * len(self.blocks)
         self._pending_fx: list[Tensor | None] = [None] * len(self.blocks)
+        # per block: the step's (x, x_next, its sums [3, B, C] or None)
+        self._pending_step: list[tuple | None] = [None] * len(self.blocks)
+        # (x_next, its version, ||x_next|| per sample) of the last block whose step summed it:
+        # the next block's state norm when that tensor is its input
+        self._handed: tuple | None = None
+        self._summing: list[nn.Module] = []
         self._exact = [_exact_euler_step(m) for _, m, _ in self.blocks]
+
+    def _handed_state_norm(self, x_t: Tensor) -> Tensor | None:
+        """||x_t|| per sample ([B] float32) handed on by the step that wrote ``x_t`` (the
+        previous block's output, unchanged since), or None."""
+        handed, self._handed = self._handed, None
+        if handed is None or x_t is not handed[0]:
+            return None
+        if not x_t.is_inference() and x_t._version != handed[1]:
+            return None   # changed in place since (inference tensors cannot be, outside it)
+        return handed[2]
 
     def _block_hook(self, index: int):  # noqa: ANN202
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
@@ -239,17 +255,30 @@ class TrajectoryRecorder:
             dims = tuple(range(1, x_t.dim()))
             row = self._rows[index]
             h, fx = self._pending_h[index], self._pending_fx[index]
-            self._pending_h[index] = self._pending_fx[index] = None
+            step = self._pending_step[index]
+            self._pending_h[index] = self._pending_fx[index] = self._pending_step[index] = None
+            state_norm = self._handed_state_norm(inputs[0])
+            # the step's one-pass sums (stepnet.kernels.euler_step: [3, B, C]) describe this
+            # block when the step wrote the block's output; its update too when the step's x is
+            # the block's input
+            norms = None
+            if step is not None and step[2] is not None and output is step[1]:
+                out_norm, update_norm, update_norm_step = step[2].sum(dim=2).sqrt_().float()
+                self._handed = (output, None if output.is_inference() else output._version,
+                                out_norm)
+                if inputs[0] is step[0]:
+                    norms = update_norm, update_norm_step
             exact = self._exact[index] and fx is not None   # x_{t+1} - x_t = fx * h exactly
             # otherwise x_{t+1} - x_t is needed: one compiled pass over x_t and x_{t+1} gives
             # the sums of squares of both per (sample, channel) without forming the difference
             # (None where the kernel does not apply). Exact steps read x_t and fx once each
             # with ATen already; the kernel measured no gain there.
-            squares = None if exact else kernels.square_sums(x_t, x_next)
-            if squares is not None:
-                row["state_norm"].append(squares[0].sum(dim=1).sqrt().float())
-            else:
-                row["state_norm"].append(torch.linalg.vector_norm(x_t, dim=dims).float())
+            squares = None if norms is not None or exact else kernels.square_sums(x_t, x_next)
+            if state_norm is None and squares is not None:
+                state_norm = squares[0].sum(dim=1).sqrt().float()
+            if state_norm is None:
+                state_norm = torch.linalg.vector_norm(x_t, dim=dims).float()
+            row["state_norm"].append(state_norm)
             row["step_mean"].append(_per_sample_mean(h, batch, x_t))
             if x_t.shape != x_next.shape:
                 self._changes_shape[index] = True
@@ -257,11 +286,12 @@ class TrajectoryRecorder:
                 row["update_norm"].append(nan)
                 row["update_norm_step"].append(nan)
                 return
-            norms = None if squares is None else _update_norms_from_squares(squares[1], h, x_t)
-            if exact:
-                plain, by_step = _update_norms(fx, h, scaled=True)
-            elif norms is not None:
+            if norms is None and squares is not None:
+                norms = _update_norms_from_squares(squares[1], h, x_t)
+            if norms is not None:
                 plain, by_step = norms
+            elif exact:
+                plain, by_step = _update_norms(fx, h, scaled=True)
             else:
                 plain, by_step = _update_norms(x_next - x_t, h, scaled=False)
             row["update_norm"].append(plain.float())
@@ -273,13 +303,19 @@ class TrajectoryRecorder:
             h = inputs[2]
             self._pending_h[index] = None if h is None else h.detach()
             self._pending_fx[index] = inputs[1].detach()
+            sums, module.sums = getattr(module, "sums", None), None
+            self._pending_step[index] = (inputs[0], output, sums)
         return hook
 
     def __enter__(self) -> TrajectoryRecorder:
         self._rows = [{key: [] for key in ROW_KEYS} for _ in self.blocks]
+        self._handed = None
         for i, (_, module, _) in enumerate(self.blocks):
             if hasattr(module, "step"):
                 self._handles.append(module.step.register_forward_hook(self._step_hook(i)))
+                if hasattr(module.step, "record_sums"):
+                    module.step.record_sums = True
+                    self._summing.append(module.step)
             self._handles.append(module.register_forward_hook(self._block_hook(i)))
         return self
 
@@ -291,6 +327,11 @@ class TrajectoryRecorder:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for step in self._summing:
+            step.record_sums = False
+            step.sums = None
+        self._summing.clear()
+        self._handed = None
 
     def trajectory(self) -> Trajectory:
         """The statistics of every recorded input (rows in the order they were seen)."""
