@@ -66,6 +66,16 @@ static int fast_cpu(void) { return 0; }
 #endif
 #define BASE_ATTR
 
+/* a row function's four builds: float32 / float64, baseline / AVX2 + FMA */
+#define FOUR_BUILDS(ROWS, name)                                                           \
+    ROWS(name##_f32, float, BASE_ATTR)                                                    \
+    ROWS(name##_f64, double, BASE_ATTR)                                                   \
+    ROWS(name##_f32_fast, float, FAST_ATTR)                                               \
+    ROWS(name##_f64_fast, double, FAST_ATTR)
+
+/* one rounding of a * b + c, in the operands' type */
+#define FMA(a, b, c) _Generic((a), float: __builtin_fmaf, double: __builtin_fma)(a, b, c)
+
 #define GATE_ROWS(NAME, T, ATTR)                                                          \
     ATTR                                                                                  \
     static void NAME(const T *g, const T *fx, const T *h, T *grad_fx, T *row_sum,        \
@@ -84,10 +94,7 @@ static int fast_cpu(void) { return 0; }
         }                                                                                 \
     }
 
-GATE_ROWS(gate_rows_f32, float, BASE_ATTR)
-GATE_ROWS(gate_rows_f64, double, BASE_ATTR)
-GATE_ROWS(gate_rows_f32_fast, float, FAST_ATTR)
-GATE_ROWS(gate_rows_f64_fast, double, FAST_ATTR)
+FOUR_BUILDS(GATE_ROWS, gate_rows)
 
 #define GATE_RELU_ROWS(NAME, T, ATTR)                                                     \
     ATTR                                                                                  \
@@ -110,10 +117,7 @@ GATE_ROWS(gate_rows_f64_fast, double, FAST_ATTR)
         }                                                                                 \
     }
 
-GATE_RELU_ROWS(gate_relu_rows_f32, float, BASE_ATTR)
-GATE_RELU_ROWS(gate_relu_rows_f64, double, BASE_ATTR)
-GATE_RELU_ROWS(gate_relu_rows_f32_fast, float, FAST_ATTR)
-GATE_RELU_ROWS(gate_relu_rows_f64_fast, double, FAST_ATTR)
+FOUR_BUILDS(GATE_RELU_ROWS, gate_relu_rows)
 
 #define SQUARE_ROWS(NAME, T, ATTR)                                                          \
     ATTR                                                                                  \
@@ -133,10 +137,7 @@ GATE_RELU_ROWS(gate_relu_rows_f64_fast, double, FAST_ATTR)
         }                                                                                 \
     }
 
-SQUARE_ROWS(square_rows_f32, float, BASE_ATTR)
-SQUARE_ROWS(square_rows_f64, double, BASE_ATTR)
-SQUARE_ROWS(square_rows_f32_fast, float, FAST_ATTR)
-SQUARE_ROWS(square_rows_f64_fast, double, FAST_ATTR)
+FOUR_BUILDS(SQUARE_ROWS, square_rows)
 
 #define STEP_ROWS(NAME, T, ATTR)                                                          \
     ATTR                                                                                  \
@@ -184,14 +185,7 @@ SQUARE_ROWS(square_rows_f64_fast, double, FAST_ATTR)
         }                                                                                 \
     }
 
-#define FMA __builtin_fmaf
-STEP_ROWS(step_rows_f32, float, BASE_ATTR)
-STEP_ROWS(step_rows_f32_fast, float, FAST_ATTR)
-#undef FMA
-#define FMA __builtin_fma
-STEP_ROWS(step_rows_f64, double, BASE_ATTR)
-STEP_ROWS(step_rows_f64_fast, double, FAST_ATTR)
-#undef FMA
+FOUR_BUILDS(STEP_ROWS, step_rows)
 
 static int clamp_threads(int threads, int64_t rows) {
     if (threads < 1) threads = 1;
