@@ -88,6 +88,19 @@ def test_kernel_is_built_once_into_the_cache(fresh_kernels):
     assert sorted(p.name for p in (fresh_kernels / "kernels").iterdir()) == built
 
 
+def assert_declines(kernel, cases, applicable, grad_mode_case):
+    """``kernel`` returns None for every ``cases`` entry (name -> arguments) outside autograd,
+    and for the ``applicable`` arguments in grad mode and under ``aten_only``."""
+    with torch.no_grad():
+        assert kernel(*applicable) is not None or not kernels.kernels_available(), \
+            "the applicable arguments"
+        for name, args in cases.items():
+            assert kernel(*args) is None, name
+    assert kernel(*applicable) is None, f"grad mode on ({grad_mode_case})"
+    with torch.no_grad(), kernels.aten_only():
+        assert kernel(*applicable) is None, "aten_only"
+
+
 def test_kernel_declines_what_it_does_not_cover(fresh_kernels):
     grad, fx, h = tensors((2, 4, 3, 3), (2, 4, 1, 1), torch.float64)
     cases = {
@@ -100,12 +113,7 @@ def test_kernel_declines_what_it_does_not_cover(fresh_kernels):
         "other shapes": (grad, fx[:, :, :2], h),
         "empty": (grad[:0], fx[:0], h[:0]),
     }
-    with torch.no_grad():
-        for name, args in cases.items():
-            assert kernels.gate_backward(*args) is None, name
-    assert kernels.gate_backward(grad, fx, h) is None, "grad mode on (double backward)"
-    with torch.no_grad(), kernels.aten_only():
-        assert kernels.gate_backward(grad, fx, h) is None, "aten_only"
+    assert_declines(kernels.gate_backward, cases, (grad, fx, h), "double backward")
 
 
 def test_failed_build_warns_once_and_training_goes_on(fresh_kernels, monkeypatch):
@@ -274,12 +282,7 @@ def test_euler_step_declines_what_it_does_not_cover(fresh_kernels):
         "2-D": (x[:, :, 0, 0], fx[:, :, 0, 0], None),
         "empty": (x[:0], fx[:0], h[:0]),
     }
-    with torch.no_grad():
-        for name, args in cases.items():
-            assert kernels.euler_step(*args) is None, name
-    assert kernels.euler_step(x, fx, h) is None, "grad mode on (autograd records the step)"
-    with torch.no_grad(), kernels.aten_only():
-        assert kernels.euler_step(x, fx, h) is None, "aten_only"
+    assert_declines(kernels.euler_step, cases, (x, fx, h), "autograd records the step")
 
 
 @needs_compiler

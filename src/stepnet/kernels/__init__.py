@@ -45,11 +45,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["aten_only", "euler_step", "gate_backward", "gate_relu_backward", "square_sums", "kernels_available", "cache_dir"]
+__all__ = ["aten_only", "euler_step", "gate_backward", "gate_relu_backward", "square_sums",
+           "kernels_available", "cache_dir"]
 
 SOURCE = "kernels.c"
 FLAGS = ("-O3", "-fopenmp", "-fPIC", "-shared", "-std=c11")
 _DTYPES = {torch.float32: 0, torch.float64: 1}
+# each entry point's arguments: (pointers, int64 counts, ints), in kernels.c's order
+_SIGNATURES = {"stepnet_gate_backward": (5, 3, 2), "stepnet_gate_relu_backward": (7, 3, 2),
+               "stepnet_square_sums": (4, 2, 2), "stepnet_euler_step": (5, 3, 4)}
 
 _enabled = os.environ.get("STEPNET_KERNELS", "1") != "0"
 _library: ctypes.CDLL | None = None
@@ -126,18 +130,11 @@ def _build_and_load() -> ctypes.CDLL:
     if other:
         raise RuntimeError(f"the kernel loaded an OpenMP runtime other than torch's "
                            f"({', '.join(sorted(other))})")
-    library.stepnet_gate_backward.restype = ctypes.c_int
-    library.stepnet_gate_backward.argtypes = ([ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3
-                                              + [ctypes.c_int] * 2)
-    library.stepnet_gate_relu_backward.restype = ctypes.c_int
-    library.stepnet_gate_relu_backward.argtypes = ([ctypes.c_void_p] * 7 + [ctypes.c_int64] * 3
-                                                   + [ctypes.c_int] * 2)
-    library.stepnet_square_sums.restype = ctypes.c_int
-    library.stepnet_square_sums.argtypes = ([ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2
-                                            + [ctypes.c_int] * 2)
-    library.stepnet_euler_step.restype = ctypes.c_int
-    library.stepnet_euler_step.argtypes = ([ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3
-                                           + [ctypes.c_int] * 4)
+    for name, (pointers, counts, ints) in _SIGNATURES.items():
+        function = getattr(library, name)
+        function.restype = ctypes.c_int
+        function.argtypes = ([ctypes.c_void_p] * pointers + [ctypes.c_int64] * counts
+                             + [ctypes.c_int] * ints)
     return library
 
 
@@ -170,19 +167,34 @@ def _active() -> bool:
     return _enabled and not torch.compiler.is_compiling()
 
 
-def _gate_applies(grad: Tensor, h: Tensor, *full: Tensor) -> int | None:
-    """The dtype code when the gate kernels apply to ``grad`` and the full-size ``full``
-    tensors (one shape [B, C, *S], contiguous CPU float32/float64, outside autograd recording,
-    tracing and compiling) with a channel gate ``h`` of the same dtype; else None."""
-    if not _active() or torch.is_grad_enabled():
+def _channel_gate_rows(h: Tensor, like: Tensor) -> int | None:
+    """The number of gate values of a channel gate ``h`` [B|1, C, 1, ...] for ``like``
+    [B, C, *S] (B * C or C), or None when ``h`` is not one."""
+    if (h.dim() != like.dim() or h.shape[1] != like.shape[1]
+            or h.shape[0] not in (1, like.shape[0]) or any(s != 1 for s in h.shape[2:])):
         return None
-    if (grad.dim() < 3 or grad.numel() == 0 or any(t.shape != grad.shape for t in full)
-            or _channel_gate_rows(h, grad) is None):
+    return h.numel()
+
+
+def _applies(full: tuple[Tensor, ...], gate: Tensor | None = None,
+             outside_autograd: bool = True) -> int | None:
+    """The dtype code when a kernel applies to the ``full`` tensors (one shape [B, C, *S] with
+    at least 3 dimensions, not empty, contiguous CPU float32/float64 of one dtype) and the
+    channel ``gate`` [B|1, C, 1, ...] of that dtype (when given), with the kernels on and built,
+    outside tracing and compiling, and (``outside_autograd``) outside autograd recording;
+    else None."""
+    if not _active() or (outside_autograd and torch.is_grad_enabled()):
         return None
-    dtype = _DTYPES.get(grad.dtype)
-    if dtype is None or any(t.dtype != grad.dtype for t in (h, *full)):
+    first = full[0]
+    if first.dim() < 3 or first.numel() == 0 or any(t.shape != first.shape for t in full):
         return None
-    if not all(_plain_cpu(t) for t in (grad, h, *full)):
+    tensors = full if gate is None else (*full, gate)
+    dtype = _DTYPES.get(first.dtype)
+    if dtype is None or any(t.dtype != first.dtype for t in tensors):
+        return None
+    if gate is not None and _channel_gate_rows(gate, first) is None:
+        return None
+    if not all(_plain_cpu(t) for t in tensors):
         return None
     return dtype if _load() is not None else None
 
@@ -201,7 +213,7 @@ def gate_backward(grad: Tensor, fx: Tensor, h: Tensor) -> tuple[Tensor, Tensor] 
     gate ``h`` [B|1, C, 1, ...], outside autograd recording (not for double backward) and
     outside tracing and compiling.
     """
-    dtype = _gate_applies(grad, h, fx)
+    dtype = _applies((grad, fx), h)
     if dtype is None:
         return None
     rows = grad.shape[0] * grad.shape[1]
@@ -220,7 +232,7 @@ def gate_relu_backward(grad: Tensor, y: Tensor, fx: Tensor, h: Tensor
     (grad_x * fx).sum_to_size(h.shape))`` with ``grad_x = threshold_backward(grad, y, 0)``
     (zero where y <= 0), in one pass; or None where the kernel does not apply (as
     :func:`gate_backward`)."""
-    dtype = _gate_applies(grad, h, y, fx)
+    dtype = _applies((grad, y, fx), h)
     if dtype is None:
         return None
     rows = grad.shape[0] * grad.shape[1]
@@ -242,30 +254,16 @@ def square_sums(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor] | None:
     Applies to contiguous float32/float64 CPU tensors of one shape [B, C, *S] (at least 3
     dimensions). The results are not differentiable (the stiffness recorder's statistics).
     """
-    if not _active() or a.dim() < 3 or a.shape != b.shape or a.numel() == 0:
-        return None
-    dtype = _DTYPES.get(a.dtype)
-    if dtype is None or b.dtype != a.dtype or not (_plain_cpu(a) and _plain_cpu(b)):
-        return None
-    library = _load()
-    if library is None:
+    dtype = _applies((a, b), outside_autograd=False)
+    if dtype is None:
         return None
     rows = a.shape[0] * a.shape[1]
     sum_a = torch.empty(a.shape[:2], dtype=torch.float64)
     sum_diff = torch.empty(a.shape[:2], dtype=torch.float64)
-    library.stepnet_square_sums(a.data_ptr(), b.data_ptr(), sum_a.data_ptr(),
-                                sum_diff.data_ptr(), rows, a.numel() // rows, dtype,
-                                torch.get_num_threads())
+    _library.stepnet_square_sums(a.data_ptr(), b.data_ptr(), sum_a.data_ptr(),
+                                 sum_diff.data_ptr(), rows, a.numel() // rows, dtype,
+                                 torch.get_num_threads())
     return sum_a, sum_diff
-
-
-def _channel_gate_rows(h: Tensor, like: Tensor) -> int | None:
-    """The number of gate values of a channel gate ``h`` [B|1, C, 1, ...] for ``like``
-    [B, C, *S] (B * C or C), or None when ``h`` is not one."""
-    if (h.dim() != like.dim() or h.shape[1] != like.shape[1]
-            or h.shape[0] not in (1, like.shape[0]) or any(s != 1 for s in h.shape[2:])):
-        return None
-    return h.numel()
 
 
 @functools.cache
@@ -297,26 +295,15 @@ def euler_step(x: Tensor, fx: Tensor, h: Tensor | None, relu: bool = False,
     CPU tensors ``x`` and ``fx`` of one shape [B, C, *S] and a channel gate ``h``
     [B|1, C, 1, ...] or None, outside tracing and compiling.
     """
-    if not _active() or torch.is_grad_enabled():
-        return None
-    if x.dim() < 3 or x.shape != fx.shape or x.numel() == 0:
-        return None
-    dtype = _DTYPES.get(x.dtype)
-    if dtype is None or fx.dtype != x.dtype or not (_plain_cpu(x) and _plain_cpu(fx)):
-        return None
-    h_rows = 1
-    if h is not None:
-        h_rows = _channel_gate_rows(h, x)
-        if h_rows is None or h.dtype != x.dtype or not _plain_cpu(h):
-            return None
-    library = _load()
-    if library is None:
+    dtype = _applies((x, fx), h)
+    if dtype is None:
         return None
     rows = x.shape[0] * x.shape[1]
     out = torch.empty_like(x)
     planes = torch.empty((3,) + x.shape[:2], dtype=torch.float64) if sums else None
-    library.stepnet_euler_step(x.data_ptr(), fx.data_ptr(), None if h is None else h.data_ptr(),
-                               out.data_ptr(), None if planes is None else planes.data_ptr(),
-                               rows, x.numel() // rows, h_rows, int(relu),
-                               int(_addcmul_fuses(x.dtype)), dtype, torch.get_num_threads())
+    _library.stepnet_euler_step(x.data_ptr(), fx.data_ptr(),
+                                None if h is None else h.data_ptr(), out.data_ptr(),
+                                None if planes is None else planes.data_ptr(), rows,
+                                x.numel() // rows, 1 if h is None else h.numel(), int(relu),
+                                int(_addcmul_fuses(x.dtype)), dtype, torch.get_num_threads())
     return out, planes

@@ -150,20 +150,19 @@ class EulerStep(nn.Module):
             # tracers record the plain ops (same values)
             x_next = x + fx if h is None else torch.addcmul(x, fx, h)
             return torch.relu(x_next) if self.relu else x_next
+        fused = None
         if (self.relu or self.record_sums) and not torch.is_grad_enabled():
             fused = euler_step(x, fx, h, self.relu, self.record_sums)
-            if fused is not None:   # one compiled pass (stepnet.kernels)
-                x_next, self.sums = fused
-                if h is not None and not self.relu:
-                    pass_on_pool(x, fx, h, x_next)
-                return x_next
-        if h is None:
-            x_next = x + fx
-            return torch.relu_(x_next) if self.relu else x_next
-        if self.relu:
-            return _EulerStepReluFunction.apply(x, fx, h)
-        x_next = _EulerStepFunction.apply(x, fx, h)
-        pass_on_pool(x, fx, h, x_next)
+        if fused is not None:   # one compiled pass (stepnet.kernels)
+            x_next, self.sums = fused
+        elif h is None:
+            x_next = torch.relu_(x + fx) if self.relu else x + fx
+        elif self.relu:
+            x_next = _EulerStepReluFunction.apply(x, fx, h)
+        else:
+            x_next = _EulerStepFunction.apply(x, fx, h)
+        if h is not None and not self.relu:
+            pass_on_pool(x, fx, h, x_next)
         return x_next
 
 

@@ -227,9 +227,7 @@ class TrajectoryRecorder:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._rows: list[dict[str, list[Tensor]]] = []
         self._changes_shape = [False] * len(self.blocks)
-        self._pending_h: list[Tensor | None] = [None] * len(self.blocks)
-        self._pending_fx: list[Tensor | None] = [None] * len(self.blocks)
-        # per block: the step's (x, x_next, its sums [3, B, C] or None)
+        # per block, from its step's hook: the step's (x, fx, h, x_next, sums [3, B, C] or None)
         self._pending_step: list[tuple | None] = [None] * len(self.blocks)
         # (x_next, its version, ||x_next|| per sample) of the last block whose step summed it:
         # the next block's state norm when that tensor is its input
@@ -254,19 +252,20 @@ class TrajectoryRecorder:
             batch = x_t.shape[0]
             dims = tuple(range(1, x_t.dim()))
             row = self._rows[index]
-            h, fx = self._pending_h[index], self._pending_fx[index]
-            step = self._pending_step[index]
-            self._pending_h[index] = self._pending_fx[index] = self._pending_step[index] = None
+            step_x = fx = h = step_out = sums = None
+            if self._pending_step[index] is not None:
+                step_x, fx, h, step_out, sums = self._pending_step[index]
+                self._pending_step[index] = None
             state_norm = self._handed_state_norm(inputs[0])
             # the step's one-pass sums (stepnet.kernels.euler_step: [3, B, C]) describe this
             # block when the step wrote the block's output; its update too when the step's x is
             # the block's input
             norms = None
-            if step is not None and step[2] is not None and output is step[1]:
-                out_norm, update_norm, update_norm_step = step[2].sum(dim=2).sqrt_().float()
+            if sums is not None and output is step_out:
+                out_norm, update_norm, update_norm_step = sums.sum(dim=2).sqrt_().float()
                 self._handed = (output, None if output.is_inference() else output._version,
                                 out_norm)
-                if inputs[0] is step[0]:
+                if inputs[0] is step_x:
                     norms = update_norm, update_norm_step
             exact = self._exact[index] and fx is not None   # x_{t+1} - x_t = fx * h exactly
             # otherwise x_{t+1} - x_t is needed: one compiled pass over x_t and x_{t+1} gives
@@ -300,11 +299,10 @@ class TrajectoryRecorder:
 
     def _step_hook(self, index: int):  # noqa: ANN202
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-            h = inputs[2]
-            self._pending_h[index] = None if h is None else h.detach()
-            self._pending_fx[index] = inputs[1].detach()
+            x, fx, h = inputs
             sums, module.sums = getattr(module, "sums", None), None
-            self._pending_step[index] = (inputs[0], output, sums)
+            self._pending_step[index] = (x, fx.detach(), None if h is None else h.detach(),
+                                         output, sums)
         return hook
 
     def __enter__(self) -> TrajectoryRecorder:
