@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from stepnet.attention.base import global_avg_pool
+from stepnet.kernels import kernels_available
 from stepnet.models import EulerStep
 
 CASES = {"channel": ((3, 5, 4, 4), (3, 5, 1, 1)), "token": ((3, 7, 6), (3, 1, 6)),
@@ -136,8 +138,46 @@ def test_handed_on_pool_equals_pooling_the_state(monkeypatch, preact, attention)
     blocks = 9
     pools_per_block = 2 if attention == "stepnet" else 1
     assert calls[0] == blocks * pools_per_block
-    handed_on = preact and attention == "stepnet"   # post-activation: relu_ changes x_{t+1}
+    # post-activation: the step pools its output in its compiled pass
+    handed_on = attention == "stepnet" and (preact or kernels_available())
     assert memo_poolings == (blocks + 3 if handed_on else blocks * pools_per_block)
+
+
+def step_and_pool(x, fx, h):
+    y = EulerStep(relu=True)(x, fx, h)
+    return y, global_avg_pool(y)
+
+
+def unfused_step_and_pool(x, fx, h):
+    y = torch.relu(torch.addcmul(x, fx, h))   # rounded as the step rounds
+    return y, y.mean(dim=(2, 3))
+
+
+def test_post_activation_step_hands_its_pooling_on(monkeypatch):
+    """relu(x + fx * h) and its global average pooling: with the kernels the pooling comes
+    from the step's own pass (no full-size read), and values, gradients (the pooling's folded
+    into the step's backward), forward mode and double backward equal the unfused ones."""
+    x, fx, h = (t.requires_grad_() for t in inputs("channel", seed=3))
+    calls = count_full_poolings(monkeypatch)
+    ours = step_and_pool(x, fx, h)
+    assert calls[0] == (0 if kernels_available() else 1)
+    reference = unfused_step_and_pool(x, fx, h)
+    torch.testing.assert_close(ours[0], reference[0], rtol=0, atol=0)
+    torch.testing.assert_close(ours[1], reference[1], rtol=1e-14, atol=1e-15)
+    cotangents = tuple(torch.randn_like(t) for t in reference)
+    got = torch.autograd.grad(ours, (x, fx, h), cotangents, retain_graph=True)
+    expected = torch.autograd.grad(reference, (x, fx, h), cotangents, retain_graph=True)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-14)
+    # only the pooling used, only the state used
+    for used in (0, 1):
+        got = torch.autograd.grad(ours[used], (x, fx, h), cotangents[used], retain_graph=True)
+        expected = torch.autograd.grad(reference[used], (x, fx, h), cotangents[used],
+                                       retain_graph=True)
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-14)
+    assert torch.autograd.gradcheck(step_and_pool, (x, fx, h), check_forward_ad=True)
+    assert torch.autograd.gradgradcheck(step_and_pool, (x, fx, h))
 
 
 def test_pooling_is_the_mean_bitwise_and_its_gradient_is_a_broadcast_view():

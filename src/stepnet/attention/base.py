@@ -117,6 +117,11 @@ def _memo_allowed(t: Tensor) -> bool:
         or t.is_inference() or (t.requires_grad and t.grad_fn is None))
 
 
+def pool_memo_enabled() -> bool:
+    """False within :func:`fresh_pools` (then producers need not compute a pooling to hand on)."""
+    return _pool_memo_enabled
+
+
 def remember_pool(t: Tensor, pooled: Tensor) -> None:
     """Record ``pooled`` ([B, C]) as ``global_avg_pool(t)``; valid until ``t`` is modified in
     place (the memo keeps ``t``'s version counter).

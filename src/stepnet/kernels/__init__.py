@@ -41,19 +41,20 @@ import warnings
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["aten_only", "euler_step", "gate_backward", "gate_relu_backward", "square_sums",
-           "kernels_available", "cache_dir"]
+__all__ = ["EulerStepResult", "aten_only", "euler_step", "euler_step_applies", "gate_backward",
+           "gate_relu_backward", "square_sums", "kernels_available", "cache_dir"]
 
 SOURCE = "kernels.c"
-FLAGS = ("-O3", "-fopenmp", "-fPIC", "-shared", "-std=c11")
+FLAGS = ("-O3", "-fno-trapping-math", "-fopenmp", "-fPIC", "-shared", "-std=c11")
 _DTYPES = {torch.float32: 0, torch.float64: 1}
 # each entry point's arguments: (pointers, int64 counts, ints), in kernels.c's order
-_SIGNATURES = {"stepnet_gate_backward": (5, 3, 2), "stepnet_gate_relu_backward": (7, 3, 2),
-               "stepnet_square_sums": (4, 2, 2), "stepnet_euler_step": (5, 3, 4)}
+_SIGNATURES = {"stepnet_gate_backward": (5, 3, 2), "stepnet_gate_relu_backward": (8, 3, 2),
+               "stepnet_square_sums": (4, 2, 2), "stepnet_euler_step": (6, 3, 4)}
 
 _enabled = os.environ.get("STEPNET_KERNELS", "1") != "0"
 _library: ctypes.CDLL | None = None
@@ -226,23 +227,36 @@ def gate_backward(grad: Tensor, fx: Tensor, h: Tensor) -> tuple[Tensor, Tensor] 
     return grad_fx, _rows_to_gate(row_sum, grad, h)
 
 
-def gate_relu_backward(grad: Tensor, y: Tensor, fx: Tensor, h: Tensor
-                       ) -> tuple[Tensor, Tensor, Tensor] | None:
+def gate_relu_backward(grad: Tensor, y: Tensor, fx: Tensor, h: Tensor,
+                       pool_grad: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor] | None:
     """The backward of ``y = relu(x + fx * h)`` from its output ``y``: ``(grad_x, grad_x * h,
     (grad_x * fx).sum_to_size(h.shape))`` with ``grad_x = threshold_backward(grad, y, 0)``
     (zero where y <= 0), in one pass; or None where the kernel does not apply (as
-    :func:`gate_backward`)."""
+    :func:`gate_backward`).
+
+    ``pool_grad`` [B, C] is the gradient of ``y``'s global average pooling (``y`` pooled over
+    every dimension after the second), when that pooling was taken from the step
+    (:func:`euler_step` with ``pool=True``): ``grad_x`` then masks ``grad + pool_grad / S``
+    broadcast over the pooled positions (S of them), the pooling's backward in the same pass.
+    """
     dtype = _applies((grad, y, fx), h)
     if dtype is None:
         return None
     rows = grad.shape[0] * grad.shape[1]
+    inner = grad.numel() // rows
+    if pool_grad is not None:
+        pool_grad = (pool_grad / inner).contiguous()   # as the pooling's own backward divides
+        if (pool_grad.shape != grad.shape[:2] or pool_grad.dtype != grad.dtype
+                or not _plain_cpu(pool_grad)):
+            return None
     grad_x = torch.empty_like(grad)
     grad_fx = torch.empty_like(grad)
     row_sum = torch.empty(grad.shape[:2], dtype=grad.dtype)
     _library.stepnet_gate_relu_backward(grad.data_ptr(), y.data_ptr(), fx.data_ptr(),
                                         h.data_ptr(), grad_x.data_ptr(), grad_fx.data_ptr(),
-                                        row_sum.data_ptr(), rows, grad.numel() // rows,
-                                        h.numel(), dtype, torch.get_num_threads())
+                                        row_sum.data_ptr(),
+                                        None if pool_grad is None else pool_grad.data_ptr(),
+                                        rows, inner, h.numel(), dtype, torch.get_num_threads())
     return grad_x, grad_fx, _rows_to_gate(row_sum, grad, h)
 
 
@@ -281,19 +295,37 @@ def _addcmul_fuses(dtype: torch.dtype) -> bool:
         return bool((torch.addcmul(x, fx, h) != (x + fx * h)).all())
 
 
-def euler_step(x: Tensor, fx: Tensor, h: Tensor | None, relu: bool = False,
-               sums: bool = False) -> tuple[Tensor, Tensor | None] | None:
-    """``x + fx * h`` (``relu``: then the ReLU) in one pass, with, when ``sums``, the sums of
-    squares per (sample, channel) the stiffness recorder needs; or None where the kernel does
-    not apply (then the caller uses ATen ops).
+def euler_step_applies(x: Tensor, fx: Tensor, h: Tensor | None) -> bool:
+    """Whether :func:`euler_step` applies to these tensors once autograd stops recording (in
+    an autograd function's forward): lets a caller pick such a function beforehand."""
+    return _applies((x, fx), h, outside_autograd=False) is not None
 
-    Returns ``(out, sums)``: ``out`` [B, C, *S] bitwise equal to ``torch.addcmul(x, fx, h)``
-    (``x + fx`` when h is None), then ``torch.relu``; ``sums`` (when asked for, else None)
-    [3, B, C] float64 over every dimension after the second: Σ out², Σ u², Σ (u / h)² for the
-    update u = out - x (taken as fx * h without the ReLU, where it is exactly that). Applies
-    outside autograd recording (``no_grad``, ``inference_mode``) to contiguous float32/float64
-    CPU tensors ``x`` and ``fx`` of one shape [B, C, *S] and a channel gate ``h``
-    [B|1, C, 1, ...] or None, outside tracing and compiling.
+
+class EulerStepResult(NamedTuple):
+    """What :func:`euler_step` returns: the new state, and what was asked for besides."""
+
+    out: Tensor                 # [B, C, *S]
+    sums: Tensor | None         # [3, B, C] float64, with sums=True
+    pooled: Tensor | None       # [B, C], with pool=True
+
+
+def euler_step(x: Tensor, fx: Tensor, h: Tensor | None, relu: bool = False,
+               sums: bool = False, pool: bool = False) -> EulerStepResult | None:
+    """``x + fx * h`` (``relu``: then the ReLU) in one pass, with, when ``sums``, the sums of
+    squares per (sample, channel) the stiffness recorder needs and, when ``pool``, the output's
+    global average pooling; or None where the kernel does not apply (then the caller uses ATen
+    ops).
+
+    Returns ``(out, sums, pooled)``: ``out`` [B, C, *S] bitwise equal to
+    ``torch.addcmul(x, fx, h)`` (``x + fx`` when h is None), then ``torch.relu``; ``sums``
+    (when asked for, else None) [3, B, C] float64 over every dimension after the second:
+    Σ out², Σ u², Σ (u / h)² for the update u = out - x (taken as fx * h without the ReLU,
+    where it is exactly that); ``pooled`` (when asked for, else None) [B, C] in ``out``'s
+    dtype, the mean of ``out`` over every dimension after the second (summed in float64, so
+    equal to ATen's mean to float rounding). Applies outside autograd recording (``no_grad``,
+    ``inference_mode``, an autograd function's forward) to contiguous float32/float64 CPU
+    tensors ``x`` and ``fx`` of one shape [B, C, *S] and a channel gate ``h`` [B|1, C, 1, ...]
+    or None, outside tracing and compiling.
     """
     dtype = _applies((x, fx), h)
     if dtype is None:
@@ -301,9 +333,11 @@ def euler_step(x: Tensor, fx: Tensor, h: Tensor | None, relu: bool = False,
     rows = x.shape[0] * x.shape[1]
     out = torch.empty_like(x)
     planes = torch.empty((3,) + x.shape[:2], dtype=torch.float64) if sums else None
+    pooled = torch.empty(x.shape[:2], dtype=x.dtype) if pool else None
     _library.stepnet_euler_step(x.data_ptr(), fx.data_ptr(),
                                 None if h is None else h.data_ptr(), out.data_ptr(),
+                                None if pooled is None else pooled.data_ptr(),
                                 None if planes is None else planes.data_ptr(), rows,
                                 x.numel() // rows, 1 if h is None else h.numel(), int(relu),
                                 int(_addcmul_fuses(x.dtype)), dtype, torch.get_num_threads())
-    return out, planes
+    return EulerStepResult(out, planes, pooled)

@@ -13,11 +13,14 @@
  * stepnet_gate_relu_backward -- the same for the post-activation step y = relu(x + fx * h),
  * from the saved output y (the ReLU's mask, as ATen's threshold_backward: zero where y <= 0):
  *
- *     grad_x[r, i]  = y[r, i] <= 0 ? 0 : grad[r, i]
+ *     grad_x[r, i]  = y[r, i] <= 0 ? 0 : grad[r, i] + pool_grad[r]
  *     grad_fx[r, i] = grad_x[r, i] * h[r % h_rows]
  *     row_sum[r]    = sum_i grad_x[r, i] * fx[r, i]
  *
- * ATen needs two passes more (the ReLU's backward writes grad_x, the gate reads it back).
+ * pool_grad (NULL: none) is the gradient of y's per-row mean, already divided by `inner`:
+ * the pooling's backward (a broadcast added to grad) folded into the same pass.
+ * ATen needs two passes more (the ReLU's backward writes grad_x, the gate reads it back),
+ * and two for the pooling's gradient.
  *
  * stepnet_square_sums -- the stiffness recorder's norms of a state and of its update:
  *
@@ -31,6 +34,11 @@
  *
  *     v                 = x[r, i] + fx[r, i] * h[r % h_rows]   (h = 1 when h is NULL)
  *     out[r, i]         = relu ? (v < 0 ? 0 : v) : v           (NaN stays NaN, as torch.relu)
+ *
+ * when pooled is set, each row's mean (summed in double, rounded, divided by `inner` -- the
+ * global average pooling of out, read while the row is in cache):
+ *
+ *     pooled[r]         = sum_i out[r, i] / inner
  *
  * and, when sums is set, three planes of `rows` doubles (the update u = out - x):
  *
@@ -99,19 +107,32 @@ FOUR_BUILDS(GATE_ROWS, gate_rows)
 #define GATE_RELU_ROWS(NAME, T, ATTR)                                                     \
     ATTR                                                                                  \
     static void NAME(const T *g, const T *y, const T *fx, const T *h, T *grad_x,         \
-                     T *grad_fx, T *row_sum, int64_t begin, int64_t end, int64_t inner,  \
-                     int64_t h_rows) {                                                    \
+                     T *grad_fx, T *row_sum, const T *pool_grad, int64_t begin,          \
+                     int64_t end, int64_t inner, int64_t h_rows) {                        \
         for (int64_t r = begin; r < end; ++r) {                                           \
             const T *gr = g + r * inner, *yr = y + r * inner, *fr = fx + r * inner;       \
             T *gx = grad_x + r * inner, *gf = grad_fx + r * inner;                        \
             const T hv = h[r % h_rows];                                                   \
             T acc = 0;                                                                    \
-            _Pragma("omp simd reduction(+:acc)")                                          \
-            for (int64_t i = 0; i < inner; ++i) {                                         \
-                const T gi = yr[i] <= 0 ? (T)0 : gr[i];                                   \
-                gx[i] = gi;                                                               \
-                gf[i] = gi * hv;                                                          \
-                acc += gi * fr[i];                                                        \
+            /* every operand is read unconditionally, so the mask is a blend: a select  \
+             * whose arm is a load makes GCC emit masked loads or a branch per element */ \
+            if (pool_grad) {                                                              \
+                const T pg = pool_grad[r];                                                \
+                _Pragma("omp simd reduction(+:acc)")                                      \
+                for (int64_t i = 0; i < inner; ++i) {                                     \
+                    const T gv = gr[i] + pg, gi = yr[i] <= 0 ? (T)0 : gv;                 \
+                    gx[i] = gi;                                                           \
+                    gf[i] = gi * hv;                                                      \
+                    acc += gi * fr[i];                                                    \
+                }                                                                         \
+            } else {                                                                      \
+                _Pragma("omp simd reduction(+:acc)")                                      \
+                for (int64_t i = 0; i < inner; ++i) {                                     \
+                    const T gv = gr[i], gi = yr[i] <= 0 ? (T)0 : gv;                      \
+                    gx[i] = gi;                                                           \
+                    gf[i] = gi * hv;                                                      \
+                    acc += gi * fr[i];                                                    \
+                }                                                                         \
             }                                                                             \
             row_sum[r] = acc;                                                             \
         }                                                                                 \
@@ -141,9 +162,9 @@ FOUR_BUILDS(SQUARE_ROWS, square_rows)
 
 #define STEP_ROWS(NAME, T, ATTR)                                                          \
     ATTR                                                                                  \
-    static void NAME(const T *x, const T *fx, const T *h, T *out, double *sums,          \
-                     int64_t plane, int64_t begin, int64_t end, int64_t inner,           \
-                     int64_t h_rows, int relu, int fma) {                                 \
+    static void NAME(const T *x, const T *fx, const T *h, T *out, T *pooled,             \
+                     double *sums, int64_t plane, int64_t begin, int64_t end,            \
+                     int64_t inner, int64_t h_rows, int relu, int fma) {                  \
         for (int64_t r = begin; r < end; ++r) {                                           \
             const T *xr = x + r * inner, *fr = fx + r * inner;                            \
             T *o = out + r * inner;                                                       \
@@ -158,6 +179,12 @@ FOUR_BUILDS(SQUARE_ROWS, square_rows)
             if (relu) {                                                                   \
                 _Pragma("omp simd")                                                       \
                 for (int64_t i = 0; i < inner; ++i) o[i] = o[i] < 0 ? (T)0 : o[i];        \
+            }                                                                             \
+            if (pooled) {                                                                 \
+                double total = 0;                                                         \
+                _Pragma("omp simd reduction(+:total)")                                    \
+                for (int64_t i = 0; i < inner; ++i) total += o[i];                        \
+                pooled[r] = (T)total / (T)inner;                                          \
             }                                                                             \
             if (!sums) continue;                                                          \
             double so = 0, su = 0;                                                        \
@@ -216,10 +243,13 @@ int stepnet_gate_backward(const void *grad, const void *fx, const void *h, void 
                   gate_rows_f32_fast(GATE_ARGS), gate_rows_f64_fast(GATE_ARGS))
 }
 
-#define GATE_RELU_ARGS grad, y, fx, h, grad_x, grad_fx, row_sum, begin, end, inner, h_rows
+/* pool_grad may be NULL (no gradient for y's mean). */
+#define GATE_RELU_ARGS grad, y, fx, h, grad_x, grad_fx, row_sum, pool_grad, begin, end, inner, \
+                       h_rows
 int stepnet_gate_relu_backward(const void *grad, const void *y, const void *fx, const void *h,
-                               void *grad_x, void *grad_fx, void *row_sum, int64_t rows,
-                               int64_t inner, int64_t h_rows, int dtype, int threads) {
+                               void *grad_x, void *grad_fx, void *row_sum,
+                               const void *pool_grad, int64_t rows, int64_t inner,
+                               int64_t h_rows, int dtype, int threads) {
     PARALLEL_ROWS(gate_relu_rows_f32(GATE_RELU_ARGS), gate_relu_rows_f64(GATE_RELU_ARGS),
                   gate_relu_rows_f32_fast(GATE_RELU_ARGS), gate_relu_rows_f64_fast(GATE_RELU_ARGS))
 }
@@ -231,9 +261,10 @@ int stepnet_square_sums(const void *a, const void *b, double *sum_a, double *sum
                   square_rows_f32_fast(SQUARE_ARGS), square_rows_f64_fast(SQUARE_ARGS))
 }
 
-/* h may be NULL (h = 1); sums NULL (none) or 3 * rows doubles. */
-#define STEP_ARGS x, fx, h, out, sums, rows, begin, end, inner, h_rows, relu, fma
-int stepnet_euler_step(const void *x, const void *fx, const void *h, void *out,
+/* h may be NULL (h = 1); pooled NULL (none) or rows values; sums NULL (none) or 3 * rows
+ * doubles. */
+#define STEP_ARGS x, fx, h, out, pooled, sums, rows, begin, end, inner, h_rows, relu, fma
+int stepnet_euler_step(const void *x, const void *fx, const void *h, void *out, void *pooled,
                        double *sums, int64_t rows, int64_t inner,
                        int64_t h_rows, int relu, int fma, int dtype, int threads) {
     PARALLEL_ROWS(step_rows_f32(STEP_ARGS), step_rows_f64(STEP_ARGS),

@@ -9,8 +9,9 @@ from torch import Tensor, nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from ..attention import IEBatchNorm2d, StepSize, create_attention, get_attention_class
-from ..attention.base import pooled_dims, recall_pool, remember_pool
-from ..kernels import euler_step, gate_backward, gate_relu_backward
+from ..attention.base import (as_channel_gate, pool_memo_enabled, pooled_dims, recall_pool,
+                              remember_pool)
+from ..kernels import euler_step, euler_step_applies, gate_backward, gate_relu_backward
 
 NORMS = ("bn", "iebn")
 
@@ -93,7 +94,7 @@ class _EulerStepReluFunction(torch.autograd.Function):
     @staticmethod
     def forward(x: Tensor, fx: Tensor, h: Tensor) -> Tensor:
         fused = euler_step(x, fx, h, relu=True)   # autograd does not record inside forward
-        return fused[0] if fused is not None else torch.addcmul(x, fx, h).relu_()
+        return fused.out if fused is not None else torch.addcmul(x, fx, h).relu_()
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
@@ -119,6 +120,58 @@ class _EulerStepReluFunction(torch.autograd.Function):
     def jvp(ctx, tx: Tensor | None, tfx: Tensor | None, th: Tensor | None) -> Tensor:  # noqa: ANN001
         fx, h, y = ctx.saved_tensors
         return torch.ops.aten.threshold_backward(_step_tangent(tx, tfx, th, fx, h), y, 0)
+
+
+class _EulerStepReluPoolFunction(torch.autograd.Function):
+    """``(y, GAP(y))`` for ``y = relu(x + fx * h)``: the post-activation step that also hands
+    its output's pooling on (the next block's StepNet adaptor pools its input x = y). Both come
+    from one compiled pass, and the backward folds the pooling's gradient (a broadcast added to
+    ``y``'s) into the step's one pass (:func:`stepnet.kernels.gate_relu_backward`), where
+    pooling ``y`` afterwards costs a full read in forward and a full read-write in backward.
+    Picked only where the kernel applies (:func:`stepnet.kernels.euler_step_applies`); ATen
+    ops in backward where it does not (double backward, unusual gradients)."""
+
+    @staticmethod
+    def forward(x: Tensor, fx: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        fused = euler_step(x, fx, h, relu=True, pool=True)
+        if fused is None:   # the caller checked; only a change of state in between gets here
+            y = torch.addcmul(x, fx, h).relu_()
+            return y, y.sum(dim=pooled_dims(y)) / y[0, 0].numel()
+        return fused.out, fused.pooled
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        x, fx, h = inputs
+        ctx.x_shape = x.shape
+        ctx.set_materialize_grads(False)   # a pooling nobody used has no gradient
+        ctx.save_for_backward(fx, h, output[0])
+        ctx.save_for_forward(fx, h, output[0])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor | None, pool_grad: Tensor | None  # noqa: ANN001
+                 ) -> tuple[Tensor | None, ...]:
+        fx, h, y = ctx.saved_tensors
+        if grad is None and pool_grad is None:
+            return None, None, None
+        if grad is None:
+            grad = torch.zeros_like(y)
+        need_x, need_fx, need_h = ctx.needs_input_grad
+        if need_fx and need_h:
+            fused = gate_relu_backward(grad, y, fx, h, pool_grad)
+            if fused is not None:   # one compiled pass
+                grad_x, grad_fx, grad_h = fused
+                return grad_x.sum_to_size(ctx.x_shape) if need_x else None, grad_fx, grad_h
+        if pool_grad is not None:   # the pooling's backward: a broadcast mean gradient
+            grad = grad + as_channel_gate(pool_grad / y[0, 0].numel(), y)
+        masked = torch.ops.aten.threshold_backward(grad, y, 0)
+        return _gated_step_backward(ctx.needs_input_grad, ctx.x_shape, masked, fx, h)
+
+    @staticmethod
+    def jvp(ctx, tx: Tensor | None, tfx: Tensor | None, th: Tensor | None  # noqa: ANN001
+            ) -> tuple[Tensor, Tensor]:
+        fx, h, y = ctx.saved_tensors
+        ty = torch.ops.aten.threshold_backward(_step_tangent(tx, tfx, th, fx, h), y, 0)
+        return ty, ty.sum(dim=pooled_dims(ty)) / ty[0, 0].numel()
 
 
 class EulerStep(nn.Module):
@@ -150,13 +203,22 @@ class EulerStep(nn.Module):
             # tracers record the plain ops (same values)
             x_next = x + fx if h is None else torch.addcmul(x, fx, h)
             return torch.relu(x_next) if self.relu else x_next
+        # post-activation steps with a step size hand their feature map's pooling on (computed
+        # in the step's pass) where it can be remembered: not on inference tensors
+        pool = (self.relu and h is not None and x.dim() == 4 and pool_memo_enabled()
+                and not torch.is_inference_mode_enabled())
         fused = None
         if (self.relu or self.record_sums) and not torch.is_grad_enabled():
-            fused = euler_step(x, fx, h, self.relu, self.record_sums)
+            fused = euler_step(x, fx, h, self.relu, self.record_sums, pool)
         if fused is not None:   # one compiled pass (stepnet.kernels)
-            x_next, self.sums = fused
+            x_next, self.sums = fused.out, fused.sums
+            if fused.pooled is not None:
+                remember_pool(x_next, fused.pooled)
         elif h is None:
             x_next = torch.relu_(x + fx) if self.relu else x + fx
+        elif self.relu and pool and euler_step_applies(x, fx, h):
+            x_next, pooled = _EulerStepReluPoolFunction.apply(x, fx, h)
+            remember_pool(x_next, pooled)
         elif self.relu:
             x_next = _EulerStepReluFunction.apply(x, fx, h)
         else:
