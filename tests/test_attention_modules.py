@@ -147,6 +147,55 @@ def test_stepnet_default_is_learned_finite_difference_of_adjacent_states():
     torch.testing.assert_close(module(x, fx).flatten(1), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_stepnet_training_mode_against_its_definition(momentum):
+    """Training mode (batch statistics; the running statistics take the batch mean and the
+    unbiased variance): h, every gradient and the running statistics against a direct float64
+    computation. Uses the compiled adaptor where the kernels are built."""
+    channels, batch = 12, 6
+    module = create_attention("stepnet", channels).double().train()
+    module.norm.bn.momentum = momentum
+    randomize_parameters(module)
+    randomize_batchnorm(module)
+    bn, norm = module.norm.bn, module.norm
+    running_mean, running_var = bn.running_mean.clone(), bn.running_var.clone()
+    x, fx = (t.requires_grad_() for t in _pair(channels, batch=batch, dtype=torch.float64))
+    h = module(x, fx)
+    assert h.shape == (batch, channels, 1, 1)
+    p, q = x.mean(dim=(2, 3)), (x + fx).mean(dim=(2, 3))
+    w = module.conv.weight.reshape(channels, 2)
+    z = w[:, 0] * p + w[:, 1] * q
+    mean, var = z.mean(dim=0), z.var(dim=0, unbiased=False)
+    normed = (z - mean) / torch.sqrt(var + bn.eps)
+    gate = torch.sigmoid(norm.ie_weight * z + norm.ie_bias)
+    expected = torch.sigmoid(normed * norm.weight * gate + norm.bias)
+    torch.testing.assert_close(h.flatten(1), expected, rtol=1e-12, atol=1e-14)
+    factor = 1.0 if momentum is None else momentum   # None: a cumulative average, 1 batch
+    assert bn.num_batches_tracked.item() == 1
+    torch.testing.assert_close(bn.running_mean, (1 - factor) * running_mean + factor * mean)
+    torch.testing.assert_close(bn.running_var, (1 - factor) * running_var
+                               + factor * z.var(dim=0, unbiased=True).detach())
+    inputs = (x, fx, *module.parameters())
+    cotangent = torch.randn_like(expected)
+    got = torch.autograd.grad(h.flatten(1), inputs, cotangent)
+    wanted = torch.autograd.grad(expected, inputs, cotangent)
+    for name, a, b in zip(["x", "fx"] + [n for n, _ in module.named_parameters()], got, wanted):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13, msg=name)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_stepnet_higher_derivatives(training):
+    """Double backward and forward mode against finite differences, with batch statistics
+    (training) and running ones. (Forward mode once met a stale pooling: gradcheck refills the
+    tangents of the same dual inputs, which the pool memo did not see.)"""
+    module = create_attention("stepnet", 5).double().train(training)
+    randomize_parameters(module)
+    randomize_batchnorm(module)
+    x, fx = (t.requires_grad_() for t in _pair(5, size=3, batch=4, dtype=torch.float64))
+    assert torch.autograd.gradcheck(module, (x, fx), check_forward_ad=True)
+    assert torch.autograd.gradgradcheck(module, (x, fx))
+
+
 def test_stepnet_inputs_see_what_they_claim():
     x, fx = _pair(16)
     d = torch.randn(4, 16, 1, 1).expand_as(x)

@@ -31,13 +31,15 @@ def unfused_relu(x, fx, h):
     return torch.relu(x + fx * h)
 
 
-RELU = pytest.mark.parametrize("relu", [False, True], ids=["step", "relu-step"])
+# the post-activation step also with its output's pooling computed (and not used)
+RELU = pytest.mark.parametrize("relu,pool", [(False, False), (True, False), (True, True)],
+                               ids=["step", "relu-step", "relu-step-pooling"])
 
 
 @RELU
 @pytest.mark.parametrize("case", CASES)
-def test_forward_and_backward_equal_the_unfused_step(case, relu):
-    step = EulerStep(relu=relu)
+def test_forward_and_backward_equal_the_unfused_step(case, relu, pool):
+    step = EulerStep(relu=relu, pool_output=pool)
     x, fx, h = (t.requires_grad_() for t in inputs(case))
     grad = torch.randn_like(x)
     ours = step(x, fx, h)
@@ -57,10 +59,10 @@ def test_forward_and_backward_equal_the_unfused_step(case, relu):
 
 @RELU
 @pytest.mark.parametrize("case", CASES)
-def test_only_the_needed_gradients(case, relu):
+def test_only_the_needed_gradients(case, relu, pool):
     x, fx, h = inputs(case)
     fx.requires_grad_()
-    out = EulerStep(relu=relu)(x, fx, h)
+    out = EulerStep(relu=relu, pool_output=pool)(x, fx, h)
     (grad_fx,) = torch.autograd.grad(out.sum(), (fx,))
     mask = (out > 0).double() if relu else 1
     torch.testing.assert_close(grad_fx, h.expand_as(fx) * mask, rtol=0, atol=0)
@@ -68,9 +70,9 @@ def test_only_the_needed_gradients(case, relu):
 
 @RELU
 @pytest.mark.parametrize("case", CASES)
-def test_gradcheck_gradgradcheck_and_forward_mode(case, relu):
+def test_gradcheck_gradgradcheck_and_forward_mode(case, relu, pool):
     x, fx, h = (t.requires_grad_() for t in inputs(case, seed=1))
-    step = EulerStep(relu=relu)
+    step = EulerStep(relu=relu, pool_output=pool)
     assert torch.autograd.gradcheck(step, (x, fx, h), check_forward_ad=True)
     assert torch.autograd.gradgradcheck(step, (x, fx, h))
     tangents = tuple(torch.randn_like(t) for t in (x, fx, h))
@@ -82,9 +84,9 @@ def test_gradcheck_gradgradcheck_and_forward_mode(case, relu):
 
 @RELU
 @pytest.mark.parametrize("case", ["channel", "token"])
-def test_reverse_mode_jacobians_under_vmap(case, relu):
+def test_reverse_mode_jacobians_under_vmap(case, relu, pool):
     x, fx, h = inputs(case, seed=2)
-    ours = torch.func.jacrev(EulerStep(relu=relu), argnums=(0, 1, 2))(x, fx, h)
+    ours = torch.func.jacrev(EulerStep(relu=relu, pool_output=pool), argnums=(0, 1, 2))(x, fx, h)
     expected = torch.func.jacrev(unfused_relu if relu else unfused, argnums=(0, 1, 2))(x, fx, h)
     for a, b in zip(ours, expected):
         torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)
@@ -144,7 +146,7 @@ def test_handed_on_pool_equals_pooling_the_state(monkeypatch, preact, attention)
 
 
 def step_and_pool(x, fx, h):
-    y = EulerStep(relu=True)(x, fx, h)
+    y = EulerStep(relu=True, pool_output=True)(x, fx, h)
     return y, global_avg_pool(y)
 
 

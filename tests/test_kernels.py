@@ -3,6 +3,7 @@ three-pass computation and an independent float64 sum; where it must not apply, 
 failed build does."""
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import sys
@@ -11,7 +12,7 @@ import warnings
 import pytest
 import torch
 
-from stepnet import kernels
+from stepnet import create_attention, kernels
 from stepnet.models import EulerStep, create_model
 
 needs_compiler = pytest.mark.skipif(
@@ -382,3 +383,111 @@ def test_recorder_statistics_with_and_without_the_kernel(fresh_kernels, monkeypa
     for key in ("nsi", "nsi_step", "state_norm", "update_norm", "update_norm_step"):
         torch.testing.assert_close(getattr(fused, key), getattr(reference, key), rtol=2e-5,
                                    atol=1e-6, equal_nan=True, msg=key)
+
+
+# --- StepNet's adaptor on pooled descriptors ---------------------------------------------------
+
+def fused_gate_calls(monkeypatch) -> list[int]:
+    from stepnet.attention import stepnet as stepnet_module
+
+    calls = [0]
+    apply = stepnet_module._FusedGateFunction.apply
+
+    def counted(*args):
+        calls[0] += 1
+        return apply(*args)
+
+    monkeypatch.setattr(stepnet_module._FusedGateFunction, "apply", counted)
+    return calls
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_adaptor_kernel_equals_the_aten_ops(fresh_kernels, monkeypatch, dtype):
+    """StepNet's adaptor in training mode through the compiled forward and backward against
+    the same module through ATen's ops: h, the gradients of x, fx and every parameter, and the
+    running statistics, to float rounding."""
+    import copy
+
+    from tests.helpers import randomize_parameters
+
+    torch.manual_seed(5)
+    module = create_attention("stepnet", 24).to(dtype).train()
+    randomize_parameters(module)
+    reference = copy.deepcopy(module)
+    x, fx = (torch.randn(7, 24, 3, 5, dtype=dtype).requires_grad_() for _ in range(2))
+    calls = fused_gate_calls(monkeypatch)
+    results = []
+    for model in (module, reference):
+        with contextlib.ExitStack() as stack:
+            if model is reference:
+                stack.enter_context(kernels.aten_only())
+            h = model(x, fx)
+            cotangent = torch.linspace(-1, 1, h.numel(), dtype=dtype).view_as(h)
+            grads = torch.autograd.grad(h, (x, fx, *model.parameters()), cotangent)
+        results.append((h, grads, model.norm.bn.running_mean, model.norm.bn.running_var))
+        assert calls[0] == 1, "the compiled adaptor ran exactly once (not under aten_only)"
+    tolerance = {torch.float32: dict(rtol=2e-5, atol=2e-6),
+                 torch.float64: dict(rtol=1e-12, atol=1e-14)}[dtype]
+    (h, grads, mean, var), (h_ref, grads_ref, mean_ref, var_ref) = results
+    torch.testing.assert_close(h, h_ref, **tolerance)
+    torch.testing.assert_close(mean, mean_ref, **tolerance)
+    torch.testing.assert_close(var, var_ref, **tolerance)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, **tolerance)
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_adaptor_sigmoid_over_the_whole_range(fresh_kernels, dtype):
+    """The kernel's own sigmoid (a vectorised exp) against torch.sigmoid from -800 to 800,
+    at the clamps and on NaN: with gamma = 0 and ie_weight = 0, h = sigmoid(beta) and the
+    gate = sigmoid(ie_bias), channel by channel."""
+    logits = torch.cat([torch.linspace(-800, 800, 4001, dtype=dtype),
+                        torch.tensor([-746, -745, -709, -708.5, -708, -88, -87.5, -87, -1e-30,
+                                      0, 1e-30, 87, 88, 708, 709, 1e300, -1e300,
+                                      float("inf"), -float("inf"), float("nan")],
+                                     dtype=dtype)])
+    channels = logits.numel()
+    p, d = torch.randn(2, channels, dtype=dtype), torch.randn(2, channels, dtype=dtype)
+    weight = torch.randn(channels, 2, 1, 1, dtype=dtype)
+    zeros = torch.zeros(channels, dtype=dtype)
+    h, saved = kernels.adaptor_forward(p, d, weight, zeros, logits, zeros, logits, None, None,
+                                       1e-5, 0.0)
+    expected = torch.sigmoid(logits).expand(2, -1)
+    tiny = torch.finfo(dtype).tiny
+    for got in (h, saved.gate):
+        torch.testing.assert_close(got, expected, rtol=4 * torch.finfo(dtype).eps, atol=tiny,
+                                   equal_nan=True)
+
+
+@needs_compiler
+def test_adaptor_kernel_declines_what_it_does_not_cover(fresh_kernels, monkeypatch):
+    """Evaluation mode, a batch of one, the ablations, mixed dtypes, functorch transforms and
+    forward-mode AD take the ATen ops (and still compute the module's h)."""
+    calls = fused_gate_calls(monkeypatch)
+    x, fx = torch.randn(4, 6, 3, 3), torch.randn(4, 6, 3, 3)
+    module = create_attention("stepnet", 6).train()
+    module.eval()
+    module(x, fx)
+    module.train()
+    module(x[:1], fx[:1])
+    for options in ({"input": "x"}, {"structure": "b"}, {"structure": "d"}):
+        create_attention("stepnet", 6, **options).train()(x, fx)
+    import torch.autograd.forward_ad as fwAD
+    with fwAD.dual_level():
+        module(fwAD.make_dual(x, torch.ones_like(x)), fx)
+    # functorch in training mode needs batch norms without running statistics
+    stateless = torch.func.replace_all_batch_norm_modules_(create_attention("stepnet", 6))
+    batched = torch.func.vmap(stateless, in_dims=1, out_dims=1)(
+        torch.stack([x, 2 * x], dim=1), torch.stack([fx, fx], dim=1))
+    grad_x = torch.func.grad(lambda x: stateless(x, fx).square().sum())(x)
+    assert calls[0] == 0
+    # ... and the compiled adaptor (without running statistics) agrees with them
+    torch.testing.assert_close(stateless(2 * x, fx), batched[:, 1])
+    x.requires_grad_()
+    torch.testing.assert_close(torch.autograd.grad(stateless(x, fx).square().sum(), x)[0],
+                               grad_x)
+    assert calls[0] == 2
+    assert kernels.adaptor_forward(x.mean((2, 3)), fx.mean((2, 3)), module.conv.weight,
+                                   *(torch.ones(5),) * 4, None, None, 1e-5, 0.1) is None

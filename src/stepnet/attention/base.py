@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
+from torch.autograd import forward_ad
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 
@@ -34,9 +35,12 @@ class StepSize(nn.Module):
     * ``uses_spatial_size`` -- the constructor takes ``spatial_size`` (the feature map's side at
       the block's stage), which builders pass in.
     * ``supports_tokens`` -- the module also works on token sequences [B, N, D].
+    * ``pools_input`` -- ``forward`` pools its ``x`` with :func:`global_avg_pool`, so the step
+      before it hands that pooling on (a post-activation step computes it in its own pass).
     """
 
     is_identity: bool = False
+    pools_input: bool = False
     uses_spatial_size: bool = False
     supports_tokens: bool = True
 
@@ -108,13 +112,16 @@ def fresh_pools() -> Iterator[None]:
 
 
 def _memo_allowed(t: Tensor) -> bool:
-    """Pool memos live on eager, version-counted tensors that are not leaves requiring grad:
-    tracers and compilers see no Python attributes, inference tensors have no version counter
-    to detect in-place changes with, and a leaf that requires grad (a user's input) outlives
-    backward passes that free the graph a remembered pooling would hang on."""
+    """Pool memos live on eager, version-counted tensors that are not leaves requiring grad,
+    outside forward-mode AD: tracers and compilers see no Python attributes, inference tensors
+    have no version counter to detect in-place changes with, a leaf that requires grad (a
+    user's input) outlives backward passes that free the graph a remembered pooling would hang
+    on, and a dual tensor's tangent can change without its version (gradcheck's forward mode
+    refills the tangents of the same dual inputs)."""
     return _pool_memo_enabled and not (
         is_fx_symbolic_tracing() or torch.jit.is_tracing() or torch.compiler.is_compiling()
-        or t.is_inference() or (t.requires_grad and t.grad_fn is None))
+        or forward_ad._current_level >= 0 or t.is_inference()
+        or (t.requires_grad and t.grad_fn is None))
 
 
 def pool_memo_enabled() -> bool:

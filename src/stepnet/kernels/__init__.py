@@ -7,14 +7,20 @@ Each makes one pass over full-size tensors where ATen needs several (``kernels.c
   ``grad * h``); equal to ATen's to float rounding (``grad_fx`` bitwise, ``grad_h`` summed in
   another order);
 * :func:`gate_relu_backward` -- the same for the post-activation step ``relu(x + fx * h)``,
-  the ReLU's backward included: one pass over ``grad``, the output and ``fx``;
+  the ReLU's backward included: one pass over ``grad``, the output and ``fx`` (and, given the
+  gradient of the output's pooling, that pooling's backward in the same pass);
 * :func:`square_sums` -- the stiffness recorder's ``Σ x_t²`` and ``Σ (x_{t+1} - x_t)²`` per
   (sample, channel), one pass over the two states instead of four, accumulated in float64;
 * :func:`euler_step` -- the Euler step ``x + fx * h`` outside autograd (evaluation, and the
   forward of the post-activation step in training), with the post-activation ReLU and, when
-  asked, the recorder's sums of squares in the same pass (ATen needs two passes for the step
-  and the ReLU, the recorder two more to read the states again); bitwise equal to ATen's
-  ``addcmul`` (one rounding or two, as ATen rounds on this CPU) and ``relu``.
+  asked, the recorder's sums of squares and the output's global average pooling in the same
+  pass (ATen needs two passes for the step and the ReLU, the recorder two more to read the
+  states again, the pooling one); bitwise equal to ATen's ``addcmul`` (one rounding or two, as
+  ATen rounds on this CPU) and ``relu``;
+* :func:`adaptor_forward` / :func:`adaptor_backward` -- StepNet's default adaptor in training
+  mode on its pooled [B, C] descriptors (the two-state difference, IEBN with batch statistics
+  and its running-statistics update, the sigmoids) in one call each way, where ATen runs about
+  twenty small ops and as many autograd nodes.
 
 x86-64 CPUs with AVX2 and FMA run a vectorised build of every kernel, others a baseline one.
 The C source is compiled the first time a CPU step needs it (under a second, with
@@ -46,15 +52,19 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["EulerStepResult", "aten_only", "euler_step", "euler_step_applies", "gate_backward",
-           "gate_relu_backward", "square_sums", "kernels_available", "cache_dir"]
+__all__ = ["AdaptorSaved", "EulerStepResult", "adaptor_applies", "adaptor_backward",
+           "adaptor_forward", "adaptor_forward_unchecked", "aten_only", "cache_dir", "euler_step", "euler_step_applies",
+           "gate_backward", "gate_relu_backward", "kernels_available", "square_sums"]
 
 SOURCE = "kernels.c"
 FLAGS = ("-O3", "-fno-trapping-math", "-fopenmp", "-fPIC", "-shared", "-std=c11")
 _DTYPES = {torch.float32: 0, torch.float64: 1}
-# each entry point's arguments: (pointers, int64 counts, ints), in kernels.c's order
-_SIGNATURES = {"stepnet_gate_backward": (5, 3, 2), "stepnet_gate_relu_backward": (8, 3, 2),
-               "stepnet_square_sums": (4, 2, 2), "stepnet_euler_step": (6, 3, 4)}
+LIBRARIES = ("-lm",)
+# each entry point's arguments: (pointers, int64 counts, ints, doubles), in kernels.c's order
+_SIGNATURES = {"stepnet_gate_backward": (5, 3, 2, 0), "stepnet_gate_relu_backward": (8, 3, 2, 0),
+               "stepnet_square_sums": (4, 2, 2, 0), "stepnet_euler_step": (6, 3, 4, 0),
+               "stepnet_adaptor_forward": (14, 2, 2, 2),
+               "stepnet_adaptor_backward": (18, 2, 1, 0)}
 
 _enabled = os.environ.get("STEPNET_KERNELS", "1") != "0"
 _library: ctypes.CDLL | None = None
@@ -109,7 +119,7 @@ def _build_and_load() -> ctypes.CDLL:
     if compiler is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
     source = resources.files(__name__).joinpath(SOURCE).read_bytes()
-    key = hashlib.sha256(source + repr((compiler, FLAGS)).encode()).hexdigest()[:16]
+    key = hashlib.sha256(source + repr((compiler, FLAGS, LIBRARIES)).encode()).hexdigest()[:16]
     target = cache_dir() / f"kernels-{key}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -117,8 +127,8 @@ def _build_and_load() -> ctypes.CDLL:
         partial = target.with_name(f".{target.stem}.{os.getpid()}.so")
         try:
             source_file.write_bytes(source)
-            done = subprocess.run([*compiler, *FLAGS, "-o", str(partial), str(source_file)],
-                                  capture_output=True, text=True, timeout=300)
+            done = subprocess.run([*compiler, *FLAGS, "-o", str(partial), str(source_file),
+                                   *LIBRARIES], capture_output=True, text=True, timeout=300)
             if done.returncode != 0:
                 raise RuntimeError(f"{shlex.join(compiler)} failed: {done.stderr.strip()[-600:]}")
             os.replace(partial, target)   # atomic: concurrent builders (torchrun ranks) agree
@@ -131,11 +141,11 @@ def _build_and_load() -> ctypes.CDLL:
     if other:
         raise RuntimeError(f"the kernel loaded an OpenMP runtime other than torch's "
                            f"({', '.join(sorted(other))})")
-    for name, (pointers, counts, ints) in _SIGNATURES.items():
+    for name, (pointers, counts, ints, doubles) in _SIGNATURES.items():
         function = getattr(library, name)
         function.restype = ctypes.c_int
         function.argtypes = ([ctypes.c_void_p] * pointers + [ctypes.c_int64] * counts
-                             + [ctypes.c_int] * ints)
+                             + [ctypes.c_int] * ints + [ctypes.c_double] * doubles)
     return library
 
 
@@ -157,10 +167,14 @@ def kernels_available() -> bool:
     return _enabled and _load() is not None
 
 
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+
+
 def _plain_cpu(t: Tensor) -> bool:
-    """An ordinary eager CPU tensor whose memory can be handed to C (no tensor subclass, no
-    functorch wrapper such as vmap's batched tensors, no fake tensor of a compiler)."""
-    return (type(t) is Tensor and t.device.type == "cpu" and t.is_contiguous()
+    """An ordinary eager CPU tensor or parameter whose memory can be handed to C (no other
+    tensor subclass, no functorch wrapper such as vmap's batched tensors, no fake tensor of a
+    compiler)."""
+    return (type(t) in _PLAIN_TYPES and t.is_cpu and t.is_contiguous()
             and not torch._C._functorch.is_functorch_wrapped_tensor(t))
 
 
@@ -341,3 +355,101 @@ def euler_step(x: Tensor, fx: Tensor, h: Tensor | None, relu: bool = False,
                                 x.numel() // rows, 1 if h is None else h.numel(), int(relu),
                                 int(_addcmul_fuses(x.dtype)), dtype, torch.get_num_threads())
     return EulerStepResult(out, planes, pooled)
+
+
+# --- StepNet's adaptor on pooled descriptors ------------------------------------------------
+
+def _check(status: int) -> None:
+    if status != 0:
+        raise MemoryError("stepnet kernel: no memory for its scratch buffer")
+
+
+class AdaptorSaved(NamedTuple):
+    """What :func:`adaptor_forward` keeps for :func:`adaptor_backward` ([B, C] each, invstd
+    [C])."""
+
+    z: Tensor
+    zhat: Tensor
+    gate: Tensor
+    invstd: Tensor
+
+
+def adaptor_applies(p: Tensor, d: Tensor, weight: Tensor, per_channel: tuple[Tensor, ...]
+                    ) -> bool:
+    """Whether :func:`adaptor_forward` applies: descriptors ``p``, ``d`` [B, C] (B >= 2), the
+    difference's ``weight`` (2C values) and ``per_channel`` tensors (C values each), all
+    contiguous plain CPU tensors (or parameters) of one float dtype, with the kernels on and
+    built, outside compiling. Lets a caller pick an autograd function beforehand."""
+    if not _active() or p.dim() != 2 or p.shape[0] < 2 or d.shape != p.shape:
+        return False
+    channels, dtype = p.shape[1], p.dtype
+    if dtype not in _DTYPES or weight.numel() != 2 * channels:
+        return False
+    for t in (p, d, weight, *per_channel):
+        if t.dtype != dtype or not _plain_cpu(t):
+            return False
+    if any(t.numel() != channels for t in per_channel):
+        return False
+    return _load() is not None
+
+
+def adaptor_forward(p: Tensor, d: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor,
+                    ie_weight: Tensor, ie_bias: Tensor, running_mean: Tensor | None,
+                    running_var: Tensor | None, eps: float, momentum: float
+                    ) -> tuple[Tensor, AdaptorSaved] | None:
+    """StepNet's default adaptor in training mode (``kernels.c`` gives the formulas): the step
+    size h [B, C] from the pooled states p = GAP(x) and d = GAP(fx) ([B, C], B >= 2) through
+    the two-state difference (``weight`` [C, 2, 1, 1]), IEBN with batch statistics (``gamma``,
+    ``beta``, ``ie_weight``, ``ie_bias`` [C]) and the sigmoid, in one call; the running
+    statistics (when given) updated in place with ``momentum``. Returns ``(h, saved)`` for
+    :func:`adaptor_backward`, or None where the kernel does not apply (then the caller uses
+    ATen ops). Not differentiable by itself: an autograd function's forward."""
+    stats = () if running_mean is None else (running_mean, running_var)
+    if not adaptor_applies(p, d, weight, (gamma, beta, ie_weight, ie_bias, *stats)):
+        return None
+    return adaptor_forward_unchecked(p, d, weight, gamma, beta, ie_weight, ie_bias,
+                                     running_mean, running_var, eps, momentum)
+
+
+def adaptor_forward_unchecked(p: Tensor, d: Tensor, weight: Tensor, gamma: Tensor,
+                              beta: Tensor, ie_weight: Tensor, ie_bias: Tensor,
+                              running_mean: Tensor | None, running_var: Tensor | None,
+                              eps: float, momentum: float) -> tuple[Tensor, AdaptorSaved]:
+    """:func:`adaptor_forward` for arguments :func:`adaptor_applies` accepted (unchecked: the
+    per-block checks are a tenth of the call)."""
+    batch, channels = p.shape
+    h, z, zhat, gate = (torch.empty_like(p) for _ in range(4))
+    invstd = torch.empty(channels, dtype=p.dtype)
+    update = running_mean is not None
+    _check(_library.stepnet_adaptor_forward(
+        p.data_ptr(), d.data_ptr(), weight.data_ptr(), gamma.data_ptr(), beta.data_ptr(),
+        ie_weight.data_ptr(), ie_bias.data_ptr(),
+        running_mean.data_ptr() if update else None, running_var.data_ptr() if update else None,
+        h.data_ptr(), z.data_ptr(), zhat.data_ptr(), gate.data_ptr(), invstd.data_ptr(),
+        batch, channels, int(update), _DTYPES[p.dtype], eps, momentum))
+    return h, AdaptorSaved(z, zhat, gate, invstd)
+
+
+def adaptor_backward(grad_h: Tensor, p: Tensor, d: Tensor, weight: Tensor, gamma: Tensor,
+                     ie_weight: Tensor, h: Tensor, saved: AdaptorSaved
+                     ) -> tuple[Tensor, ...] | None:
+    """The gradients ``(p, d, weight, gamma, beta, ie_weight, ie_bias)`` of
+    :func:`adaptor_forward`'s h for the incoming ``grad_h`` [B, C] (batch norm's backward
+    through the batch statistics included); the other arguments as given to and returned by
+    that call. None where the kernel does not apply: ``grad_h`` not a contiguous plain CPU
+    tensor like h, or autograd recording (double backward)."""
+    if (torch.is_grad_enabled() or not _active() or grad_h.shape != h.shape
+            or grad_h.dtype != h.dtype or not _plain_cpu(grad_h)):
+        return None
+    batch, channels = p.shape
+    grad_p, grad_d = torch.empty_like(p), torch.empty_like(p)
+    grad_weight = torch.empty_like(weight)
+    grad_gamma, grad_beta, grad_ie_weight, grad_ie_bias = (torch.empty_like(gamma)
+                                                           for _ in range(4))
+    _check(_library.stepnet_adaptor_backward(
+        grad_h.data_ptr(), p.data_ptr(), d.data_ptr(), weight.data_ptr(), gamma.data_ptr(),
+        ie_weight.data_ptr(), h.data_ptr(), saved.z.data_ptr(), saved.zhat.data_ptr(),
+        saved.gate.data_ptr(), saved.invstd.data_ptr(), grad_p.data_ptr(), grad_d.data_ptr(),
+        grad_weight.data_ptr(), grad_gamma.data_ptr(), grad_beta.data_ptr(),
+        grad_ie_weight.data_ptr(), grad_ie_bias.data_ptr(), batch, channels, _DTYPES[h.dtype]))
+    return grad_p, grad_d, grad_weight, grad_gamma, grad_beta, grad_ie_weight, grad_ie_bias

@@ -58,6 +58,7 @@
  * torch's own OpenMP runtime (the same libgomp), so its threads are torch's threads.
  */
 #include <stdint.h>
+#include <stdlib.h>
 
 /* x86-64: every row function twice, for AVX2 + FMA and for the baseline, the first picked at
  * run time where the CPU has both (by features: target_clones' "arch=" clones are picked by CPU
@@ -269,4 +270,235 @@ int stepnet_euler_step(const void *x, const void *fx, const void *h, void *out, 
                        int64_t h_rows, int relu, int fma, int dtype, int threads) {
     PARALLEL_ROWS(step_rows_f32(STEP_ARGS), step_rows_f64(STEP_ARGS),
                   step_rows_f32_fast(STEP_ARGS), step_rows_f64_fast(STEP_ARGS))
+}
+
+/* stepnet_adaptor_forward / _backward -- StepNet's default adaptor in training mode on pooled
+ * descriptors p = GAP(x), d = GAP(fx), each [B, C] (c fastest), per channel c:
+ *
+ *     q = p + d                                        (GAP(x + fx))
+ *     z = p w[c, 0] + q w[c, 1]                        (the grouped 1x1 convolution)
+ *     zhat = (z - mean_b z) / sqrt(var_b z + eps)       (batch statistics, biased variance)
+ *     g = sigmoid(ie_b + ie_w z)                       (IEBN's instance gate)
+ *     h = sigmoid(beta + zhat (g gamma))
+ *
+ * with the running statistics updated as torch's batch norm updates them (momentum times the
+ * batch mean and unbiased variance plus 1 - momentum times the old value) when `update` is set.
+ * Forward saves z, zhat, g and 1 / std for the backward, which writes the gradients of p, d,
+ * w, gamma, beta, ie_w and ie_b from that of h (batch norm's backward through the batch
+ * statistics included). The forward rounds as ATen's ops do (z, the gate's and h's logits in
+ * T; statistics and sums in double); ATen needs about twenty ops on [B, C] each way, each a
+ * dispatch and an autograd node. Loops run along the channels (contiguous, vectorised), with
+ * per-channel sums in a scratch buffer; no threads (B * C values). Returns 0, or 1 when the
+ * scratch buffer cannot be allocated. */
+
+/* The logistic sigmoid for vector loops (libm's exp is a scalar call): e^m for m = -a, clamped,
+ * as 2^k e^r with |r| <= ln2 / 2 (Cody-Waite: ln2 in two parts), e^r by its Taylor series
+ * (double: to r^13, the next term below 5e-18 of the sum; float: to r^8, below 1e-9), 2^k
+ * from the exponent bits (k rounded by a 1.5 * 2^mantissa shifter: no float-to-integer
+ * conversion, which AVX2 lacks for 64-bit lanes). Where the clamp acts the sigmoid is 1 to
+ * working precision, or below the smallest normal number (and exactly 0 where e^-a overflows,
+ * as with libm); NaN stays NaN. */
+static inline double sigmoid_f64(double a) {
+    const double m = -a > 709.0 ? 709.0 : (-a < -709.0 ? -709.0 : -a);
+    const double shifter = 6755399441055744.0;   /* 1.5 * 2^52 */
+    const double t = m * 1.4426950408889634 + shifter, k = t - shifter;
+    const double r = (m - k * 6.93147180369123816490e-01) - k * 1.90821492927058770002e-10;
+    double e = 1.0 / 6227020800.0;               /* 1 / 13! */
+    e = e * r + 1.0 / 479001600.0;
+    e = e * r + 1.0 / 39916800.0;
+    e = e * r + 1.0 / 3628800.0;
+    e = e * r + 1.0 / 362880.0;
+    e = e * r + 1.0 / 40320.0;
+    e = e * r + 1.0 / 5040.0;
+    e = e * r + 1.0 / 720.0;
+    e = e * r + 1.0 / 120.0;
+    e = e * r + 1.0 / 24.0;
+    e = e * r + 1.0 / 6.0;
+    e = e * r + 0.5;
+    e = e * r + 1.0;
+    e = e * r + 1.0;
+    int64_t t_bits, shifter_bits;
+    __builtin_memcpy(&t_bits, &t, sizeof t);
+    __builtin_memcpy(&shifter_bits, &shifter, sizeof shifter);
+    const int64_t scale_bits = (t_bits - shifter_bits + 1023) << 52;
+    double scale;
+    __builtin_memcpy(&scale, &scale_bits, sizeof scale);
+    const double s = 1.0 / (1.0 + e * scale);
+    return a != a ? a : (a < -709.782712893384 ? 0.0 : s);    /* ln(DBL_MAX) */
+}
+
+static inline float sigmoid_f32(float a) {
+    const float m = -a > 88.0f ? 88.0f : (-a < -88.0f ? -88.0f : -a);
+    const float shifter = 12582912.0f;           /* 1.5 * 2^23 */
+    const float t = m * 1.44269504f + shifter, k = t - shifter;
+    const float r = (m - k * 0.693145751953125f) - k * 1.428606765330187e-06f;
+    float e = 1.0f / 40320.0f;                    /* 1 / 8! */
+    e = e * r + 1.0f / 5040.0f;
+    e = e * r + 1.0f / 720.0f;
+    e = e * r + 1.0f / 120.0f;
+    e = e * r + 1.0f / 24.0f;
+    e = e * r + 1.0f / 6.0f;
+    e = e * r + 0.5f;
+    e = e * r + 1.0f;
+    e = e * r + 1.0f;
+    int32_t t_bits, shifter_bits;
+    __builtin_memcpy(&t_bits, &t, sizeof t);
+    __builtin_memcpy(&shifter_bits, &shifter, sizeof shifter);
+    const int32_t scale_bits = (t_bits - shifter_bits + 127) << 23;
+    float scale;
+    __builtin_memcpy(&scale, &scale_bits, sizeof scale);
+    const float s = 1.0f / (1.0f + e * scale);
+    return a != a ? a : (a < -88.7228391f ? 0.0f : s);           /* ln(FLT_MAX) */
+}
+
+#define SIGMOID(a) _Generic((a), float: sigmoid_f32, double: sigmoid_f64)(a)
+
+#define ADAPTOR_FORWARD(NAME, T, ATTR)                                                    \
+    ATTR                                                                                  \
+    static void NAME(const T *p, const T *d, const T *w, const T *gamma, const T *beta,  \
+                     const T *ie_w, const T *ie_b, T *running_mean, T *running_var,      \
+                     T *h, T *z, T *zhat, T *g, T *invstd, double *scratch, int64_t B,   \
+                     int64_t C, int update, double eps, double momentum) {                \
+        double *mean = scratch, *squares = scratch + C;                                   \
+        T *w0 = (T *)(scratch + 2 * C), *w1 = w0 + C;                                    \
+        for (int64_t c = 0; c < C; ++c) {                                                 \
+            mean[c] = squares[c] = 0;                                                     \
+            w0[c] = w[2 * c];                                                             \
+            w1[c] = w[2 * c + 1];                                                         \
+        }                                                                                 \
+        for (int64_t b = 0; b < B; ++b) {                                                 \
+            const T *pr = p + b * C, *dr = d + b * C;                                     \
+            T *zr = z + b * C;                                                            \
+            _Pragma("omp simd")                                                           \
+            for (int64_t c = 0; c < C; ++c) {                                             \
+                const T first = pr[c] * w0[c], second = (pr[c] + dr[c]) * w1[c];          \
+                zr[c] = first + second;                                                   \
+                mean[c] += zr[c];                                                         \
+            }                                                                             \
+        }                                                                                 \
+        for (int64_t c = 0; c < C; ++c) mean[c] /= B;                                     \
+        for (int64_t b = 0; b < B; ++b) {                                                 \
+            const T *zr = z + b * C;                                                      \
+            _Pragma("omp simd")                                                           \
+            for (int64_t c = 0; c < C; ++c) {                                             \
+                const double centred = zr[c] - mean[c];                                   \
+                squares[c] += centred * centred;                                          \
+            }                                                                             \
+        }                                                                                 \
+        for (int64_t c = 0; c < C; ++c) {                                                 \
+            invstd[c] = (T)(1.0 / __builtin_sqrt(squares[c] / B + eps));                  \
+            if (update) {                                                                 \
+                running_mean[c] = (T)(momentum * mean[c] + (1 - momentum) * running_mean[c]); \
+                running_var[c] = (T)(momentum * squares[c] / (B - 1)                      \
+                                     + (1 - momentum) * running_var[c]);                  \
+            }                                                                             \
+        }                                                                                 \
+        for (int64_t b = 0; b < B; ++b) {                                                 \
+            const T *zr = z + b * C;                                                      \
+            T *zhr = zhat + b * C, *gr = g + b * C, *hr = h + b * C;                      \
+            _Pragma("omp simd")                                                           \
+            for (int64_t c = 0; c < C; ++c) {                                             \
+                zhr[c] = (T)((zr[c] - mean[c]) * (double)invstd[c]);                      \
+                const T gate_logit = ie_b[c] + ie_w[c] * zr[c];                           \
+                gr[c] = SIGMOID(gate_logit);                                              \
+                const T logit = beta[c] + zhr[c] * (gr[c] * gamma[c]);                    \
+                hr[c] = SIGMOID(logit);                                                   \
+            }                                                                             \
+        }                                                                                 \
+    }
+
+#define ADAPTOR_BACKWARD(NAME, T, ATTR)                                                   \
+    ATTR                                                                                  \
+    static void NAME(const T *grad_h, const T *p, const T *d, const T *w, const T *gamma, \
+                     const T *ie_w, const T *h, const T *z, const T *zhat, const T *g,   \
+                     const T *invstd, T *grad_p, T *grad_d, T *grad_w, T *grad_gamma,    \
+                     T *grad_beta, T *grad_ie_w, T *grad_ie_b, double *scratch, int64_t B, \
+                     int64_t C) {                                                         \
+        double *s_beta = scratch, *s_gamma = s_beta + C, *s_gzh = s_gamma + C;            \
+        double *s_gzh_zh = s_gzh + C, *s_ie_b = s_gzh_zh + C, *s_ie_w = s_ie_b + C;       \
+        double *s_w0 = s_ie_w + C, *s_w1 = s_w0 + C;                                      \
+        for (int64_t j = 0; j < 8 * C; ++j) scratch[j] = 0;                               \
+        /* pass 1: the per-channel sums the batch norm's backward needs, and IEBN's */    \
+        for (int64_t b = 0; b < B; ++b) {                                                 \
+            const int64_t o = b * C;                                                      \
+            _Pragma("omp simd")                                                           \
+            for (int64_t c = 0; c < C; ++c) {                                             \
+                const double hv = h[o + c], gv = g[o + c], zh = zhat[o + c];              \
+                const double gn = grad_h[o + c] * hv * (1 - hv);   /* the sigmoid's */    \
+                const double gzh = gn * gv * gamma[c];             /* into zhat */        \
+                const double ga = gn * zh * gamma[c] * gv * (1 - gv); /* gate logit */    \
+                s_beta[c] += gn;                                                          \
+                s_gamma[c] += gn * zh * gv;                                               \
+                s_gzh[c] += gzh;                                                          \
+                s_gzh_zh[c] += gzh * zh;                                                  \
+                s_ie_b[c] += ga;                                                          \
+                s_ie_w[c] += ga * z[o + c];                                               \
+            }                                                                             \
+        }                                                                                 \
+        /* pass 2: through the batch statistics into z, then p, d and w */                \
+        for (int64_t b = 0; b < B; ++b) {                                                 \
+            const int64_t o = b * C;                                                      \
+            _Pragma("omp simd")                                                           \
+            for (int64_t c = 0; c < C; ++c) {                                             \
+                const double hv = h[o + c], gv = g[o + c], zh = zhat[o + c];              \
+                const double gn = grad_h[o + c] * hv * (1 - hv);                          \
+                const double gzh = gn * gv * gamma[c];                                    \
+                const double ga = gn * zh * gamma[c] * gv * (1 - gv);                     \
+                const double gz = invstd[c] * (gzh - s_gzh[c] / B - zh * (s_gzh_zh[c] / B)) \
+                                  + ga * ie_w[c];                                         \
+                const double pv = p[o + c], qv = pv + (double)d[o + c];                   \
+                const double w0 = w[2 * c], w1 = w[2 * c + 1];                            \
+                s_w0[c] += gz * pv;                                                       \
+                s_w1[c] += gz * qv;                                                       \
+                grad_p[o + c] = (T)(gz * (w0 + w1));                                      \
+                grad_d[o + c] = (T)(gz * w1);                                             \
+            }                                                                             \
+        }                                                                                 \
+        for (int64_t c = 0; c < C; ++c) {                                                 \
+            grad_w[2 * c] = (T)s_w0[c];                                                   \
+            grad_w[2 * c + 1] = (T)s_w1[c];                                               \
+            grad_gamma[c] = (T)s_gamma[c];                                                \
+            grad_beta[c] = (T)s_beta[c];                                                  \
+            grad_ie_w[c] = (T)s_ie_w[c];                                                  \
+            grad_ie_b[c] = (T)s_ie_b[c];                                                  \
+        }                                                                                 \
+    }
+
+FOUR_BUILDS(ADAPTOR_FORWARD, adaptor_forward)
+FOUR_BUILDS(ADAPTOR_BACKWARD, adaptor_backward)
+
+/* one build of four by dtype and CPU, on a scratch buffer of 8 * C doubles */
+#define ADAPTOR_CALL(name, ARGS)                                                          \
+    double *scratch = malloc(8 * (size_t)C * sizeof(double));                            \
+    if (!scratch) return 1;                                                               \
+    const int fast = fast_cpu();                                                          \
+    if (dtype == 1) {                                                                     \
+        if (fast) name##_f64_fast(ARGS); else name##_f64(ARGS);                           \
+    } else {                                                                              \
+        if (fast) name##_f32_fast(ARGS); else name##_f32(ARGS);                           \
+    }                                                                                     \
+    free(scratch);                                                                        \
+    return 0;
+
+/* running_mean / running_var: updated when `update` is set (else may be NULL). */
+#define ADAPTOR_FORWARD_ARGS p, d, w, gamma, beta, ie_w, ie_b, running_mean, running_var, h, z, \
+                             zhat, g, invstd, scratch, B, C, update, eps, momentum
+int stepnet_adaptor_forward(const void *p, const void *d, const void *w, const void *gamma,
+                            const void *beta, const void *ie_w, const void *ie_b,
+                            void *running_mean, void *running_var, void *h, void *z,
+                            void *zhat, void *g, void *invstd, int64_t B, int64_t C,
+                            int update, int dtype, double eps, double momentum) {
+    ADAPTOR_CALL(adaptor_forward, ADAPTOR_FORWARD_ARGS)
+}
+
+#define ADAPTOR_BACKWARD_ARGS grad_h, p, d, w, gamma, ie_w, h, z, zhat, g, invstd, grad_p, \
+                              grad_d, grad_w, grad_gamma, grad_beta, grad_ie_w, grad_ie_b,  \
+                              scratch, B, C
+int stepnet_adaptor_backward(const void *grad_h, const void *p, const void *d, const void *w,
+                             const void *gamma, const void *ie_w, const void *h,
+                             const void *z, const void *zhat, const void *g,
+                             const void *invstd, void *grad_p, void *grad_d, void *grad_w,
+                             void *grad_gamma, void *grad_beta, void *grad_ie_w,
+                             void *grad_ie_b, int64_t B, int64_t C, int dtype) {
+    ADAPTOR_CALL(adaptor_backward, ADAPTOR_BACKWARD_ARGS)
 }

@@ -41,7 +41,8 @@ class ResidualBlock(nn.Module):
         self.out_planes = planes * self.expansion
         self.changes_shape = stride != 1 or in_planes != self.out_planes
         self.attention = attention
-        self.step = EulerStep(relu=self.post_activation)
+        # the next block's module is taken to be of this one's kind: does it pool its input?
+        self.step = EulerStep(relu=self.post_activation, pool_output=attention.pools_input)
         self.stage = -1
         self.index = -1
 

@@ -177,6 +177,11 @@ class _EulerStepReluPoolFunction(torch.autograd.Function):
 class EulerStep(nn.Module):
     """``x_next = x + fx * h`` -- one explicit Euler step; ``h = None`` means h = 1. With
     ``relu=True`` (post-activation blocks) ``x_next = relu(x + fx * h)``: the block's output.
+    With ``pool_output=True`` (the next block's step-size module pools its input) a
+    post-activation step on CPU also computes GAP(x_next) in its compiled pass and remembers it
+    on ``x_next`` (:func:`~stepnet.attention.base.remember_pool`); in training its backward
+    then takes that pooling's gradient in the same pass. (A pre-activation step hands
+    GAP(x_next) = GAP(x) + GAP(fx) * h on whenever both pools are known.)
 
     Parameter-free. It is its own module so analysis code can read a block's ``x``, ``fx``, ``h``
     (forward-hook inputs) and ``x_next`` (hook output) without recomputing anything.
@@ -188,14 +193,16 @@ class EulerStep(nn.Module):
     ([3, B, C] float64) are then left in ``sums`` for the forward hooks, else ``sums`` is None.
     """
 
-    def __init__(self, relu: bool = False) -> None:
+    def __init__(self, relu: bool = False, pool_output: bool = False) -> None:
         super().__init__()
         self.relu = relu
+        self.pool_output = pool_output
         self.record_sums = False
         self.sums: Tensor | None = None
 
     def extra_repr(self) -> str:
-        return "relu=True" if self.relu else ""
+        options = {"relu": self.relu, "pool_output": self.pool_output}
+        return ", ".join(f"{name}=True" for name, value in options.items() if value)
 
     def forward(self, x: Tensor, fx: Tensor, h: Tensor | None) -> Tensor:
         self.sums = None
@@ -205,8 +212,8 @@ class EulerStep(nn.Module):
             return torch.relu(x_next) if self.relu else x_next
         # post-activation steps with a step size hand their feature map's pooling on (computed
         # in the step's pass) where it can be remembered: not on inference tensors
-        pool = (self.relu and h is not None and x.dim() == 4 and pool_memo_enabled()
-                and not torch.is_inference_mode_enabled())
+        pool = (self.pool_output and self.relu and h is not None and x.dim() == 4
+                and pool_memo_enabled() and not torch.is_inference_mode_enabled())
         fused = None
         if (self.relu or self.record_sums) and not torch.is_grad_enabled():
             fused = euler_step(x, fx, h, self.relu, self.record_sums, pool)
