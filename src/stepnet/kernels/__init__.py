@@ -53,8 +53,9 @@ import torch
 from torch import Tensor
 
 __all__ = ["AdaptorSaved", "EulerStepResult", "adaptor_applies", "adaptor_backward",
-           "adaptor_forward", "adaptor_forward_unchecked", "aten_only", "cache_dir", "euler_step", "euler_step_applies",
-           "gate_backward", "gate_relu_backward", "kernels_available", "square_sums"]
+           "adaptor_forward", "adaptor_forward_unchecked", "aten_only", "cache_dir",
+           "euler_step", "euler_step_applies", "gate_backward", "gate_relu_backward",
+           "kernels_available", "square_sums"]
 
 SOURCE = "kernels.c"
 FLAGS = ("-O3", "-fno-trapping-math", "-fopenmp", "-fPIC", "-shared", "-std=c11")
