@@ -9,8 +9,8 @@ from torch import Tensor, nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from ..attention import IEBatchNorm2d, StepSize, create_attention, get_attention_class
-from ..attention.base import (as_channel_gate, pool_memo_enabled, pooled_dims, recall_pool,
-                              remember_pool)
+from ..attention.base import (_mean_by_sum, as_channel_gate, pool_memo_enabled, pooled_dims,
+                              recall_pool, remember_pool)
 from ..kernels import euler_step, euler_step_applies, gate_backward, gate_relu_backward
 
 NORMS = ("bn", "iebn")
@@ -82,6 +82,41 @@ class _EulerStepFunction(torch.autograd.Function):
         return _step_tangent(tx, tfx, th, fx, h)
 
 
+def _save_relu_step(ctx, inputs: tuple[Tensor, Tensor, Tensor], y: Tensor) -> None:  # noqa: ANN001
+    """What the post-activation step's backward and jvp need: fx, h and the output y (the
+    ReLU's mask), and x's shape."""
+    x, fx, h = inputs
+    ctx.x_shape = x.shape
+    ctx.save_for_backward(fx, h, y)
+    ctx.save_for_forward(fx, h, y)
+
+
+def _relu_step_backward(ctx, grad: Tensor, pool_grad: Tensor | None = None  # noqa: ANN001
+                        ) -> tuple[Tensor | None, ...]:
+    """(grad_x, grad_fx, grad_h) of ``y = relu(x + fx * h)`` for the incoming ``grad`` and,
+    when y's pooling was handed on, ``pool_grad`` [B, C], that pooling's gradient: one
+    compiled pass where the kernel applies, else ATen's ops (the pooling's broadcast gradient,
+    the ReLU's backward, then the gated step's)."""
+    fx, h, y = ctx.saved_tensors
+    need_x, need_fx, need_h = ctx.needs_input_grad
+    if need_fx and need_h:
+        fused = gate_relu_backward(grad, y, fx, h, pool_grad)
+        if fused is not None:   # one compiled pass
+            grad_x, grad_fx, grad_h = fused
+            return grad_x.sum_to_size(ctx.x_shape) if need_x else None, grad_fx, grad_h
+    if pool_grad is not None:   # the pooling's backward: a broadcast mean gradient
+        grad = grad + as_channel_gate(pool_grad / y[0, 0].numel(), y)
+    masked = torch.ops.aten.threshold_backward(grad, y, 0)   # zero where y <= 0
+    return _gated_step_backward(ctx.needs_input_grad, ctx.x_shape, masked, fx, h)
+
+
+def _relu_step_tangent(ctx, tx: Tensor | None, tfx: Tensor | None,  # noqa: ANN001
+                       th: Tensor | None) -> Tensor:
+    """The forward-mode derivative of ``relu(x + fx * h)`` (masked where y <= 0)."""
+    fx, h, y = ctx.saved_tensors
+    return torch.ops.aten.threshold_backward(_step_tangent(tx, tfx, th, fx, h), y, 0)
+
+
 class _EulerStepReluFunction(torch.autograd.Function):
     """``relu(x + fx * h)``, the post-activation blocks' step, saving its output ``y`` for the
     ReLU's mask. On CPU with a channel gate the forward is one compiled pass (step and ReLU)
@@ -98,28 +133,15 @@ class _EulerStepReluFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
-        x, fx, h = inputs
-        ctx.x_shape = x.shape
-        ctx.save_for_backward(fx, h, output)
-        ctx.save_for_forward(fx, h, output)
+        _save_relu_step(ctx, inputs, output)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # noqa: ANN001
-        fx, h, y = ctx.saved_tensors
-        need_x, need_fx, need_h = ctx.needs_input_grad
-        if need_fx and need_h:
-            fused = gate_relu_backward(grad, y, fx, h)
-            if fused is not None:   # one compiled pass
-                grad_x, grad_fx, grad_h = fused
-                return grad_x.sum_to_size(ctx.x_shape) if need_x else None, grad_fx, grad_h
-        # ATen: the ReLU's backward (zero where y <= 0), then the gated step's
-        masked = torch.ops.aten.threshold_backward(grad, y, 0)
-        return _gated_step_backward(ctx.needs_input_grad, ctx.x_shape, masked, fx, h)
+        return _relu_step_backward(ctx, grad)
 
     @staticmethod
     def jvp(ctx, tx: Tensor | None, tfx: Tensor | None, th: Tensor | None) -> Tensor:  # noqa: ANN001
-        fx, h, y = ctx.saved_tensors
-        return torch.ops.aten.threshold_backward(_step_tangent(tx, tfx, th, fx, h), y, 0)
+        return _relu_step_tangent(ctx, tx, tfx, th)
 
 
 class _EulerStepReluPoolFunction(torch.autograd.Function):
@@ -136,42 +158,28 @@ class _EulerStepReluPoolFunction(torch.autograd.Function):
         fused = euler_step(x, fx, h, relu=True, pool=True)
         if fused is None:   # the caller checked; only a change of state in between gets here
             y = torch.addcmul(x, fx, h).relu_()
-            return y, y.sum(dim=pooled_dims(y)) / y[0, 0].numel()
+            return y, _mean_by_sum(y, pooled_dims(y))
         return fused.out, fused.pooled
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
-        x, fx, h = inputs
-        ctx.x_shape = x.shape
         ctx.set_materialize_grads(False)   # a pooling nobody used has no gradient
-        ctx.save_for_backward(fx, h, output[0])
-        ctx.save_for_forward(fx, h, output[0])
+        _save_relu_step(ctx, inputs, output[0])
 
     @staticmethod
     def backward(ctx, grad: Tensor | None, pool_grad: Tensor | None  # noqa: ANN001
                  ) -> tuple[Tensor | None, ...]:
-        fx, h, y = ctx.saved_tensors
         if grad is None and pool_grad is None:
             return None, None, None
         if grad is None:
-            grad = torch.zeros_like(y)
-        need_x, need_fx, need_h = ctx.needs_input_grad
-        if need_fx and need_h:
-            fused = gate_relu_backward(grad, y, fx, h, pool_grad)
-            if fused is not None:   # one compiled pass
-                grad_x, grad_fx, grad_h = fused
-                return grad_x.sum_to_size(ctx.x_shape) if need_x else None, grad_fx, grad_h
-        if pool_grad is not None:   # the pooling's backward: a broadcast mean gradient
-            grad = grad + as_channel_gate(pool_grad / y[0, 0].numel(), y)
-        masked = torch.ops.aten.threshold_backward(grad, y, 0)
-        return _gated_step_backward(ctx.needs_input_grad, ctx.x_shape, masked, fx, h)
+            grad = torch.zeros_like(ctx.saved_tensors[2])
+        return _relu_step_backward(ctx, grad, pool_grad)
 
     @staticmethod
     def jvp(ctx, tx: Tensor | None, tfx: Tensor | None, th: Tensor | None  # noqa: ANN001
             ) -> tuple[Tensor, Tensor]:
-        fx, h, y = ctx.saved_tensors
-        ty = torch.ops.aten.threshold_backward(_step_tangent(tx, tfx, th, fx, h), y, 0)
-        return ty, ty.sum(dim=pooled_dims(ty)) / ty[0, 0].numel()
+        ty = _relu_step_tangent(ctx, tx, tfx, th)
+        return ty, _mean_by_sum(ty, pooled_dims(ty))
 
 
 class EulerStep(nn.Module):
