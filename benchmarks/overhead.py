@@ -20,6 +20,9 @@ the per-round ratios.
   (``stepnet.attention.base.fresh_pools``): what handing GAP(x_{t+1}) on saves;
 * ``name/aten`` -- the variant timed without compiled kernels (``stepnet.kernels.aten_only``):
   what the one-pass backward of the gated step saves;
+* ``name/unfolded`` -- the variant timed with no step folded into its block's last 1x1
+  convolution (``stepnet.models.layers.unfolded_steps``): what folding saves in
+  pre-activation bottlenecks;
 * recorder -- eval images/s with the stiffness recorder's hooks on (both step conventions), as
   a ratio to the same variant's plain eval;
 * activations -- bytes autograd saves for the backward of one train step (tensors counted
@@ -51,9 +54,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from stepnet import create_model, list_attention
-from stepnet.attention import StepSize, get_attention_class, register_attention
-from stepnet.attention.base import as_channel_gate, fresh_pools
+from stepnet.attention import get_attention_class, register_attention
+from stepnet.attention.base import PooledStepSize, as_channel_gate, fresh_pools
 from stepnet.kernels import aten_only
+from stepnet.models.layers import unfolded_steps
 
 SETTINGS = {
     "resnet164-pre-b32": dict(model="resnet164", batch=32, size=32, num_classes=10,
@@ -70,22 +74,27 @@ SETTINGS = {
 
 
 @register_attention("floor")
-class GateFloor(StepSize):
+class GateFloor(PooledStepSize):
     """Benchmark-only reference: a learned per-channel step size ``h = sigmoid(w)``, the same for
     every input ([B, C, 1, 1], or [B, 1, D] on tokens). No pooling, no input dependence: what
     the gated Euler step ``x + fx * h`` alone costs (its backward forms ``grad * h`` and
-    ``sum(grad * fx)``), the least any input-dependent step size can cost."""
+    ``sum(grad * fx)``), the least any input-dependent step size can cost. A pooled gate (that
+    ignores its pools), so pre-activation bottlenecks fold it into their last convolution as
+    they fold SE or StepNet (``stepnet.models.layers.conv_euler_step``)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__(channels)
         self.logit = torch.nn.Parameter(torch.zeros(channels))
+
+    def gate_from_pools(self, p: torch.Tensor | None, d: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logit).expand(d.shape[0], -1)
 
     def forward(self, x: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
         return as_channel_gate(torch.sigmoid(self.logit).expand(fx.shape[0], -1), fx)
 
 
 # timing conditions a variant name may end with: the same model, timed inside this context
-CONDITIONS = {"/fresh": fresh_pools, "/aten": aten_only}
+CONDITIONS = {"/fresh": fresh_pools, "/aten": aten_only, "/unfolded": unfolded_steps}
 
 
 def split_variant(variant: str) -> tuple[str, Any]:
@@ -99,7 +108,8 @@ def split_variant(variant: str) -> tuple[str, Any]:
 
 def variant_kwargs(variant: str) -> dict[str, Any]:
     """``iebn`` (ResNet norm), an attention name, or ``name:branches`` (ViT step_branches);
-    a ``/fresh`` or ``/aten`` suffix (a timing condition) builds the same model."""
+    a ``/fresh``, ``/aten`` or ``/unfolded`` suffix (a timing condition) builds the same
+    model."""
     variant = split_variant(variant)[0]
     if variant == "iebn":
         return {"norm": "iebn"}

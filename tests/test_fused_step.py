@@ -245,3 +245,163 @@ def test_euler_step_hands_on_the_pool_of_its_output_for_channel_and_token_gates(
     spatial = torch.rand(3, 1, 4, 4, dtype=torch.float64)   # a spatial gate: nothing to hand on
     global_avg_pool(x), global_avg_pool(fx)
     assert recall_pool(EulerStep()(x, fx, spatial)) is None
+
+
+# --- the step folded into a pre-activation bottleneck's last convolution ----------------------
+
+FOLDED = [("none", {}), ("stepnet", {}), ("stepnet", {"input": "x"}), ("stepnet", {"input": "diff"}),
+          ("stepnet", {"structure": "d"}), ("se", {}), ("eca", {}), ("ie", {}), ("sem", {})]
+
+
+def bottleneck_net(attention, options=None, seed=0):
+    from stepnet.models.cifar_resnet import CifarResNet
+
+    torch.manual_seed(seed)
+    return CifarResNet(depth=20, block="bottleneck", preact=True, attention=attention,
+                       attention_options=options).double().train()
+
+
+def count_folds(monkeypatch) -> list[int]:
+    """Counts the blocks that fold their step into conv3."""
+    from stepnet.models import blocks
+
+    calls = [0]
+    original = blocks.conv_euler_step
+
+    def counted(*args):
+        calls[0] += 1
+        return original(*args)
+
+    monkeypatch.setattr(blocks, "conv_euler_step", counted)
+    return calls
+
+
+def train_pass(model, x, seed=1):
+    """Logits, every parameter's gradient for a random cotangent, and the buffers after the
+    pass (the batch norms' running statistics)."""
+    model.zero_grad()
+    out = model(x)
+    out.backward(torch.randn(out.shape, dtype=out.dtype,
+                             generator=torch.Generator().manual_seed(seed)))
+    return (out.detach(), [p.grad.clone() for p in model.parameters()],
+            [b.clone() for b in model.buffers()])
+
+
+@pytest.mark.parametrize("attention,options", FOLDED)
+def test_folded_step_equals_the_step_on_fx(monkeypatch, attention, options):
+    """x + conv3(a) * h computed as one batched product (fx never formed) gives the logits,
+    every gradient and the running statistics of the unfolded network, in every block (h = 1
+    for the plain network)."""
+    from stepnet.models.layers import unfolded_steps
+
+    model = bottleneck_net(attention, options)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    folds = count_folds(monkeypatch)
+    folded = train_pass(model, x)
+    assert folds[0] == 6   # every block
+    model.load_state_dict(state)
+    with unfolded_steps():
+        reference = train_pass(model, x)
+    assert folds[0] == 6
+    torch.testing.assert_close(folded[0], reference[0], rtol=1e-12, atol=1e-12)
+    for a, b in zip(folded[1] + folded[2], reference[1] + reference[2]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_folded_step_gradcheck_and_gradgradcheck():
+    """The folded step's derivatives against finite differences (float64), first and second
+    order, in x, a, the convolution's weight and the gate's parameters."""
+    from stepnet.models.layers import conv_euler_step
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 8, 1, bias=False).double()
+    gate = create_attention_double("stepnet", 8)
+    x = torch.randn(3, 8, 4, 4, dtype=torch.float64, requires_grad=True)
+    a = torch.randn(3, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    params = (conv.weight, gate.conv.weight, gate.norm.weight, gate.norm.ie_weight)
+
+    def fn(x, a, *ps):
+        return conv_euler_step(x, a, conv, gate)
+
+    assert torch.autograd.gradcheck(fn, (x, a, *params))
+    assert torch.autograd.gradgradcheck(fn, (x, a, *params))
+
+
+def create_attention_double(name, channels):
+    from stepnet import create_attention
+
+    module = create_attention(name, channels).double().train()
+    for p in module.parameters():   # away from the initial values, where some terms vanish
+        torch.nn.init.normal_(p, std=0.5)
+    return module
+
+
+def test_fold_keeps_no_fx_for_backward():
+    """What autograd keeps per block: the unfolded StepNet keeps one fx [B, C, H, W] per block
+    more than the network without step sizes (for grad_h), the folded one only the per-sample
+    weights h * W [B, C, K] and [B, C] descriptors (at CIFAR sizes K <= H * W)."""
+    from stepnet.models.layers import unfolded_steps
+
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+
+    def saved_bytes(model):
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(x)
+        return sum(storages.values())
+
+    plain, stepnet = bottleneck_net("none"), bottleneck_net("stepnet")
+    shapes = [(64, 16, 32), (128, 32, 16), (256, 64, 8)]   # (C, K, side) per stage
+    fx_bytes = 2 * sum(4 * c * side * side * 8 for c, _, side in shapes)
+    weight_bytes = 2 * sum(4 * c * k * 8 for c, k, _ in shapes)
+    small = 6 * 16 * 4 * 256 * 8   # at most 16 [B, C] descriptors per block
+    assert 0 <= saved_bytes(stepnet) - saved_bytes(plain) <= weight_bytes + small
+    assert weight_bytes + small < fx_bytes / 2
+    with unfolded_steps():
+        assert saved_bytes(stepnet) - saved_bytes(plain) >= fx_bytes
+
+
+def test_fold_declines_where_the_step_must_be_seen(monkeypatch):
+    """No fold (and the same values) under no_grad, with a hook on the step (the stiffness
+    recorder), for a gate that is not pooled (CBAM), a conv3 with a bias, channels-last maps,
+    forward-mode AD and autocast."""
+    from stepnet.models.layers import unfolded_steps
+
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    folds = count_folds(monkeypatch)
+
+    def declines(model, run=lambda m: m(x)):
+        folds[0] = 0
+        out = run(model)
+        assert folds[0] == 0
+        return out
+
+    model = bottleneck_net("stepnet")
+    with torch.no_grad():
+        declines(model)
+    handle = model.layer1[0].step.register_forward_hook(lambda *args: None)
+    folds[0] = 0
+    model(x)
+    assert folds[0] == 5   # every block but the hooked one
+    handle.remove()
+    declines(bottleneck_net("cbam"))
+    biased = bottleneck_net("se")
+    for block in [*biased.layer1, *biased.layer2, *biased.layer3]:
+        block.conv3.bias = torch.nn.Parameter(torch.randn(block.conv3.out_channels,
+                                                          dtype=torch.float64))
+    out = declines(biased)
+    with unfolded_steps():
+        torch.testing.assert_close(out, biased(x))
+    declines(bottleneck_net("stepnet").to(memory_format=torch.channels_last),
+             lambda m: m(x.contiguous(memory_format=torch.channels_last)))
+    with torch.autograd.forward_ad.dual_level():
+        declines(bottleneck_net("se"), lambda m: m(torch.autograd.forward_ad.make_dual(
+            x, torch.ones_like(x))))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        declines(bottleneck_net("se").float(), lambda m: m(x.float()))

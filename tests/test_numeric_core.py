@@ -64,7 +64,11 @@ def test_stepnet_difference_is_its_1x1_convolution(inputs, structure):
                         groups=module.conv.groups)[:, :, 0, 0]
     torch.testing.assert_close(module.difference(z), expected)
     x, fx = torch.randn(5, 12, 3, 3), torch.randn(5, 12, 3, 3)
-    assert module.states(x, fx).shape == (5, k * 12)
+    p, q, d = x.mean((2, 3)), (x + fx).mean((2, 3)), fx.mean((2, 3))
+    expected_states = {"pair": torch.stack([p, q], dim=2).flatten(1), "x": p, "next": q,
+                       "diff": d}[inputs]
+    torch.testing.assert_close(module.states(None if inputs == "diff" else p, d),
+                               expected_states)
     module.eval()
     assert module(x, fx).shape == (5, 12, 1, 1)
     assert module.structure == structure and module.conv.bias is None

@@ -58,6 +58,26 @@ class StepSize(nn.Module):
         return f"channels={self.channels}"
 
 
+class PooledStepSize(StepSize):
+    """A channel (or token) gate that sees ``x`` and ``fx`` only through their global average
+    pools: ``h = gate_from_pools(GAP(x), GAP(fx))``. Subclasses implement
+    :meth:`gate_from_pools`; ``pools_input`` says whether it takes GAP(x).
+
+    Knowing that, a block whose residual branch ends in a 1x1 convolution can fold the step into
+    that convolution (``x + conv(a) * h`` as one batched matrix product with per-sample weights,
+    GAP(fx) = W GAP(a): :func:`stepnet.models.layers.conv_euler_step`), so ``fx`` is never
+    formed.
+    """
+
+    def gate_from_pools(self, p: Tensor | None, d: Tensor) -> Tensor:
+        """p = GAP(x) [B, C] (None unless ``pools_input``), d = GAP(fx) [B, C] -> h [B, C]."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, fx: Tensor) -> Tensor:
+        p = global_avg_pool(x) if self.pools_input else None
+        return as_channel_gate(self.gate_from_pools(p, global_avg_pool(fx)), fx)
+
+
 def is_tokens(t: Tensor) -> bool:
     """True for a token sequence [B, N, D], False for a feature map [B, C, H, W] (and while
     torch.fx traces a model, whose symbolic shapes cannot be branched on: traced models are

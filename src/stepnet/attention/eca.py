@@ -4,12 +4,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import StepSize, as_channel_gate, eca_kernel_size, global_avg_pool
+from .base import PooledStepSize, eca_kernel_size
 from .registry import register_attention
 
 
 @register_attention("eca")
-class EfficientChannelAttention(StepSize):
+class EfficientChannelAttention(PooledStepSize):
     """h = sigmoid(conv1d_k(GAP(fx)) across channels), no bias, shape [B, C, 1, 1].
 
     ``kernel_size=None`` picks ECA's adaptive size (3 / 5 / 5 for C = 64 / 128 / 256).
@@ -28,5 +28,5 @@ class EfficientChannelAttention(StepSize):
         """[B, C] -> [B, C]: a 1-D convolution over the channel axis."""
         return self.conv(z.unsqueeze(1)).squeeze(1)
 
-    def forward(self, x: Tensor, fx: Tensor) -> Tensor:
-        return as_channel_gate(torch.sigmoid(self.logits(global_avg_pool(fx))), fx)
+    def gate_from_pools(self, p: Tensor | None, d: Tensor) -> Tensor:
+        return torch.sigmoid(self.logits(d))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import StepSize, as_channel_gate, global_avg_pool
+from .base import PooledStepSize, global_avg_pool
 from .norms import DescriptorBatchNorm1d
 from .registry import register_attention
 
@@ -16,16 +16,15 @@ def ie_parameters(channels: int) -> tuple[nn.Parameter, nn.Parameter]:
 
 
 @register_attention("ie")
-class InstanceEnhancement(StepSize):
+class InstanceEnhancement(PooledStepSize):
     """h = sigmoid(w * GAP(fx) + b), shape [B, C, 1, 1]; w = 0, b = -1 at init. Extra: 2C."""
 
     def __init__(self, channels: int) -> None:
         super().__init__(channels)
         self.weight, self.bias = ie_parameters(channels)
 
-    def forward(self, x: Tensor, fx: Tensor) -> Tensor:
-        return as_channel_gate(torch.sigmoid(torch.addcmul(self.bias, self.weight,
-                                                           global_avg_pool(fx))), fx)
+    def gate_from_pools(self, p: Tensor | None, d: Tensor) -> Tensor:
+        return torch.sigmoid(torch.addcmul(self.bias, self.weight, d))
 
 
 class _IEBatchNorm(nn.Module):

@@ -4,12 +4,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import StepSize, as_channel_gate, global_avg_pool
+from .base import PooledStepSize
 from .registry import register_attention
 
 
 @register_attention("se")
-class SqueezeExcitation(StepSize):
+class SqueezeExcitation(PooledStepSize):
     """h = sigmoid(W2 ReLU(W1 GAP(fx) + b1) + b2), shape [B, C, 1, 1].
 
     Hidden width ``round(C / reduction)`` (no rounding to a multiple of 8, unlike timm's default).
@@ -27,5 +27,5 @@ class SqueezeExcitation(StepSize):
         """[B, C] channel descriptor -> [B, C] pre-sigmoid gate."""
         return self.fc2(torch.relu(self.fc1(z)))
 
-    def forward(self, x: Tensor, fx: Tensor) -> Tensor:
-        return as_channel_gate(torch.sigmoid(self.logits(global_avg_pool(fx))), fx)
+    def gate_from_pools(self, p: Tensor | None, d: Tensor) -> Tensor:
+        return torch.sigmoid(self.logits(d))

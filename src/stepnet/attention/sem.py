@@ -6,13 +6,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import StepSize, as_channel_gate, eca_kernel_size, global_avg_pool
+from .base import PooledStepSize, eca_kernel_size
 from .ie import ie_parameters
 from .registry import register_attention
 
 
 @register_attention("sem")
-class SwitchableExcitation(StepSize):
+class SwitchableExcitation(PooledStepSize):
     """h = sigmoid(s1 e_SE) * sigmoid(s2 e_ECA) * sigmoid(s3 e_IE), shape [B, C, 1, 1], with
     s = sigmoid(Linear(C -> 3)(GAP(fx))) per sample. Extra parameters: C^2/8 + 6C + C/16 + 3 + k.
     """
@@ -27,12 +27,10 @@ class SwitchableExcitation(StepSize):
         self.ie_weight, self.ie_bias = ie_parameters(channels)
         self.switch = nn.Linear(channels, 3)
 
-    def forward(self, x: Tensor, fx: Tensor) -> Tensor:
-        z = global_avg_pool(fx)
+    def gate_from_pools(self, p: Tensor | None, z: Tensor) -> Tensor:
         se = self.fc2(torch.relu(self.fc1(z)))
         eca = self.conv(z.unsqueeze(1)).squeeze(1)
         ie = self.ie_weight * z + self.ie_bias
         s = torch.sigmoid(self.switch(z))
-        gate = (torch.sigmoid(s[:, 0:1] * se) * torch.sigmoid(s[:, 1:2] * eca)
+        return (torch.sigmoid(s[:, 0:1] * se) * torch.sigmoid(s[:, 1:2] * eca)
                 * torch.sigmoid(s[:, 2:3] * ie))
-        return as_channel_gate(gate, fx)

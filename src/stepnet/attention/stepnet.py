@@ -44,7 +44,7 @@ from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from ..kernels import (AdaptorSaved, adaptor_applies, adaptor_backward,
                        adaptor_forward_unchecked)
-from .base import StepSize, as_channel_gate, global_avg_pool
+from .base import PooledStepSize
 from .ie import IEBatchNorm1d
 from .norms import DescriptorBatchNorm1d
 from .registry import register_attention
@@ -107,7 +107,7 @@ def _reference_gate_grads(ctx, grad_h: Tensor) -> tuple[Tensor | None, ...]:  # 
 
 
 @register_attention("stepnet")
-class StepNetAdaptor(StepSize):
+class StepNetAdaptor(PooledStepSize):
     """Stiffness-aware step size from two adjacent states. h: [B, C, 1, 1]. See module docs.
 
     The adaptor works on [B, C] descriptors (1-D batch norms); ``conv`` holds the 1x1
@@ -137,11 +137,10 @@ class StepNetAdaptor(StepSize):
         else:
             self.norm = nn.Identity()
 
-    def states(self, x: Tensor, fx: Tensor) -> Tensor:
-        """The squeezed adaptor input [B, k*C], channel-interleaved for ``"pair"``
-        ([p1, q1, p2, q2, ...] with p = GAP(x), q = GAP(x + fx) = p + GAP(fx))."""
-        p = global_avg_pool(x)
-        d = global_avg_pool(fx)
+    def states(self, p: Tensor | None, d: Tensor) -> Tensor:
+        """The adaptor input [B, k*C] from the pools p = GAP(x) and d = GAP(fx) ([B, C] each; p
+        is None for ``"diff"``), channel-interleaved for ``"pair"`` ([p1, q1, p2, q2, ...] with
+        q = GAP(x + fx) = p + d)."""
         if self.input == "pair":
             return torch.stack([p, p + d], dim=2).flatten(1)
         if self.input == "x":
@@ -163,19 +162,18 @@ class StepNetAdaptor(StepSize):
             return z * weight[:, 0]
         return (z.reshape(z.shape[0], self.channels, self.num_states) * weight).sum(dim=-1)
 
-    def forward(self, x: Tensor, fx: Tensor) -> Tensor:
+    def gate_from_pools(self, p: Tensor | None, d: Tensor) -> Tensor:
         if self._fused_gate_wanted():
-            p, d = global_avg_pool(x), global_avg_pool(fx)
             bn = self.norm.bn
             parameters = (self.norm.weight, self.norm.bias, self.norm.ie_weight,
                           self.norm.ie_bias)
             stats = (bn.running_mean, bn.running_var) if bn.track_running_stats else ()
             if adaptor_applies(p, d, self.conv.weight, parameters + stats):
-                return as_channel_gate(_FusedGateFunction.apply(
+                return _FusedGateFunction.apply(
                     p, d, self.conv.weight, *parameters, *stats if stats else (None, None),
-                    bn.eps, self._momentum_step()), fx)
-        z = self.difference(self.pre_norm(self.states(x, fx)))
-        return as_channel_gate(torch.sigmoid(self.norm(z)), fx)
+                    bn.eps, self._momentum_step())
+        z = self.difference(self.pre_norm(self.states(p, d)))
+        return torch.sigmoid(self.norm(z))
 
     def _fused_gate_wanted(self) -> bool:
         """The default adaptor in training mode with batch statistics (not frozen), where one

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from torch import Tensor, nn
 
 from ..attention import StepSize
-from .layers import EulerStep
+from .layers import EulerStep, conv_euler_step, step_folds_into_conv
 
 NormLayer = Callable[[int], nn.Module]
 
@@ -153,9 +153,24 @@ class PreActBottleneck(ResidualBlock):
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = conv1x1(in_planes, out, stride) if self.changes_shape else None
 
-    def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def shortcut_and_last_input(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Block input -> (shortcut output [B, 4P, H', W'], the last 1x1 convolution's input
+        relu(bn3(...)) [B, P, H', W']): ``fx = conv3(a)``."""
         pre = self.relu(self.bn1(x))
         shortcut = x if self.shortcut is None else self.shortcut(pre)
-        fx = self.conv1(pre)
-        fx = self.conv2(self.relu(self.bn2(fx)))
-        return shortcut, self.conv3(self.relu(self.bn3(fx)))
+        a = self.conv2(self.relu(self.bn2(self.conv1(pre))))
+        return shortcut, self.relu(self.bn3(a))
+
+    def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        shortcut, a = self.shortcut_and_last_input(x)
+        return shortcut, self.conv3(a)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """With autograd recording and a pooled gate, the step is folded into conv3
+        (:func:`~stepnet.models.layers.conv_euler_step`: ``fx`` is never formed nor kept for
+        backward); the same value to float rounding as ``step(shortcut, fx, h)``."""
+        shortcut, a = self.shortcut_and_last_input(x)
+        if step_folds_into_conv(self.step, self.attention, self.conv3, shortcut, a):
+            self.step.sums = None
+            return conv_euler_step(shortcut, a, self.conv3, self.attention)
+        return self.euler_step(shortcut, self.conv3(a))

@@ -1,16 +1,19 @@
 """Pieces shared by every backbone: the Euler step, norm layers, attention placement, input checks."""
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd import forward_ad
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
+from torch.nn import functional as F
 
 from ..attention import IEBatchNorm2d, StepSize, create_attention, get_attention_class
-from ..attention.base import (_mean_by_sum, as_channel_gate, pool_memo_enabled, pooled_dims,
-                              recall_pool, remember_pool)
+from ..attention.base import (PooledStepSize, _mean_by_sum, as_channel_gate, global_avg_pool,
+                              pool_memo_enabled, pooled_dims, recall_pool, remember_pool)
 from ..kernels import euler_step, euler_step_applies, gate_backward, gate_relu_backward
 
 NORMS = ("bn", "iebn")
@@ -255,6 +258,89 @@ def pass_on_pool(x: Tensor, fx: Tensor, h: Tensor, x_next: Tensor) -> None:
     if p is None or d is None:
         return
     remember_pool(x_next, torch.addcmul(p, d, h.flatten(1)))
+
+
+def _hooked(*modules: nn.Module) -> bool:
+    """True when any of ``modules`` (or every module, globally) has a forward or backward hook
+    that calling it would run."""
+    from torch.nn.modules import module as torch_module
+
+    if (torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks
+            or torch_module._global_backward_hooks or torch_module._global_backward_pre_hooks):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+               or m._backward_pre_hooks for m in modules)
+
+
+_folding_enabled = True
+
+
+@contextlib.contextmanager
+def unfolded_steps() -> Iterator[None]:
+    """Within this context no step is folded into its block's convolution
+    (:func:`conv_euler_step`): every block forms ``fx`` and calls its step (the reference
+    computation; ``benchmarks/overhead.py`` variants ``name/unfolded``)."""
+    global _folding_enabled
+    previous, _folding_enabled = _folding_enabled, False
+    try:
+        yield
+    finally:
+        _folding_enabled = previous
+
+
+def step_folds_into_conv(step: EulerStep, attention: StepSize, conv: nn.Module, x: Tensor,
+                         a: Tensor) -> bool:
+    """Whether ``step(x, conv(a), attention(x, conv(a)))`` may be computed as
+    :func:`conv_euler_step` (the same value to float rounding): with autograd recording (where
+    keeping ``fx`` for the step's backward is what costs), a pre-activation step (no ReLU) with
+    a pooled gate (:class:`~stepnet.attention.base.PooledStepSize`) or none (h = 1, the plain
+    network, which gains the same from one batched product), a plain 1x1 convolution without
+    bias, contiguous float maps; not under tracing, compiling, autocast or forward-mode AD, not
+    within :func:`unfolded_steps`, and not when a hook on the step, the gate or the convolution
+    expects to see them run (the stiffness recorder hooks the step)."""
+    return (_folding_enabled and torch.is_grad_enabled() and not is_fx_symbolic_tracing()
+            and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+            and (attention.is_identity or isinstance(attention, PooledStepSize))
+            and not step.relu and not step.record_sums
+            and type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+            and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.bias is None and conv.padding_mode == "zeros"
+            and a.dim() == 4 and x.dim() == 4 and a.is_contiguous() and x.is_contiguous()
+            and x.shape == (a.shape[0], conv.out_channels, *a.shape[2:])
+            and x.dtype == a.dtype == conv.weight.dtype and a.dtype.is_floating_point
+            and x.device == a.device == conv.weight.device
+            and not torch.is_autocast_enabled(a.device.type)
+            and forward_ad._current_level < 0 and not _hooked(step, attention, conv))
+
+
+def conv_euler_step(x: Tensor, a: Tensor, conv: nn.Conv2d, attention: StepSize) -> Tensor:
+    """``x + fx * h`` with ``fx = conv(a)`` a 1x1 convolution ([B, K, H, W] -> [B, C, H, W]) and
+    h = ``attention.gate_from_pools(GAP(x), GAP(fx))`` (a
+    :class:`~stepnet.attention.base.PooledStepSize`; ``x + fx`` for an identity module), without
+    forming ``fx``.
+
+    GAP(fx) = W GAP(a) (the convolution is linear), so the gate needs only a's pooling (a
+    quarter of fx's bytes in a bottleneck); the step is then one batched matrix product with
+    per-sample weights h_b * W added to x: ``baddbmm(x, h * W, a)``, [B, C, HW]. Its backward
+    is two batched products (grad_a = (h_b W)^T grad, grad_(h W) = grad a^T, from which grad_h
+    and grad_W are [B, C, K] reductions), so the gated step adds no full-size pass; for
+    backward it keeps ``a`` (which the convolution keeps anyway) and the per-sample weights
+    [B, C, K], where the unfolded step keeps ``fx`` [B, C, HW] and reads it with ``grad`` for
+    grad_h. GAP(x_next) = GAP(x) + GAP(fx) * h is handed on as the unfolded step hands it
+    (:func:`pass_on_pool`).
+    """
+    batch, k, height, width = a.shape
+    weight = conv.weight.view(conv.out_channels, k)                      # [C, K]
+    x_flat, a_flat = x.view(batch, -1, height * width), a.view(batch, k, height * width)
+    if attention.is_identity:
+        return torch.baddbmm(x_flat, weight.expand(batch, -1, -1), a_flat).view(x.shape)
+    d = F.linear(global_avg_pool(a), weight)                           # GAP(fx): [B, C]
+    p = global_avg_pool(x) if attention.pools_input else None
+    h = attention.gate_from_pools(p, d)                                 # [B, C]
+    x_next = torch.baddbmm(x_flat, h[:, :, None] * weight, a_flat).view(x.shape)
+    if p is not None:
+        remember_pool(x_next, torch.addcmul(p, d, h))
+    return x_next
 
 
 def norm_layer(norm: str) -> Callable[[int], nn.Module]:
