@@ -94,19 +94,24 @@ def test_reverse_mode_jacobians_under_vmap(case, relu, pool):
 
 # --- GAP(x_{t+1}) handed on by the Euler step (the pool memo) ----------------------------------
 
-def count_full_poolings(monkeypatch) -> list[int]:
-    """Counts reads of full-size tensors by global_avg_pool."""
-    from stepnet.attention import base
-
+def count_calls(monkeypatch, module, name: str) -> list[int]:
+    """Replaces ``module.name`` by a wrapper counting its calls in ``calls[0]``."""
     calls = [0]
-    original = base._mean_by_sum
+    original = getattr(module, name)
 
     def counted(*args):
         calls[0] += 1
         return original(*args)
 
-    monkeypatch.setattr(base, "_mean_by_sum", counted)
+    monkeypatch.setattr(module, name, counted)
     return calls
+
+
+def count_full_poolings(monkeypatch) -> list[int]:
+    """Counts reads of full-size tensors by global_avg_pool."""
+    from stepnet.attention import base
+
+    return count_calls(monkeypatch, base, "_mean_by_sum")
 
 
 @pytest.mark.parametrize("preact", [True, False])
@@ -249,8 +254,9 @@ def test_euler_step_hands_on_the_pool_of_its_output_for_channel_and_token_gates(
 
 # --- the step folded into a pre-activation bottleneck's last convolution ----------------------
 
-FOLDED = [("none", {}), ("stepnet", {}), ("stepnet", {"input": "x"}), ("stepnet", {"input": "diff"}),
-          ("stepnet", {"structure": "d"}), ("se", {}), ("eca", {}), ("ie", {}), ("sem", {})]
+FOLDED = [("none", {}), ("stepnet", {}), ("stepnet", {"input": "x"}),
+          ("stepnet", {"input": "diff"}), ("stepnet", {"structure": "d"}), ("se", {}), ("eca", {}),
+          ("ie", {}), ("sem", {})]
 
 
 def bottleneck_net(attention, options=None, seed=0):
@@ -265,15 +271,7 @@ def count_folds(monkeypatch) -> list[int]:
     """Counts the blocks that fold their step into conv3."""
     from stepnet.models import blocks
 
-    calls = [0]
-    original = blocks.conv_euler_step
-
-    def counted(*args):
-        calls[0] += 1
-        return original(*args)
-
-    monkeypatch.setattr(blocks, "conv_euler_step", counted)
-    return calls
+    return count_calls(monkeypatch, blocks, "conv_euler_step")
 
 
 def train_pass(model, x, seed=1):
@@ -296,7 +294,7 @@ def test_folded_step_equals_the_step_on_fx(monkeypatch, attention, options):
 
     model = bottleneck_net(attention, options)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
     folds = count_folds(monkeypatch)
     folded = train_pass(model, x)
     assert folds[0] == 6   # every block
@@ -370,10 +368,11 @@ def test_fold_keeps_no_fx_for_backward():
 def test_fold_declines_where_the_step_must_be_seen(monkeypatch):
     """No fold (and the same values) under no_grad, with a hook on the step (the stiffness
     recorder), for a gate that is not pooled (CBAM), a conv3 with a bias, channels-last maps,
-    forward-mode AD and autocast."""
+    forward-mode AD, autocast, and where the per-sample weights [B, C, K] would be larger than
+    fx [B, C, H * W]."""
     from stepnet.models.layers import unfolded_steps
 
-    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
     folds = count_folds(monkeypatch)
 
     def declines(model, run=lambda m: m(x)):
@@ -405,3 +404,6 @@ def test_fold_declines_where_the_step_must_be_seen(monkeypatch):
             x, torch.ones_like(x))))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         declines(bottleneck_net("se").float(), lambda m: m(x.float()))
+    folds[0] = 0
+    bottleneck_net("se")(x[:, :, :16, :16])   # K = 16, 32, 64 on 16x16, 8x8, 4x4 maps
+    assert folds[0] == 4   # not in the last stage (K = 64 > 4 * 4)

@@ -295,9 +295,11 @@ def step_folds_into_conv(step: EulerStep, attention: StepSize, conv: nn.Module, 
     keeping ``fx`` for the step's backward is what costs), a pre-activation step (no ReLU) with
     a pooled gate (:class:`~stepnet.attention.base.PooledStepSize`) or none (h = 1, the plain
     network, which gains the same from one batched product), a plain 1x1 convolution without
-    bias, contiguous float maps; not under tracing, compiling, autocast or forward-mode AD, not
-    within :func:`unfolded_steps`, and not when a hook on the step, the gate or the convolution
-    expects to see them run (the stiffness recorder hooks the step)."""
+    bias, contiguous float maps with no more input channels K than positions H * W (the
+    per-sample weights [B, C, K] kept for backward are then no larger than fx); not under
+    tracing, compiling, autocast or forward-mode AD, not within :func:`unfolded_steps`, and not
+    when a hook on the step, the gate or the convolution expects to see them run (the stiffness
+    recorder hooks the step)."""
     return (_folding_enabled and torch.is_grad_enabled() and not is_fx_symbolic_tracing()
             and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
             and (attention.is_identity or isinstance(attention, PooledStepSize))
@@ -307,6 +309,7 @@ def step_folds_into_conv(step: EulerStep, attention: StepSize, conv: nn.Module, 
             and conv.bias is None and conv.padding_mode == "zeros"
             and a.dim() == 4 and x.dim() == 4 and a.is_contiguous() and x.is_contiguous()
             and x.shape == (a.shape[0], conv.out_channels, *a.shape[2:])
+            and a.shape[1] <= a.shape[2] * a.shape[3]   # h * W [B, C, K] no larger than fx
             and x.dtype == a.dtype == conv.weight.dtype and a.dtype.is_floating_point
             and x.device == a.device == conv.weight.device
             and not torch.is_autocast_enabled(a.device.type)
