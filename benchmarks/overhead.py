@@ -90,7 +90,9 @@ class GateFloor(PooledStepSize):
         return torch.sigmoid(self.logit).expand(d.shape[0], -1)
 
     def forward(self, x: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
-        return as_channel_gate(torch.sigmoid(self.logit).expand(fx.shape[0], -1), fx)
+        # [1, C, 1, 1] (or [1, 1, D]): contiguous, so the compiled step kernels take it (they
+        # decline a gate expanded over the batch)
+        return as_channel_gate(torch.sigmoid(self.logit)[None], fx)
 
 
 # timing conditions a variant name may end with: the same model, timed inside this context
