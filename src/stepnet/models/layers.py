@@ -195,7 +195,9 @@ class EulerStep(nn.Module):
     GAP(x_next) = GAP(x) + GAP(fx) * h on whenever both pools are known.)
 
     Parameter-free. It is its own module so analysis code can read a block's ``x``, ``fx``, ``h``
-    (forward-hook inputs) and ``x_next`` (hook output) without recomputing anything.
+    (forward-hook inputs) and ``x_next`` (hook output) without recomputing anything; a
+    pre-activation bottleneck whose step is hooked does not fold it into its last convolution
+    (:func:`conv_euler_step`), so the hook always runs.
 
     Outside autograd (``no_grad``, ``inference_mode``) on CPU the step, its ReLU and, when
     ``record_sums`` is set (the stiffness recorder sets it), the sums of squares per (sample,
