@@ -218,3 +218,14 @@ def test_bad_input_messages():
         model(torch.randn(2, 1, 32, 32))
     gray = create_model("resnet18", in_chans=1, num_classes=7)
     assert gray(torch.randn(1, 1, 64, 64)).shape == (1, 7)
+
+
+def test_named_cifar_resnets_refuse_another_depth_or_block():
+    """resnet56 & co. fix their depth and block; asking for another says what to use instead
+    (it was a TypeError about a duplicated argument)."""
+    with pytest.raises(ValueError, match=r"fix depth and block \(this one: depth=56, "
+                                         r"block='basic'\); for other values of block use "
+                                         r"cifar_resnet"):
+        create_model("resnet56", block="bottleneck")
+    model = create_model("cifar_resnet", depth=56, block="bottleneck")
+    assert model.depth == 56 and isinstance(model.layer1[0], PreActBottleneck)

@@ -99,7 +99,14 @@ class CifarResNet(ResidualNetwork):
         return self.fc(self.avgpool(self.forward_features(x)).flatten(1))
 
 
-def _cifar(depth: int, block: str, **kwargs: Any) -> CifarResNet:
+def _cifar(depth: int, block: str, /, **kwargs: Any) -> CifarResNet:
+    fixed = sorted({"depth", "block"} & kwargs.keys())
+    if fixed:
+        raise ValueError(f"the named CIFAR ResNets fix depth and block (this one: depth={depth}, "
+                         f"block={block!r}); for other values of {', '.join(fixed)} use "
+                         "cifar_resnet: --model cifar_resnet --model-options "
+                         "'{\"depth\": 29, \"block\": \"bottleneck\"}' (depth 6n+2 with basic "
+                         "blocks, 9n+2 with bottlenecks)")
     return CifarResNet(depth=depth, block=block, **kwargs)
 
 
