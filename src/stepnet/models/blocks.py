@@ -158,8 +158,8 @@ class PreActBottleneck(ResidualBlock):
         relu(bn3(...)) [B, P, H', W']): ``fx = conv3(a)``."""
         pre = self.relu(self.bn1(x))
         shortcut = x if self.shortcut is None else self.shortcut(pre)
-        a = self.conv2(self.relu(self.bn2(self.conv1(pre))))
-        return shortcut, self.relu(self.bn3(a))
+        mid = self.conv2(self.relu(self.bn2(self.conv1(pre))))
+        return shortcut, self.relu(self.bn3(mid))
 
     def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
         shortcut, a = self.shortcut_and_last_input(x)
