@@ -307,6 +307,15 @@ def test_folded_step_equals_the_step_on_fx(monkeypatch, attention, options):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+def create_attention_double(name, channels):
+    from stepnet import create_attention
+
+    module = create_attention(name, channels).double().train()
+    for p in module.parameters():   # away from the initial values, where some terms vanish
+        torch.nn.init.normal_(p, std=0.5)
+    return module
+
+
 def test_folded_step_gradcheck_and_gradgradcheck():
     """The folded step's derivatives against finite differences (float64), first and second
     order, in x, a, the convolution's weight and the gate's parameters."""
@@ -324,15 +333,6 @@ def test_folded_step_gradcheck_and_gradgradcheck():
 
     assert torch.autograd.gradcheck(fn, (x, a, *params))
     assert torch.autograd.gradgradcheck(fn, (x, a, *params))
-
-
-def create_attention_double(name, channels):
-    from stepnet import create_attention
-
-    module = create_attention(name, channels).double().train()
-    for p in module.parameters():   # away from the initial values, where some terms vanish
-        torch.nn.init.normal_(p, std=0.5)
-    return module
 
 
 def test_fold_keeps_no_fx_for_backward():

@@ -131,6 +131,14 @@ def fresh_pools() -> Iterator[None]:
         _pool_memo_enabled = previous
 
 
+def traced_or_dual() -> bool:
+    """True under fx or jit tracing, torch.compile or forward-mode AD: where shortcuts that
+    these do not see (Python-level memos, compiled kernels called from an autograd function, a
+    step folded into a convolution) must give way to the plain ops."""
+    return (is_fx_symbolic_tracing() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+            or forward_ad._current_level >= 0)
+
+
 def _memo_allowed(t: Tensor) -> bool:
     """Pool memos live on eager, version-counted tensors that are not leaves requiring grad,
     outside forward-mode AD: tracers and compilers see no Python attributes, inference tensors
@@ -139,9 +147,7 @@ def _memo_allowed(t: Tensor) -> bool:
     on, and a dual tensor's tangent can change without its version (gradcheck's forward mode
     refills the tangents of the same dual inputs)."""
     return _pool_memo_enabled and not (
-        is_fx_symbolic_tracing() or torch.jit.is_tracing() or torch.compiler.is_compiling()
-        or forward_ad._current_level >= 0 or t.is_inference()
-        or (t.requires_grad and t.grad_fn is None))
+        traced_or_dual() or t.is_inference() or (t.requires_grad and t.grad_fn is None))
 
 
 def pool_memo_enabled() -> bool:

@@ -39,12 +39,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from torch.autograd import forward_ad
-from torch.fx._symbolic_trace import is_fx_symbolic_tracing
-
 from ..kernels import (AdaptorSaved, adaptor_applies, adaptor_backward,
                        adaptor_forward_unchecked)
-from .base import PooledStepSize
+from .base import PooledStepSize, traced_or_dual
 from .ie import IEBatchNorm1d
 from .norms import DescriptorBatchNorm1d
 from .registry import register_attention
@@ -182,8 +179,7 @@ class StepNetAdaptor(PooledStepSize):
         return (self.input == "pair" and self.structure == "default"
                 and isinstance(self.norm, IEBatchNorm1d)
                 and isinstance(self.norm.bn, nn.BatchNorm1d)   # not frozen
-                and self.norm.bn.training and forward_ad._current_level < 0
-                and not is_fx_symbolic_tracing() and not torch.jit.is_tracing())
+                and self.norm.bn.training and not traced_or_dual())
 
     def _momentum_step(self) -> float:
         """What the IEBN's batch norm does before normalising in training mode: count the

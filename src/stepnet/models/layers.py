@@ -7,13 +7,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.autograd import forward_ad
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch.nn import functional as F
 
 from ..attention import IEBatchNorm2d, StepSize, create_attention, get_attention_class
 from ..attention.base import (PooledStepSize, _mean_by_sum, as_channel_gate, global_avg_pool,
-                              pool_memo_enabled, pooled_dims, recall_pool, remember_pool)
+                              pool_memo_enabled, pooled_dims, recall_pool, remember_pool,
+                              traced_or_dual)
 from ..kernels import euler_step, euler_step_applies, gate_backward, gate_relu_backward
 
 NORMS = ("bn", "iebn")
@@ -302,8 +302,7 @@ def step_folds_into_conv(step: EulerStep, attention: StepSize, conv: nn.Module, 
     tracing, compiling, autocast or forward-mode AD, not within :func:`unfolded_steps`, and not
     when a hook on the step, the gate or the convolution expects to see them run (the stiffness
     recorder hooks the step)."""
-    return (_folding_enabled and torch.is_grad_enabled() and not is_fx_symbolic_tracing()
-            and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+    return (_folding_enabled and torch.is_grad_enabled() and not traced_or_dual()
             and (attention.is_identity or isinstance(attention, PooledStepSize))
             and not step.relu and not step.record_sums
             and type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
@@ -314,8 +313,7 @@ def step_folds_into_conv(step: EulerStep, attention: StepSize, conv: nn.Module, 
             and a.shape[1] <= a.shape[2] * a.shape[3]   # h * W [B, C, K] no larger than fx
             and x.dtype == a.dtype == conv.weight.dtype and a.dtype.is_floating_point
             and x.device == a.device == conv.weight.device
-            and not torch.is_autocast_enabled(a.device.type)
-            and forward_ad._current_level < 0 and not _hooked(step, attention, conv))
+            and not torch.is_autocast_enabled(a.device.type) and not _hooked(step, attention, conv))
 
 
 def conv_euler_step(x: Tensor, a: Tensor, conv: nn.Conv2d, attention: StepSize) -> Tensor:
