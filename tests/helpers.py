@@ -39,3 +39,36 @@ def stat_fields(pid: int) -> list[str]:
 def is_running(pid: int) -> bool:
     """True while process ``pid`` exists and is not a zombie (Linux)."""
     return stat_fields(pid)[:1] not in ([], ["Z"])
+
+
+def count_calls(monkeypatch, module, name: str) -> list[int]:
+    """Replaces ``module.name`` by a wrapper counting its calls in ``calls[0]``."""
+    calls = [0]
+    original = getattr(module, name)
+
+    def counted(*args):
+        calls[0] += 1
+        return original(*args)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def train_pass(model, x, seed=1):
+    """Logits, every parameter's gradient for a random cotangent, and the buffers after the
+    pass (the batch norms' running statistics)."""
+    model.zero_grad()
+    out = model(x)
+    out.backward(torch.randn(out.shape, dtype=out.dtype,
+                             generator=torch.Generator().manual_seed(seed)))
+    return (out.detach(), [p.grad.clone() for p in model.parameters()],
+            [b.clone() for b in model.buffers()])
+
+
+def create_attention_double(name, channels):
+    from stepnet import create_attention
+
+    module = create_attention(name, channels).double().train()
+    for p in module.parameters():   # away from the initial values, where some terms vanish
+        torch.nn.init.normal_(p, std=0.5)
+    return module

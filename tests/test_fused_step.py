@@ -4,12 +4,16 @@ relu(x + fx * h) against the unfused computation, in float64: forward, backward,
 [B, 1, D] on token sequences."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
 from stepnet.attention.base import global_avg_pool
 from stepnet.kernels import kernels_available
 from stepnet.models import EulerStep
+
+from tests.helpers import count_calls, create_attention_double, train_pass
 
 CASES = {"channel": ((3, 5, 4, 4), (3, 5, 1, 1)), "token": ((3, 7, 6), (3, 1, 6)),
          "scalar": ((2, 4, 3, 3), (1,))}
@@ -94,19 +98,6 @@ def test_reverse_mode_jacobians_under_vmap(case, relu, pool):
 
 # --- GAP(x_{t+1}) handed on by the Euler step (the pool memo) ----------------------------------
 
-def count_calls(monkeypatch, module, name: str) -> list[int]:
-    """Replaces ``module.name`` by a wrapper counting its calls in ``calls[0]``."""
-    calls = [0]
-    original = getattr(module, name)
-
-    def counted(*args):
-        calls[0] += 1
-        return original(*args)
-
-    monkeypatch.setattr(module, name, counted)
-    return calls
-
-
 def count_full_poolings(monkeypatch) -> list[int]:
     """Counts reads of full-size tensors by global_avg_pool."""
     from stepnet.attention import base
@@ -114,22 +105,26 @@ def count_full_poolings(monkeypatch) -> list[int]:
     return count_calls(monkeypatch, base, "_mean_by_sum")
 
 
-@pytest.mark.parametrize("preact", [True, False])
+@pytest.mark.parametrize("layout", ["preact", "post", "post-unfolded"])
 @pytest.mark.parametrize("attention", ["stepnet", "se"])
-def test_handed_on_pool_equals_pooling_the_state(monkeypatch, preact, attention):
+def test_handed_on_pool_equals_pooling_the_state(monkeypatch, layout, attention):
     """Logits and every gradient equal those of a network that pools every state afresh; in a
-    pre-activation StepNet only the first block of each stage pools its input x."""
+    pre-activation StepNet only the first block of each stage pools its input x, and in a
+    post-activation one with its batch norm folded into the step GAP(fx) comes from the
+    moments of z (no pooling of fx at all)."""
     from stepnet import create_model
     from stepnet.attention import base
+    from stepnet.models.layers import unfolded_steps
 
     torch.manual_seed(0)
-    model = create_model("resnet20", num_classes=10, preact=preact,
+    model = create_model("resnet20", num_classes=10, preact=layout == "preact",
                          attention=attention).double().train()
     x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
 
     def logits_and_grads():
         model.zero_grad()
-        out = model(x)
+        with unfolded_steps() if layout == "post-unfolded" else contextlib.nullcontext():
+            out = model(x)
         out.square().sum().backward()
         return out.detach(), [p.grad.clone() for p in model.parameters()]
 
@@ -142,12 +137,16 @@ def test_handed_on_pool_equals_pooling_the_state(monkeypatch, preact, attention)
     torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    blocks = 9
-    pools_per_block = 2 if attention == "stepnet" else 1
-    assert calls[0] == blocks * pools_per_block
+    blocks, stages = 9, 3
+    pools_x = attention == "stepnet"   # SE sees fx only
+    if layout == "post" and kernels_available():   # GAP(fx) from the moments of z
+        assert calls[0] == blocks * pools_x
+        assert memo_poolings == stages * pools_x   # each stage's first x is not a step's output
+        return
+    assert calls[0] == blocks * (1 + pools_x)
     # post-activation: the step pools its output in its compiled pass
-    handed_on = attention == "stepnet" and (preact or kernels_available())
-    assert memo_poolings == (blocks + 3 if handed_on else blocks * pools_per_block)
+    handed_on = pools_x and (layout == "preact" or kernels_available())
+    assert memo_poolings == (blocks + stages if handed_on else blocks * (1 + pools_x))
 
 
 def step_and_pool(x, fx, h):
@@ -274,17 +273,6 @@ def count_folds(monkeypatch) -> list[int]:
     return count_calls(monkeypatch, blocks, "conv_euler_step")
 
 
-def train_pass(model, x, seed=1):
-    """Logits, every parameter's gradient for a random cotangent, and the buffers after the
-    pass (the batch norms' running statistics)."""
-    model.zero_grad()
-    out = model(x)
-    out.backward(torch.randn(out.shape, dtype=out.dtype,
-                             generator=torch.Generator().manual_seed(seed)))
-    return (out.detach(), [p.grad.clone() for p in model.parameters()],
-            [b.clone() for b in model.buffers()])
-
-
 @pytest.mark.parametrize("attention,options", FOLDED)
 def test_folded_step_equals_the_step_on_fx(monkeypatch, attention, options):
     """x + conv3(a) * h computed as one batched product (fx never formed) gives the logits,
@@ -305,15 +293,6 @@ def test_folded_step_equals_the_step_on_fx(monkeypatch, attention, options):
     torch.testing.assert_close(folded[0], reference[0], rtol=1e-12, atol=1e-12)
     for a, b in zip(folded[1] + folded[2], reference[1] + reference[2]):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-
-
-def create_attention_double(name, channels):
-    from stepnet import create_attention
-
-    module = create_attention(name, channels).double().train()
-    for p in module.parameters():   # away from the initial values, where some terms vanish
-        torch.nn.init.normal_(p, std=0.5)
-    return module
 
 
 def test_folded_step_gradcheck_and_gradgradcheck():

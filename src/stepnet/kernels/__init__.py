@@ -17,6 +17,11 @@ Each makes one pass over full-size tensors where ATen needs several (``kernels.c
   pass (ATen needs two passes for the step and the ReLU, the recorder two more to read the
   states again, the pooling one); bitwise equal to ATen's ``addcmul`` (one rounding or two, as
   ATen rounds on this CPU) and ``relu``;
+* :func:`row_moments`, :func:`affine_relu_step`, :func:`affine_relu_step_backward` and
+  :func:`affine_grad_z` -- the post-activation step with its batch norm folded in,
+  ``relu(x + a z + b)`` from the batch norm's input ``z`` (the moments of ``z`` in one pass,
+  the step and ReLU in one, its backward in two, where ATen needs seven and five;
+  :mod:`stepnet.models.norm_step`);
 * :func:`adaptor_forward` / :func:`adaptor_backward` -- StepNet's default adaptor in training
   mode on its pooled [B, C] descriptors (the two-state difference, IEBN with batch statistics
   and its running-statistics update, the sigmoids) in one call each way, where ATen runs about
@@ -53,9 +58,10 @@ import torch
 from torch import Tensor
 
 __all__ = ["AdaptorSaved", "EulerStepResult", "adaptor_applies", "adaptor_backward",
-           "adaptor_forward", "adaptor_forward_unchecked", "aten_only", "cache_dir",
+           "adaptor_forward", "adaptor_forward_unchecked", "affine_grad_z", "affine_relu_step",
+           "affine_relu_step_backward", "affine_step_applies", "aten_only", "cache_dir",
            "euler_step", "euler_step_applies", "gate_backward", "gate_relu_backward",
-           "kernels_available", "square_sums"]
+           "kernels_available", "row_moments", "square_sums"]
 
 SOURCE = "kernels.c"
 FLAGS = ("-O3", "-fno-trapping-math", "-fopenmp", "-fPIC", "-shared", "-std=c11")
@@ -64,6 +70,9 @@ LIBRARIES = ("-lm",)
 # each entry point's arguments: (pointers, int64 counts, ints, doubles), in kernels.c's order
 _SIGNATURES = {"stepnet_gate_backward": (5, 3, 2, 0), "stepnet_gate_relu_backward": (8, 3, 2, 0),
                "stepnet_square_sums": (4, 2, 2, 0), "stepnet_euler_step": (6, 3, 4, 0),
+               "stepnet_row_moments": (3, 2, 2, 0), "stepnet_affine_step": (6, 3, 3, 0),
+               "stepnet_affine_step_backward": (7, 2, 2, 0),
+               "stepnet_affine_grad_z": (7, 4, 2, 0),
                "stepnet_adaptor_forward": (14, 2, 2, 2),
                "stepnet_adaptor_backward": (18, 2, 1, 0)}
 
@@ -356,6 +365,108 @@ def euler_step(x: Tensor, fx: Tensor, h: Tensor | None, relu: bool = False,
                                 x.numel() // rows, 1 if h is None else h.numel(), int(relu),
                                 int(_addcmul_fuses(x.dtype)), dtype, torch.get_num_threads())
     return EulerStepResult(out, planes, pooled)
+
+
+# --- the post-activation step with its batch norm folded in ----------------------------------
+
+def affine_step_applies(x: Tensor, z: Tensor) -> bool:
+    """Whether the folded-norm kernels (:func:`row_moments`, :func:`affine_relu_step`, ...)
+    apply to a step's ``x`` and the batch norm's input ``z``: contiguous plain CPU
+    float32/float64 tensors of one shape [B, C, *S], with the kernels on and built, outside
+    tracing and compiling (autograd may be recording: the caller's autograd functions call
+    them)."""
+    return _applies((x, z), outside_autograd=False) is not None
+
+
+def _row_gate(a: Tensor, like: Tensor) -> bool:
+    """``a`` holds one value per (sample, channel) of ``like`` [B, C, ...] ([B, C]) or per
+    channel ([1, C]), contiguous, of like's dtype."""
+    return (a.dim() == 2 and a.shape[1] == like.shape[1] and a.shape[0] in (1, like.shape[0])
+            and a.dtype == like.dtype and _plain_cpu(a))
+
+
+def row_moments(z: Tensor) -> tuple[Tensor, Tensor] | None:
+    """``(z.sum(dims), (z ** 2).sum(dims))`` over every dimension after the second, [B, C]
+    float64 each (accumulated in float64), in one pass; or None where the kernel does not apply.
+    Not differentiable by itself (an autograd function's forward)."""
+    dtype = _applies((z,), outside_autograd=False)
+    if dtype is None:
+        return None
+    rows = z.shape[0] * z.shape[1]
+    total = torch.empty(z.shape[:2], dtype=torch.float64)
+    squares = torch.empty(z.shape[:2], dtype=torch.float64)
+    _library.stepnet_row_moments(z.data_ptr(), total.data_ptr(), squares.data_ptr(), rows,
+                                 z.numel() // rows, dtype, torch.get_num_threads())
+    return total, squares
+
+
+def affine_relu_step(x: Tensor, z: Tensor, a: Tensor, b: Tensor, pool: bool = False
+                     ) -> tuple[Tensor, Tensor | None] | None:
+    """``(y, pooled)`` with ``y = relu(x + (a * z + b))`` for ``a``, ``b`` [B|1, C] broadcast
+    over the positions of ``x``, ``z`` [B, C, *S], and (``pool``) y's global average pooling
+    [B, C] (summed in float64), in one pass; None where the kernel does not apply. The product
+    and its shift are one fused multiply-add where ATen's ``addcmul`` fuses on this CPU."""
+    dtype = _applies((x, z), outside_autograd=False)
+    if dtype is None or not (_row_gate(a, x) and b.shape == a.shape and _row_gate(b, x)):
+        return None
+    rows = x.shape[0] * x.shape[1]
+    out = torch.empty_like(x)
+    pooled = torch.empty(x.shape[:2], dtype=x.dtype) if pool else None
+    _library.stepnet_affine_step(x.data_ptr(), z.data_ptr(), a.data_ptr(), b.data_ptr(),
+                                 out.data_ptr(), None if pooled is None else pooled.data_ptr(),
+                                 rows, x.numel() // rows, a.numel(),
+                                 int(_addcmul_fuses(x.dtype)), dtype, torch.get_num_threads())
+    return out, pooled
+
+
+def affine_relu_step_backward(grad: Tensor, y: Tensor, z: Tensor, pool_grad: Tensor | None
+                              ) -> tuple[Tensor, Tensor, Tensor] | None:
+    """The first half of :func:`affine_relu_step`'s backward: ``(grad_x, sum_g, sum_gz)`` with
+    ``grad_x = threshold_backward(grad + pool_grad / S, y, 0)`` (the pooling's broadcast
+    gradient, when given, [B, C]; S positions) and its sums per (sample, channel), plain and
+    times ``z`` ([B, C] each: the gradients of b and a), in one pass; None where the kernel
+    does not apply or autograd is recording (double backward)."""
+    dtype = _applies((grad, y, z))
+    if dtype is None:
+        return None
+    rows = grad.shape[0] * grad.shape[1]
+    inner = grad.numel() // rows
+    if pool_grad is not None:
+        pool_grad = (pool_grad / inner).contiguous()   # as the pooling's own backward divides
+        if (pool_grad.shape != grad.shape[:2] or pool_grad.dtype != grad.dtype
+                or not _plain_cpu(pool_grad)):
+            return None
+    grad_x = torch.empty_like(grad)
+    sum_g = torch.empty(grad.shape[:2], dtype=grad.dtype)
+    sum_gz = torch.empty(grad.shape[:2], dtype=grad.dtype)
+    _library.stepnet_affine_step_backward(grad.data_ptr(), y.data_ptr(), z.data_ptr(),
+                                          None if pool_grad is None else pool_grad.data_ptr(),
+                                          grad_x.data_ptr(), sum_g.data_ptr(), sum_gz.data_ptr(),
+                                          rows, inner, dtype, torch.get_num_threads())
+    return grad_x, sum_g, sum_gz
+
+
+def affine_grad_z(z: Tensor, grad_x: Tensor | None, a: Tensor | None, u: Tensor, v: Tensor,
+                  shift: Tensor) -> Tensor | None:
+    """z's whole gradient in one pass: ``a * grad_x + v * (z - shift) + u`` with ``a`` [B|1, C]
+    and ``grad_x`` [B, C, *S] (the step's part; both None for none), ``u``, ``v`` [B, C] and
+    ``shift`` [C] float64 (the moments' part: ``v`` twice the gradient of the sum of squares,
+    ``u`` the sum's plus ``v * shift``); None where the kernel does not apply or autograd is
+    recording."""
+    dtype = _applies((z,) if grad_x is None else (z, grad_x))
+    channels = z.shape[1] if z.dim() >= 2 else 0
+    if (dtype is None or (grad_x is not None and not _row_gate(a, z))
+            or any(t.dtype != torch.float64 or not _plain_cpu(t) for t in (u, v, shift))
+            or u.shape != z.shape[:2] or v.shape != u.shape or shift.shape != (channels,)):
+        return None
+    rows = z.shape[0] * channels
+    grad_z = torch.empty_like(z)
+    _library.stepnet_affine_grad_z(z.data_ptr(), None if grad_x is None else grad_x.data_ptr(),
+                                   None if grad_x is None else a.data_ptr(), u.data_ptr(),
+                                   v.data_ptr(), shift.data_ptr(), grad_z.data_ptr(), rows,
+                                   z.numel() // rows, 1 if a is None else a.numel(), channels,
+                                   dtype, torch.get_num_threads())
+    return grad_z
 
 
 # --- StepNet's adaptor on pooled descriptors ------------------------------------------------

@@ -54,6 +54,24 @@
  * result bitwise. ATen needs two passes for the step and the ReLU, and the
  * recorder two more to read x and out again.
  *
+ * stepnet_row_moments / stepnet_affine_step / stepnet_affine_step_backward /
+ * stepnet_affine_grad_z -- the post-activation step with its batch norm folded in,
+ * y = relu(x + a z + b) for the batch norm's input z, a = h s / sigma and b = h (beta - s mu /
+ * sigma) per row (a_rows values, row r using a[r % a_rows]; a_rows = C for the plain network's
+ * h = 1), so the normalised map bn(z) is never formed:
+ *
+ *     sum[r] = sum_i z[r, i],  sumsq[r] = sum_i z[r, i]^2           (moments, in double)
+ *     out[r, i] = relu(x[r, i] + (a z[r, i] + b)),  pooled[r] = mean_i out[r, i]
+ *     grad_x[r, i] = y[r, i] <= 0 ? 0 : grad[r, i] + pool_grad[r]   (backward, first part)
+ *     sum_g[r] = sum_i grad_x[r, i],  sum_gz[r] = sum_i grad_x[r, i] z[r, i]
+ *     grad_z[r, i] = a grad_x[r, i] + v[r] (z[r, i] - shift[c]) + u[r]  (c = r % channels)
+ *
+ * The last is z's whole gradient: through the step (a grad_x, grad_x may be NULL) and through
+ * the moments (u + v (z - shift) with v = 2 d/dsumsq and u = d/dsum + v shift: the gradient
+ * of sum and sumsq, centred on the channel mean for accuracy). ATen needs three passes for
+ * the batch norm's forward and four for the step and ReLU; two for the batch norm's backward
+ * and three for the ReLU's and the step's.
+ *
  * Rows are shared out by OpenMP; loaded into a process that has imported torch, this uses
  * torch's own OpenMP runtime (the same libgomp), so its threads are torch's threads.
  */
@@ -215,6 +233,106 @@ FOUR_BUILDS(SQUARE_ROWS, square_rows)
 
 FOUR_BUILDS(STEP_ROWS, step_rows)
 
+#define MOMENT_ROWS(NAME, T, ATTR)                                                        \
+    ATTR                                                                                  \
+    static void NAME(const T *z, double *sum, double *sumsq, int64_t begin, int64_t end, \
+                     int64_t inner) {                                                     \
+        for (int64_t r = begin; r < end; ++r) {                                           \
+            const T *zr = z + r * inner;                                                  \
+            double s = 0, q = 0;                                                          \
+            _Pragma("omp simd reduction(+:s, q)")                                         \
+            for (int64_t i = 0; i < inner; ++i) {                                         \
+                const double v = zr[i];                                                   \
+                s += v;                                                                   \
+                q += v * v;                                                               \
+            }                                                                             \
+            sum[r] = s;                                                                   \
+            sumsq[r] = q;                                                                 \
+        }                                                                                 \
+    }
+
+FOUR_BUILDS(MOMENT_ROWS, moment_rows)
+
+#define AFFINE_STEP_ROWS(NAME, T, ATTR)                                                   \
+    ATTR                                                                                  \
+    static void NAME(const T *x, const T *z, const T *a, const T *b, T *out, T *pooled,  \
+                     int64_t begin, int64_t end, int64_t inner, int64_t a_rows, int fma) { \
+        for (int64_t r = begin; r < end; ++r) {                                           \
+            const T *xr = x + r * inner, *zr = z + r * inner;                             \
+            T *o = out + r * inner;                                                       \
+            const T av = a[r % a_rows], bv = b[r % a_rows];                               \
+            if (fma) {                                                                    \
+                _Pragma("omp simd")                                                       \
+                for (int64_t i = 0; i < inner; ++i) {                                     \
+                    const T v = xr[i] + FMA(zr[i], av, bv);                               \
+                    o[i] = v < 0 ? (T)0 : v;                                              \
+                }                                                                         \
+            } else {                                                                      \
+                _Pragma("omp simd")                                                       \
+                for (int64_t i = 0; i < inner; ++i) {                                     \
+                    const T v = xr[i] + (zr[i] * av + bv);                                \
+                    o[i] = v < 0 ? (T)0 : v;                                              \
+                }                                                                         \
+            }                                                                             \
+            if (pooled) {                                                                 \
+                double total = 0;                                                         \
+                _Pragma("omp simd reduction(+:total)")                                    \
+                for (int64_t i = 0; i < inner; ++i) total += o[i];                        \
+                pooled[r] = (T)total / (T)inner;                                          \
+            }                                                                             \
+        }                                                                                 \
+    }
+
+FOUR_BUILDS(AFFINE_STEP_ROWS, affine_step_rows)
+
+#define AFFINE_BACKWARD_ROWS(NAME, T, ATTR)                                               \
+    ATTR                                                                                  \
+    static void NAME(const T *g, const T *y, const T *z, const T *pool_grad, T *grad_x,  \
+                     T *sum_g, T *sum_gz, int64_t begin, int64_t end, int64_t inner) {    \
+        for (int64_t r = begin; r < end; ++r) {                                           \
+            const T *gr = g + r * inner, *yr = y + r * inner, *zr = z + r * inner;        \
+            T *gx = grad_x + r * inner;                                                   \
+            const T pg = pool_grad ? pool_grad[r] : (T)0;                                 \
+            T acc_g = 0, acc_gz = 0;                                                      \
+            /* operands read unconditionally: the mask is a blend (see gate_relu_rows) */ \
+            _Pragma("omp simd reduction(+:acc_g, acc_gz)")                                \
+            for (int64_t i = 0; i < inner; ++i) {                                         \
+                const T gv = gr[i] + pg, gi = yr[i] <= 0 ? (T)0 : gv;                     \
+                gx[i] = gi;                                                               \
+                acc_g += gi;                                                              \
+                acc_gz += gi * zr[i];                                                     \
+            }                                                                             \
+            sum_g[r] = acc_g;                                                             \
+            sum_gz[r] = acc_gz;                                                           \
+        }                                                                                 \
+    }
+
+FOUR_BUILDS(AFFINE_BACKWARD_ROWS, affine_backward_rows)
+
+#define AFFINE_GRAD_Z_ROWS(NAME, T, ATTR)                                                 \
+    ATTR                                                                                  \
+    static void NAME(const T *z, const T *grad_x, const T *a, const double *u,           \
+                     const double *v, const double *shift, T *grad_z, int64_t begin,     \
+                     int64_t end, int64_t inner, int64_t a_rows, int64_t channels) {      \
+        for (int64_t r = begin; r < end; ++r) {                                           \
+            const T *zr = z + r * inner;                                                  \
+            T *o = grad_z + r * inner;                                                    \
+            const T uv = (T)u[r], vv = (T)v[r], m = (T)shift[r % channels];               \
+            if (grad_x) {                                                                 \
+                const T *gx = grad_x + r * inner;                                         \
+                const T av = a[r % a_rows];                                               \
+                _Pragma("omp simd")                                                       \
+                for (int64_t i = 0; i < inner; ++i)                                       \
+                    o[i] = av * gx[i] + (vv * (zr[i] - m) + uv);                          \
+            } else {                                                                      \
+                _Pragma("omp simd")                                                       \
+                for (int64_t i = 0; i < inner; ++i) o[i] = vv * (zr[i] - m) + uv;         \
+            }                                                                             \
+        }                                                                                 \
+    }
+
+FOUR_BUILDS(AFFINE_GRAD_Z_ROWS, affine_grad_z_rows)
+
 static int clamp_threads(int threads, int64_t rows) {
     if (threads < 1) threads = 1;
     return threads > rows ? (int)rows : threads;
@@ -270,6 +388,46 @@ int stepnet_euler_step(const void *x, const void *fx, const void *h, void *out, 
                        int64_t h_rows, int relu, int fma, int dtype, int threads) {
     PARALLEL_ROWS(step_rows_f32(STEP_ARGS), step_rows_f64(STEP_ARGS),
                   step_rows_f32_fast(STEP_ARGS), step_rows_f64_fast(STEP_ARGS))
+}
+
+#define MOMENT_ARGS z, sum, sumsq, begin, end, inner
+int stepnet_row_moments(const void *z, double *sum, double *sumsq, int64_t rows, int64_t inner,
+                        int dtype, int threads) {
+    PARALLEL_ROWS(moment_rows_f32(MOMENT_ARGS), moment_rows_f64(MOMENT_ARGS),
+                  moment_rows_f32_fast(MOMENT_ARGS), moment_rows_f64_fast(MOMENT_ARGS))
+}
+
+/* pooled may be NULL (none). */
+#define AFFINE_STEP_ARGS x, z, a, b, out, pooled, begin, end, inner, a_rows, fma
+int stepnet_affine_step(const void *x, const void *z, const void *a, const void *b, void *out,
+                        void *pooled, int64_t rows, int64_t inner, int64_t a_rows, int fma,
+                        int dtype, int threads) {
+    PARALLEL_ROWS(affine_step_rows_f32(AFFINE_STEP_ARGS), affine_step_rows_f64(AFFINE_STEP_ARGS),
+                  affine_step_rows_f32_fast(AFFINE_STEP_ARGS),
+                  affine_step_rows_f64_fast(AFFINE_STEP_ARGS))
+}
+
+/* pool_grad may be NULL (no gradient for y's mean). */
+#define AFFINE_BACKWARD_ARGS grad, y, z, pool_grad, grad_x, sum_g, sum_gz, begin, end, inner
+int stepnet_affine_step_backward(const void *grad, const void *y, const void *z,
+                                 const void *pool_grad, void *grad_x, void *sum_g, void *sum_gz,
+                                 int64_t rows, int64_t inner, int dtype, int threads) {
+    PARALLEL_ROWS(affine_backward_rows_f32(AFFINE_BACKWARD_ARGS),
+                  affine_backward_rows_f64(AFFINE_BACKWARD_ARGS),
+                  affine_backward_rows_f32_fast(AFFINE_BACKWARD_ARGS),
+                  affine_backward_rows_f64_fast(AFFINE_BACKWARD_ARGS))
+}
+
+/* grad_x may be NULL (then a is not read): only the moments' gradient. */
+#define AFFINE_GRAD_Z_ARGS z, grad_x, a, u, v, shift, grad_z, begin, end, inner, a_rows, channels
+int stepnet_affine_grad_z(const void *z, const void *grad_x, const void *a, const double *u,
+                          const double *v, const double *shift, void *grad_z, int64_t rows,
+                          int64_t inner, int64_t a_rows, int64_t channels, int dtype,
+                          int threads) {
+    PARALLEL_ROWS(affine_grad_z_rows_f32(AFFINE_GRAD_Z_ARGS),
+                  affine_grad_z_rows_f64(AFFINE_GRAD_Z_ARGS),
+                  affine_grad_z_rows_f32_fast(AFFINE_GRAD_Z_ARGS),
+                  affine_grad_z_rows_f64_fast(AFFINE_GRAD_Z_ARGS))
 }
 
 /* stepnet_adaptor_forward / _backward -- StepNet's default adaptor in training mode on pooled

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..attention import StepSize
 from .layers import EulerStep, conv_euler_step, step_folds_into_conv
+from .norm_step import norm_euler_step, norm_step_folds
 
 NormLayer = Callable[[int], nn.Module]
 
@@ -63,6 +64,16 @@ class ResidualBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.euler_step(*self.branches(x))
 
+    def normalised_step(self, shortcut: Tensor, z: Tensor, norm: nn.Module) -> Tensor:
+        """``euler_step(shortcut, norm(z))`` for a post-activation block whose residual branch
+        ends in ``norm``: in training, with a batch norm and a pooled gate (or none), the norm
+        is folded into the step (:func:`~stepnet.models.norm_step.norm_euler_step`:
+        ``norm(z)`` is never formed nor kept for backward); the same value to float
+        rounding."""
+        if norm_step_folds(self.step, self.attention, norm, shortcut, z):
+            return norm_euler_step(self.step, shortcut, z, norm, self.attention)
+        return self.euler_step(shortcut, norm(z))
+
 
 class BasicBlock(ResidualBlock):
     """Post-activation basic block: relu(shortcut(x) + bn2(conv2(relu(bn1(conv1(x))))) * h)."""
@@ -82,9 +93,17 @@ class BasicBlock(ResidualBlock):
                                          downsample_norm(planes))
                            if self.changes_shape else None)
 
-    def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def shortcut_and_last_conv(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Block input -> (shortcut output, conv2's output z before bn2), [B, C, H', W']."""
         shortcut = x if self.downsample is None else self.downsample(x)
-        return shortcut, self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return shortcut, self.conv2(self.relu(self.bn1(self.conv1(x))))
+
+    def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        shortcut, z = self.shortcut_and_last_conv(x)
+        return shortcut, self.bn2(z)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.normalised_step(*self.shortcut_and_last_conv(x), self.bn2)
 
 
 class Bottleneck(ResidualBlock):
@@ -108,11 +127,19 @@ class Bottleneck(ResidualBlock):
         self.downsample = (nn.Sequential(conv1x1(in_planes, out, stride), downsample_norm(out))
                            if self.changes_shape else None)
 
-    def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def shortcut_and_last_conv(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Block input -> (shortcut output, conv3's output z before bn3), [B, 4P, H', W']."""
         shortcut = x if self.downsample is None else self.downsample(x)
-        fx = self.relu(self.bn1(self.conv1(x)))
-        fx = self.relu(self.bn2(self.conv2(fx)))
-        return shortcut, self.bn3(self.conv3(fx))
+        mid = self.relu(self.bn1(self.conv1(x)))
+        mid = self.relu(self.bn2(self.conv2(mid)))
+        return shortcut, self.conv3(mid)
+
+    def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        shortcut, z = self.shortcut_and_last_conv(x)
+        return shortcut, self.bn3(z)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.normalised_step(*self.shortcut_and_last_conv(x), self.bn3)
 
 
 class PreActBasicBlock(ResidualBlock):

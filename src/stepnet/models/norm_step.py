@@ -1,0 +1,213 @@
+"""The post-activation step with its batch norm folded in.
+
+A post-activation block ends ``relu(x + bn(z) * h)`` with ``z`` the last convolution's output and
+``bn`` in training mode (batch statistics). With the batch's mean ``mu`` and ``sigma`` per
+channel, ``bn(z) * h = a z + b`` for ``a = h s / sigma`` and ``b = h (beta - s mu / sigma)``
+([B, C] for a channel gate, [1, C] for the plain network's h = 1), and a pooled gate needs only
+GAP(bn(z)) = GAP(z) s / sigma + beta - s mu / sigma. So the block's output is
+``relu(x + a z + b)``: one pass over ``x`` and ``z`` after one pass for the moments of ``z``
+(its per-(sample, channel) sums and sums of squares give mu, sigma and GAP(z) at once), where
+the batch norm and the step need seven and never-needed ``bn(z)`` is not formed nor kept.
+
+In backward, ``grad_h = s/sigma Σ g z + (beta - s mu/sigma) Σ g`` (g the ReLU-masked gradient)
+comes from the sums the batch norm's backward takes anyway, so the gate adds no full-size
+pass: one pass over (grad, y, z) writes grad_x and the sums; one over (grad_x, z) writes z's
+whole gradient (through the step and through the batch statistics).
+
+Two autograd functions share that second pass: :class:`_BatchMoments` (z -> its moments) and
+:class:`_AffineReluStep` (x, z, a, b -> y); the small ops between them (the statistics, the
+gate, a and b, [B, C]) are ordinary autograd ops. In a backward pass that does not build a
+graph, the step's backward hands (grad_x, a) to the moments' backward (which autograd runs
+after it: a and b depend on the moments) instead of returning z's gradient, and the moments'
+backward writes z's whole gradient in one pass. Under ``create_graph`` both return their parts
+with differentiable ATen ops, so double backward is exact.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..attention import StepSize
+from ..attention.base import (PooledStepSize, _mean_by_sum, global_avg_pool, pool_memo_enabled,
+                              remember_pool, traced_or_dual)
+from ..kernels import (affine_grad_z, affine_relu_step, affine_relu_step_backward,
+                       affine_step_applies, row_moments)
+from . import layers
+from .layers import EulerStep
+
+
+class _Handoff:
+    """What the step's backward hands the moments' backward within one backward pass: the
+    masked gradient grad_x and a (z's gradient through the step is ``a * grad_x``), tagged
+    with the pass (autograd's graph task) that made them; and the channel mean the moments'
+    gradient is centred on."""
+
+    __slots__ = ("mean", "task", "grad_x", "a")
+
+    def __init__(self) -> None:
+        self.mean: Tensor | None = None
+        self.task = -1
+        self.grad_x: Tensor | None = None
+        self.a: Tensor | None = None
+
+    def give(self, grad_x: Tensor, a: Tensor) -> None:
+        self.task, self.grad_x, self.a = torch._C._current_graph_task_id(), grad_x, a
+
+    def take(self) -> tuple[Tensor | None, Tensor | None]:
+        """(grad_x, a) handed on in this backward pass, else (None, None); forgets them."""
+        mine = self.task == torch._C._current_graph_task_id()
+        found = (self.grad_x, self.a) if mine else (None, None)
+        self.task, self.grad_x, self.a = -1, None, None
+        return found
+
+
+def _spread(per_row: Tensor) -> Tensor:
+    """[B|1, C] -> [B|1, C, 1, 1]."""
+    return per_row[:, :, None, None]
+
+
+class _BatchMoments(torch.autograd.Function):
+    """z [B, C, H, W] -> (Σ z, Σ z²) over the positions, [B, C] float64 each."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, handoff: _Handoff) -> tuple[Tensor, Tensor]:  # noqa: ANN001
+        moments = row_moments(z)
+        if moments is None:   # the caller checked; only a change of state in between gets here
+            wide = z.double()
+            moments = wide.sum((2, 3)), (wide * wide).sum((2, 3))
+        ctx.save_for_backward(z)
+        ctx.handoff = handoff
+        return moments
+
+    @staticmethod
+    def backward(ctx, grad_sum: Tensor, grad_squares: Tensor  # noqa: ANN001
+                 ) -> tuple[Tensor | None, None]:
+        (z,) = ctx.saved_tensors
+        if torch.is_grad_enabled():   # double backward: the step returned its own part
+            wide = _spread(grad_sum) + 2 * _spread(grad_squares) * z.double()
+            return wide.to(z.dtype), None
+        grad_x, a = ctx.handoff.take()
+        shift = ctx.handoff.mean
+        v = 2 * grad_squares
+        u = torch.addcmul(grad_sum, v, shift)
+        grad_z = affine_grad_z(z, grad_x, a, u, v, shift)
+        if grad_z is None:
+            grad_z = (_spread(v) * (z.double() - shift[:, None, None]) + _spread(u)).to(z.dtype)
+            if grad_x is not None:
+                grad_z = torch.addcmul(grad_z, grad_x, _spread(a))
+        return grad_z, None
+
+
+class _AffineReluStep(torch.autograd.Function):
+    """(x, z [B, C, H, W], a, b [B|1, C]) -> (relu(x + a z + b), its pooling [B, C] or None)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, z: Tensor, a: Tensor, b: Tensor, handoff: _Handoff,  # noqa: ANN001
+                pool: bool) -> tuple[Tensor, Tensor | None]:
+        fused = affine_relu_step(x, z, a, b, pool)
+        if fused is None:   # as in _BatchMoments.forward
+            y = torch.addcmul(_spread(b), z, _spread(a)).add_(x).relu_()
+            fused = y, (_mean_by_sum(y, (2, 3)) if pool else None)
+        ctx.set_materialize_grads(False)   # a pooling nobody used has no gradient
+        ctx.save_for_backward(z, a, fused[0])
+        ctx.handoff = handoff
+        return fused
+
+    @staticmethod
+    def backward(ctx, grad: Tensor | None, pool_grad: Tensor | None  # noqa: ANN001
+                 ) -> tuple[Tensor | None, ...]:
+        z, a, y = ctx.saved_tensors
+        need_x, need_z, need_a, need_b = ctx.needs_input_grad[:4]
+        if grad is None and pool_grad is None:
+            return None, None, None, None, None, None
+        if grad is None:
+            grad = torch.zeros_like(y)
+        fused = affine_relu_step_backward(grad, y, z, pool_grad)
+        if fused is not None:
+            grad_x, sum_g, sum_gz = fused
+        else:
+            if pool_grad is not None:
+                grad = grad + _spread(pool_grad / (y.shape[2] * y.shape[3]))
+            grad_x = torch.ops.aten.threshold_backward(grad, y, 0)
+            sum_g, sum_gz = grad_x.sum((2, 3)), (grad_x * z).sum((2, 3))
+        grad_z = None
+        if need_z and torch.is_grad_enabled():
+            grad_z = grad_x * _spread(a)
+        elif need_z:
+            ctx.handoff.give(grad_x, a)   # the moments' backward writes z's whole gradient
+        return (grad_x if need_x else None, grad_z,
+                sum_gz.sum_to_size(a.shape) if need_a else None,
+                sum_g.sum_to_size(a.shape) if need_b else None, None, None)
+
+
+def norm_step_folds(step: EulerStep, attention: StepSize, norm: nn.Module, x: Tensor,
+                    z: Tensor) -> bool:
+    """Whether ``step(x, norm(z), attention(x, norm(z)))`` may be computed as
+    :func:`norm_euler_step` (the same value to float rounding): with autograd recording, a
+    post-activation step (its ReLU) with a pooled gate or none (h = 1, the plain network gains
+    the same), ``norm`` an ``nn.BatchNorm2d`` (exactly; not a subclass such as SyncBatchNorm)
+    in training mode, contiguous float maps ``x``, ``z`` of one shape with more than one value
+    per channel, where the compiled kernels apply; not under tracing, compiling, autocast or
+    forward-mode AD, not within :func:`~stepnet.models.layers.unfolded_steps`, and not when a
+    hook on the step, the gate or the norm expects to see them run."""
+    return (layers._folding_enabled and torch.is_grad_enabled() and not traced_or_dual()
+            and step.relu and not step.record_sums
+            and (attention.is_identity or isinstance(attention, PooledStepSize))
+            and type(norm) is nn.BatchNorm2d and norm.training
+            and z.dim() == 4 and x.shape == z.shape and z.shape[0] * z.shape[2] * z.shape[3] > 1
+            and (norm.weight is None or norm.weight.dtype == z.dtype)
+            and not torch.is_autocast_enabled(z.device.type)
+            and affine_step_applies(x, z) and not layers._hooked(step, attention, norm))
+
+
+def _batch_statistics(norm: nn.BatchNorm2d, total: Tensor, squares: Tensor, count: int
+                      ) -> tuple[Tensor, Tensor]:
+    """The batch mean and biased variance [C] (float64) from the moments [B, C], and the
+    running statistics updated as ``nn.BatchNorm2d`` updates them."""
+    mean = total.sum(0) / count
+    var = (squares.sum(0) / count - mean * mean).clamp_min(0)
+    if norm.track_running_stats and norm.running_mean is not None:
+        factor = norm.momentum
+        if norm.num_batches_tracked is not None:
+            norm.num_batches_tracked.add_(1)
+            if norm.momentum is None:   # a cumulative moving average
+                factor = 1.0 / float(norm.num_batches_tracked)
+        factor = 0.0 if factor is None else factor
+        with torch.no_grad():
+            unbiased = var * (count / (count - 1))
+            norm.running_mean.copy_(factor * mean + (1 - factor) * norm.running_mean.double())
+            norm.running_var.copy_(factor * unbiased + (1 - factor) * norm.running_var.double())
+    return mean, var
+
+
+def norm_euler_step(step: EulerStep, x: Tensor, z: Tensor, norm: nn.BatchNorm2d,
+                    attention: StepSize) -> Tensor:
+    """``relu(x + norm(z) * h)`` with h = ``attention.gate_from_pools(GAP(x), GAP(norm(z)))``
+    (a :class:`~stepnet.attention.base.PooledStepSize`; h = 1 for an identity module) as
+    ``relu(x + a z + b)``, never forming ``norm(z)``; x, z [B, C, H, W]. The batch norm's
+    running statistics are updated as its own forward updates them; the output's pooling is
+    handed on when the step does so (``step.pool_output``). Call where
+    :func:`norm_step_folds` says it applies."""
+    batch, channels, height, width = z.shape
+    handoff = _Handoff()
+    total, squares = _BatchMoments.apply(z, handoff)                     # [B, C] float64
+    mean, var = _batch_statistics(norm, total, squares, batch * height * width)
+    handoff.mean = mean.detach()
+    scale = torch.rsqrt(var + norm.eps)                                  # s / sigma: [C]
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -mean * scale if norm.bias is None else norm.bias - mean * scale
+    if attention.is_identity:
+        a, b = scale[None].to(z.dtype), shift[None].to(z.dtype)           # [1, C]
+    else:
+        d = (total * (scale / (height * width)) + shift).to(z.dtype)    # GAP(norm(z)): [B, C]
+        p = global_avg_pool(x) if attention.pools_input else None
+        h = attention.gate_from_pools(p, d)                               # [B, C]
+        a, b = (h * scale).to(z.dtype), (h * shift).to(z.dtype)
+    pool = (step.pool_output and not attention.is_identity and pool_memo_enabled()
+            and not torch.is_inference_mode_enabled())
+    y, pooled = _AffineReluStep.apply(x, z, a, b, handoff, pool)
+    if pooled is not None:
+        remember_pool(y, pooled)
+    step.sums = None
+    return y
