@@ -21,8 +21,8 @@ the per-round ratios.
 * ``name/aten`` -- the variant timed without compiled kernels (``stepnet.kernels.aten_only``):
   what the one-pass backward of the gated step saves;
 * ``name/unfolded`` -- the variant timed with no step folded into its block's last 1x1
-  convolution (``stepnet.models.layers.unfolded_steps``): what folding saves in
-  pre-activation bottlenecks;
+  convolution or batch norm (``stepnet.models.layers.unfolded_steps``): what folding saves
+  (pre-activation bottlenecks fold the convolution, post-activation blocks the batch norm);
 * recorder -- eval images/s with the stiffness recorder's hooks on (both step conventions), as
   a ratio to the same variant's plain eval;
 * activations -- bytes autograd saves for the backward of one train step (tensors counted
@@ -183,7 +183,7 @@ class Runner:
             return t
 
         self.model.train()
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), self.condition():
             loss = self.loss(self.model(self.x), self.y)
         loss.backward()
         self.optimizer.zero_grad(set_to_none=True)

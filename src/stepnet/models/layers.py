@@ -280,8 +280,9 @@ _folding_enabled = True
 @contextlib.contextmanager
 def unfolded_steps() -> Iterator[None]:
     """Within this context no step is folded into its block's convolution
-    (:func:`conv_euler_step`): every block forms ``fx`` and calls its step (the reference
-    computation; ``benchmarks/overhead.py`` variants ``name/unfolded``)."""
+    (:func:`conv_euler_step`) or batch norm (:func:`stepnet.models.norm_step.norm_euler_step`):
+    every block forms ``fx`` and calls its step (the reference computation;
+    ``benchmarks/overhead.py`` variants ``name/unfolded``)."""
     global _folding_enabled
     previous, _folding_enabled = _folding_enabled, False
     try:
