@@ -78,7 +78,8 @@ def test_kernels_decline_what_they_do_not_cover():
 # --- networks: the folded step against the batch norm and the step on bn(z) ------------------
 
 ATTENTIONS = [("none", {}), ("stepnet", {}), ("stepnet", {"input": "x"}),
-              ("stepnet", {"input": "diff"}), ("se", {}), ("eca", {}), ("ie", {}), ("sem", {})]
+              ("stepnet", {"input": "diff"}), ("se", {}), ("eca", {}), ("ie", {}), ("sem", {}),
+              ("srm", {})]
 
 
 def post_net(attention, options=None, block="bottleneck", seed=0):
@@ -92,6 +93,11 @@ def post_net(attention, options=None, block="bottleneck", seed=0):
         if isinstance(module, torch.nn.BatchNorm2d):
             torch.nn.init.normal_(module.weight, 1.0, 0.3)
             torch.nn.init.normal_(module.bias, 0.0, 0.3)
+    with torch.no_grad():   # gates away from their initial values (SRM's zero mixing weights)
+        for block in model.modules():
+            if isinstance(block, blocks.ResidualBlock):
+                for p in block.attention.parameters():
+                    p.add_(0.3 * torch.randn_like(p))
     return model
 
 
@@ -152,7 +158,7 @@ def test_running_statistics_with_momentum_none_and_without_tracking(monkeypatch)
                 torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
-@pytest.mark.parametrize("attention", ["none", "stepnet"])
+@pytest.mark.parametrize("attention", ["none", "stepnet", "srm"])
 def test_folded_norm_step_gradcheck_and_gradgradcheck(attention):
     """Derivatives against finite differences (float64), first and second order, in x, z, the
     batch norm's affine parameters and the gate's, with both outputs used (the state and its

@@ -78,6 +78,27 @@ class PooledStepSize(StepSize):
         return as_channel_gate(self.gate_from_pools(p, global_avg_pool(fx)), fx)
 
 
+class MomentStepSize(StepSize):
+    """A channel (or token) gate that sees only ``fx``, and that only through its mean and
+    unbiased variance over the positions (the tokens, on [B, N, D]) per (sample, channel):
+    ``h = gate_from_moments(mean, var)``. Subclasses implement :meth:`gate_from_moments`.
+
+    Knowing that, a post-activation block whose residual branch ends in a batch norm can fold
+    the norm into the step: the moments of ``bn(z)`` follow from those of ``z``
+    (:func:`stepnet.models.norm_step.norm_euler_step`), so ``fx`` is never formed.
+    """
+
+    def gate_from_moments(self, mean: Tensor, var: Tensor) -> Tensor:
+        """mean, var (unbiased) of fx over the positions [B, C] -> h [B, C]."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, fx: Tensor) -> Tensor:
+        flat = fx.transpose(1, 2) if is_tokens(fx) else fx.flatten(2)   # [B, C, positions]
+        mean = flat.mean(dim=-1)
+        var = flat.var(dim=-1, unbiased=True)
+        return as_channel_gate(self.gate_from_moments(mean, var), fx)
+
+
 def is_tokens(t: Tensor) -> bool:
     """True for a token sequence [B, N, D], False for a feature map [B, C, H, W] (and while
     torch.fx traces a model, whose symbolic shapes cannot be branched on: traced models are

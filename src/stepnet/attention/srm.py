@@ -4,13 +4,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import StepSize, as_channel_gate, is_tokens
+from .base import MomentStepSize
 from .norms import DescriptorBatchNorm1d
 from .registry import register_attention
 
 
 @register_attention("srm")
-class StyleRecalibration(StepSize):
+class StyleRecalibration(MomentStepSize):
     """h = sigmoid(BN(w_mean * mean(fx) + w_std * std(fx))), shape [B, C, 1, 1].
 
     std is sqrt(unbiased variance + eps) over the spatial positions (the tokens, on [B, N, D]); the per-channel mixing weights
@@ -24,12 +24,10 @@ class StyleRecalibration(StepSize):
         self.cfc = nn.Parameter(torch.zeros(channels, 2))
         self.bn = DescriptorBatchNorm1d(channels)
 
-    def forward(self, x: Tensor, fx: Tensor) -> Tensor:
-        flat = fx.transpose(1, 2) if is_tokens(fx) else fx.flatten(2)   # [B, C, positions]
-        mean = flat.mean(dim=-1)
-        std = (flat.var(dim=-1, unbiased=True) + self.eps).sqrt()
+    def gate_from_moments(self, mean: Tensor, var: Tensor) -> Tensor:
+        std = (var + self.eps).sqrt()
         z = mean * self.cfc[:, 0] + std * self.cfc[:, 1]
-        return as_channel_gate(torch.sigmoid(self.bn(z)), fx)
+        return torch.sigmoid(self.bn(z))
 
     def no_weight_decay(self) -> set[str]:
         return {name for name, _ in self.named_parameters()}

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attention import StepSize
-from ..attention.base import (PooledStepSize, _mean_by_sum, global_avg_pool, pool_memo_enabled,
+from ..attention.base import (MomentStepSize, PooledStepSize, _mean_by_sum, global_avg_pool, pool_memo_enabled,
                               remember_pool, traced_or_dual)
 from ..kernels import (affine_grad_z, affine_relu_step, affine_relu_step_backward,
                        affine_step_applies, row_moments)
@@ -144,15 +144,15 @@ def norm_step_folds(step: EulerStep, attention: StepSize, norm: nn.Module, x: Te
                     z: Tensor) -> bool:
     """Whether ``step(x, norm(z), attention(x, norm(z)))`` may be computed as
     :func:`norm_euler_step` (the same value to float rounding): with autograd recording, a
-    post-activation step (its ReLU) with a pooled gate or none (h = 1, the plain network gains
-    the same), ``norm`` an ``nn.BatchNorm2d`` (exactly; not a subclass such as SyncBatchNorm)
+    post-activation step (its ReLU) with a pooled gate, a moment gate (SRM) or none (h = 1, the
+    plain network gains the same), ``norm`` an ``nn.BatchNorm2d`` (exactly; not a subclass such as SyncBatchNorm)
     in training mode, contiguous float maps ``x``, ``z`` of one shape with more than one value
     per channel, where the compiled kernels apply; not under tracing, compiling, autocast or
     forward-mode AD, not within :func:`~stepnet.models.layers.unfolded_steps`, and not when a
     hook on the step, the gate or the norm expects to see them run."""
     return (layers._folding_enabled and torch.is_grad_enabled() and not traced_or_dual()
             and step.relu and not step.record_sums
-            and (attention.is_identity or isinstance(attention, PooledStepSize))
+            and (attention.is_identity or isinstance(attention, (PooledStepSize, MomentStepSize)))
             and type(norm) is nn.BatchNorm2d and norm.training
             and z.dim() == 4 and x.shape == z.shape and z.shape[0] * z.shape[2] * z.shape[3] > 1
             and (norm.weight is None or norm.weight.dtype == z.dtype)
@@ -183,8 +183,10 @@ def _batch_statistics(norm: nn.BatchNorm2d, total: Tensor, squares: Tensor, coun
 def norm_euler_step(step: EulerStep, x: Tensor, z: Tensor, norm: nn.BatchNorm2d,
                     attention: StepSize) -> Tensor:
     """``relu(x + norm(z) * h)`` with h = ``attention.gate_from_pools(GAP(x), GAP(norm(z)))``
-    (a :class:`~stepnet.attention.base.PooledStepSize`; h = 1 for an identity module) as
-    ``relu(x + a z + b)``, never forming ``norm(z)``; x, z [B, C, H, W]. The batch norm's
+    (a :class:`~stepnet.attention.base.PooledStepSize`), ``attention.gate_from_moments(mean,
+    var)`` of norm(z) over the positions (a :class:`~stepnet.attention.base.MomentStepSize`:
+    var(norm(z)) = (s / sigma)^2 var(z)) or h = 1 (an identity module) as ``relu(x + a z +
+    b)``, never forming ``norm(z)``; x, z [B, C, H, W]. The batch norm's
     running statistics are updated as its own forward updates them; the output's pooling is
     handed on when the step does so (``step.pool_output``). Call where
     :func:`norm_step_folds` says it applies."""
@@ -200,9 +202,14 @@ def norm_euler_step(step: EulerStep, x: Tensor, z: Tensor, norm: nn.BatchNorm2d,
     if attention.is_identity:
         a, b = scale[None].to(z.dtype), shift[None].to(z.dtype)           # [1, C]
     else:
-        d = (total * (scale / (height * width)) + shift).to(z.dtype)    # GAP(norm(z)): [B, C]
-        p = global_avg_pool(x) if attention.pools_input else None
-        h = attention.gate_from_pools(p, d)                               # [B, C]
+        positions = height * width
+        d = (total * (scale / positions) + shift).to(z.dtype)           # GAP(norm(z)): [B, C]
+        if isinstance(attention, MomentStepSize):
+            var_z = (squares - total * (total / positions)) / (positions - 1)   # unbiased
+            h = attention.gate_from_moments(d, (var_z.clamp_min(0) * scale.square()).to(z.dtype))
+        else:
+            p = global_avg_pool(x) if attention.pools_input else None
+            h = attention.gate_from_pools(p, d)                           # [B, C]
         a, b = (h * scale).to(z.dtype), (h * shift).to(z.dtype)
     pool = (step.pool_output and not attention.is_identity and pool_memo_enabled()
             and not torch.is_inference_mode_enabled())
