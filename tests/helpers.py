@@ -72,3 +72,16 @@ def create_attention_double(name, channels):
     for p in module.parameters():   # away from the initial values, where some terms vanish
         torch.nn.init.normal_(p, std=0.5)
     return module
+
+
+def saved_bytes(model, x) -> int:
+    """Bytes autograd keeps for the backward of ``model(x)``, each storage counted once."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(storages.values())

@@ -13,7 +13,7 @@ from stepnet.attention.base import global_avg_pool
 from stepnet.kernels import kernels_available
 from stepnet.models import EulerStep
 
-from tests.helpers import count_calls, create_attention_double, train_pass
+from tests.helpers import count_calls, create_attention_double, saved_bytes, train_pass
 
 CASES = {"channel": ((3, 5, 4, 4), (3, 5, 1, 1)), "token": ((3, 7, 6), (3, 1, 6)),
          "scalar": ((2, 4, 3, 3), (1,))}
@@ -322,26 +322,15 @@ def test_fold_keeps_no_fx_for_backward():
 
     x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
 
-    def saved_bytes(model):
-        storages = {}
-
-        def pack(t):
-            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(x)
-        return sum(storages.values())
-
     plain, stepnet = bottleneck_net("none"), bottleneck_net("stepnet")
     shapes = [(64, 16, 32), (128, 32, 16), (256, 64, 8)]   # (C, K, side) per stage
     fx_bytes = 2 * sum(4 * c * side * side * 8 for c, _, side in shapes)
     weight_bytes = 2 * sum(4 * c * k * 8 for c, k, _ in shapes)
     small = 6 * 16 * 4 * 256 * 8   # at most 16 [B, C] descriptors per block
-    assert 0 <= saved_bytes(stepnet) - saved_bytes(plain) <= weight_bytes + small
+    assert 0 <= saved_bytes(stepnet, x) - saved_bytes(plain, x) <= weight_bytes + small
     assert weight_bytes + small < fx_bytes / 2
     with unfolded_steps():
-        assert saved_bytes(stepnet) - saved_bytes(plain) >= fx_bytes
+        assert saved_bytes(stepnet, x) - saved_bytes(plain, x) >= fx_bytes
 
 
 def test_fold_declines_where_the_step_must_be_seen(monkeypatch):

@@ -12,7 +12,7 @@ from stepnet.kernels import kernels_available
 from stepnet.models import blocks
 from stepnet.models.layers import unfolded_steps
 
-from tests.helpers import count_calls, create_attention_double, train_pass
+from tests.helpers import count_calls, create_attention_double, saved_bytes, train_pass
 
 pytestmark = pytest.mark.skipif(not kernels_available(),
                                 reason="the folded norm step runs on the compiled kernels")
@@ -221,24 +221,13 @@ def test_fold_keeps_no_normalised_map_for_backward():
     the unfolded StepNet keeps one bn(z) per block more (for grad_h)."""
     x = rand((4, 3, 32, 32), seed=1)
 
-    def saved_bytes(model):
-        storages = {}
-
-        def pack(t):
-            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(x)
-        return sum(storages.values())
-
     plain, stepnet = post_net("none"), post_net("stepnet")
     shapes = [(64, 32), (128, 16), (256, 8)]   # (C, side) per stage
     maps = 2 * sum(4 * c * side * side * 8 for c, side in shapes)
     small = 6 * 24 * 4 * 256 * 8   # at most 24 [B, C] descriptors per block
-    assert 0 <= saved_bytes(stepnet) - saved_bytes(plain) <= small < maps / 4
+    assert 0 <= saved_bytes(stepnet, x) - saved_bytes(plain, x) <= small < maps / 4
     with unfolded_steps():
-        assert saved_bytes(stepnet) - saved_bytes(plain) >= maps
+        assert saved_bytes(stepnet, x) - saved_bytes(plain, x) >= maps
 
 
 def test_fold_declines_where_the_norm_or_the_step_must_be_seen(monkeypatch):

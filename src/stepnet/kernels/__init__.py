@@ -230,6 +230,16 @@ def _rows_to_gate(row_sum: Tensor, grad: Tensor, h: Tensor) -> Tensor:
     return row_sum.view(grad.shape[:2] + (1,) * (grad.dim() - 2)).sum_to_size(h.shape)
 
 
+def _per_position(pool_grad: Tensor, grad: Tensor) -> Tensor | None:
+    """The gradient ``pool_grad`` [B, C] of a per-(sample, channel) mean of a tensor like
+    ``grad``, divided by the positions averaged (as the pooling's own backward divides), for a
+    kernel; None where it cannot be handed to C."""
+    scaled = (pool_grad / (grad.numel() // (grad.shape[0] * grad.shape[1]))).contiguous()
+    if scaled.shape != grad.shape[:2] or scaled.dtype != grad.dtype or not _plain_cpu(scaled):
+        return None
+    return scaled
+
+
 def gate_backward(grad: Tensor, fx: Tensor, h: Tensor) -> tuple[Tensor, Tensor] | None:
     """``(grad * h, (grad * fx).sum_to_size(h.shape))`` in one pass, or None where the kernel
     does not apply (then the caller computes them with ATen ops).
@@ -269,9 +279,8 @@ def gate_relu_backward(grad: Tensor, y: Tensor, fx: Tensor, h: Tensor,
     rows = grad.shape[0] * grad.shape[1]
     inner = grad.numel() // rows
     if pool_grad is not None:
-        pool_grad = (pool_grad / inner).contiguous()   # as the pooling's own backward divides
-        if (pool_grad.shape != grad.shape[:2] or pool_grad.dtype != grad.dtype
-                or not _plain_cpu(pool_grad)):
+        pool_grad = _per_position(pool_grad, grad)
+        if pool_grad is None:
             return None
     grad_x = torch.empty_like(grad)
     grad_fx = torch.empty_like(grad)
@@ -432,9 +441,8 @@ def affine_relu_step_backward(grad: Tensor, y: Tensor, z: Tensor, pool_grad: Ten
     rows = grad.shape[0] * grad.shape[1]
     inner = grad.numel() // rows
     if pool_grad is not None:
-        pool_grad = (pool_grad / inner).contiguous()   # as the pooling's own backward divides
-        if (pool_grad.shape != grad.shape[:2] or pool_grad.dtype != grad.dtype
-                or not _plain_cpu(pool_grad)):
+        pool_grad = _per_position(pool_grad, grad)
+        if pool_grad is None:
             return None
     grad_x = torch.empty_like(grad)
     sum_g = torch.empty(grad.shape[:2], dtype=grad.dtype)
