@@ -261,3 +261,70 @@ def test_fold_declines_where_the_norm_or_the_step_must_be_seen(monkeypatch):
     with kernels.aten_only():
         declines(post_net("se"))
     declines(CifarResNet(depth=20, preact=True, attention="se").double())
+
+
+# --- relu(bn3(.)) of pre-activation bottlenecks, with the pooling the folded step reads --------
+
+@pytest.mark.parametrize("attention", ["none", "stepnet", "se", "cbam"])
+def test_pre_activation_norm_relu_equals_relu_of_bn(monkeypatch, attention):
+    """relu(bn3(.)) as one pass after the moments, in every pre-activation bottleneck: logits,
+    every gradient and every buffer equal the unfolded network's (float64); with a pooled gate
+    its pooling of a is taken in that pass, so no block reads a, fx or x to pool them but the
+    first of each stage (its x is not a step's output)."""
+    from stepnet.attention import base
+    from stepnet.models.cifar_resnet import CifarResNet
+
+    torch.manual_seed(0)
+    model = CifarResNet(depth=20, block="bottleneck", preact=True,
+                        attention=attention).double().train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = rand((4, 3, 32, 32), seed=1)   # every stage folds its step (K <= H * W)
+    calls = count_calls(monkeypatch, blocks, "norm_relu")
+    poolings = count_calls(monkeypatch, base, "_mean_by_sum")
+    folded = [train_pass(model, x, seed) for seed in (1, 2)]
+    assert calls[0] == 2 * 6
+    if attention in ("stepnet", "se"):
+        assert poolings[0] == (2 * 3 if attention == "stepnet" else 0)
+    model.load_state_dict(state)
+    with unfolded_steps():
+        reference = [train_pass(model, x, seed) for seed in (1, 2)]
+    assert calls[0] == 2 * 6
+    for got, want in zip(folded, reference):
+        for a, b in zip([got[0], *got[1], *got[2]], [want[0], *want[1], *want[2]]):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_norm_relu_gradcheck_and_gradgradcheck():
+    """relu(bn(z)) and its handed-on pooling against finite differences, first and second
+    order, in z and the batch norm's affine parameters."""
+    from stepnet.attention.base import recall_pool
+    from stepnet.models.norm_step import norm_relu
+
+    norm = torch.nn.BatchNorm2d(5, track_running_stats=False).double()
+    torch.nn.init.normal_(norm.weight, 1.0, 0.3)
+    torch.nn.init.normal_(norm.bias, 0.0, 0.3)
+    z = (rand((3, 5, 3, 4), seed=2) + 0.5).requires_grad_()
+
+    def fn(z, weight, bias):
+        y = norm_relu(z, norm, pool=True)
+        return y, recall_pool(y)
+
+    assert torch.autograd.gradcheck(fn, (z, norm.weight, norm.bias))
+    assert torch.autograd.gradgradcheck(fn, (z, norm.weight, norm.bias))
+
+
+def test_norm_relu_declines_under_hooks_and_in_evaluation(monkeypatch):
+    from stepnet.models.cifar_resnet import CifarResNet
+
+    x = rand((2, 3, 16, 16), seed=1)
+    calls = count_calls(monkeypatch, blocks, "norm_relu")
+    model = CifarResNet(depth=20, block="bottleneck", preact=True, attention="se").double()
+    model.layer1[0].bn3.register_forward_hook(lambda *args: None)
+    model.layer2[0].relu.register_forward_hook(lambda *args: None)
+    model(x)
+    assert calls[0] == 4   # not in the two hooked blocks
+    calls[0] = 0
+    model.eval()(x)
+    with torch.no_grad():
+        model.train()(x)
+    assert calls[0] == 0

@@ -409,22 +409,24 @@ def row_moments(z: Tensor) -> tuple[Tensor, Tensor] | None:
     return total, squares
 
 
-def affine_relu_step(x: Tensor, z: Tensor, a: Tensor, b: Tensor, pool: bool = False
+def affine_relu_step(x: Tensor | None, z: Tensor, a: Tensor, b: Tensor, pool: bool = False
                      ) -> tuple[Tensor, Tensor | None] | None:
-    """``(y, pooled)`` with ``y = relu(x + (a * z + b))`` for ``a``, ``b`` [B|1, C] broadcast
-    over the positions of ``x``, ``z`` [B, C, *S], and (``pool``) y's global average pooling
-    [B, C] (summed in float64), in one pass; None where the kernel does not apply. The product
-    and its shift are one fused multiply-add where ATen's ``addcmul`` fuses on this CPU."""
-    dtype = _applies((x, z), outside_autograd=False)
-    if dtype is None or not (_row_gate(a, x) and b.shape == a.shape and _row_gate(b, x)):
+    """``(y, pooled)`` with ``y = relu(x + (a * z + b))`` (``relu(a * z + b)`` when ``x`` is
+    None) for ``a``, ``b`` [B|1, C] broadcast over the positions of ``x``, ``z`` [B, C, *S],
+    and (``pool``) y's global average pooling [B, C] (summed in float64), in one pass; None
+    where the kernel does not apply. The product and its shift are one fused multiply-add where
+    ATen's ``addcmul`` fuses on this CPU."""
+    dtype = _applies((z,) if x is None else (x, z), outside_autograd=False)
+    if dtype is None or not (_row_gate(a, z) and b.shape == a.shape and _row_gate(b, z)):
         return None
-    rows = x.shape[0] * x.shape[1]
-    out = torch.empty_like(x)
-    pooled = torch.empty(x.shape[:2], dtype=x.dtype) if pool else None
-    _library.stepnet_affine_step(x.data_ptr(), z.data_ptr(), a.data_ptr(), b.data_ptr(),
-                                 out.data_ptr(), None if pooled is None else pooled.data_ptr(),
-                                 rows, x.numel() // rows, a.numel(),
-                                 int(_addcmul_fuses(x.dtype)), dtype, torch.get_num_threads())
+    rows = z.shape[0] * z.shape[1]
+    out = torch.empty_like(z)
+    pooled = torch.empty(z.shape[:2], dtype=z.dtype) if pool else None
+    _library.stepnet_affine_step(None if x is None else x.data_ptr(), z.data_ptr(),
+                                 a.data_ptr(), b.data_ptr(), out.data_ptr(),
+                                 None if pooled is None else pooled.data_ptr(), rows,
+                                 z.numel() // rows, a.numel(), int(_addcmul_fuses(z.dtype)),
+                                 dtype, torch.get_num_threads())
     return out, pooled
 
 

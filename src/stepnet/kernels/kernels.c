@@ -62,6 +62,7 @@
  *
  *     sum[r] = sum_i z[r, i],  sumsq[r] = sum_i z[r, i]^2           (moments, in double)
  *     out[r, i] = relu(x[r, i] + (a z[r, i] + b)),  pooled[r] = mean_i out[r, i]
+ *                                          (x NULL: relu(a z + b), a batch norm and its ReLU)
  *     grad_x[r, i] = y[r, i] <= 0 ? 0 : grad[r, i] + pool_grad[r]   (backward, first part)
  *     sum_g[r] = sum_i grad_x[r, i],  sum_gz[r] = sum_i grad_x[r, i] z[r, i]
  *     grad_z[r, i] = a grad_x[r, i] + v[r] (z[r, i] - shift[c]) + u[r]  (c = r % channels)
@@ -258,10 +259,16 @@ FOUR_BUILDS(MOMENT_ROWS, moment_rows)
     static void NAME(const T *x, const T *z, const T *a, const T *b, T *out, T *pooled,  \
                      int64_t begin, int64_t end, int64_t inner, int64_t a_rows, int fma) { \
         for (int64_t r = begin; r < end; ++r) {                                           \
-            const T *xr = x + r * inner, *zr = z + r * inner;                             \
+            const T *xr = x ? x + r * inner : 0, *zr = z + r * inner;                     \
             T *o = out + r * inner;                                                       \
             const T av = a[r % a_rows], bv = b[r % a_rows];                               \
-            if (fma) {                                                                    \
+            if (!x) {                                                                     \
+                _Pragma("omp simd")                                                       \
+                for (int64_t i = 0; i < inner; ++i) {                                     \
+                    const T v = fma ? FMA(zr[i], av, bv) : zr[i] * av + bv;               \
+                    o[i] = v < 0 ? (T)0 : v;                                              \
+                }                                                                         \
+            } else if (fma) {                                                             \
                 _Pragma("omp simd")                                                       \
                 for (int64_t i = 0; i < inner; ++i) {                                     \
                     const T v = xr[i] + FMA(zr[i], av, bv);                               \
@@ -397,7 +404,7 @@ int stepnet_row_moments(const void *z, double *sum, double *sumsq, int64_t rows,
                   moment_rows_f32_fast(MOMENT_ARGS), moment_rows_f64_fast(MOMENT_ARGS))
 }
 
-/* pooled may be NULL (none). */
+/* x may be NULL (no step: relu(a z + b)); pooled NULL (none). */
 #define AFFINE_STEP_ARGS x, z, a, b, out, pooled, begin, end, inner, a_rows, fma
 int stepnet_affine_step(const void *x, const void *z, const void *a, const void *b, void *out,
                         void *pooled, int64_t rows, int64_t inner, int64_t a_rows, int fma,

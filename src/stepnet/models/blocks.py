@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from ..attention import StepSize
+from ..attention import PooledStepSize, StepSize
 from .layers import EulerStep, conv_euler_step, step_folds_into_conv
-from .norm_step import norm_euler_step, norm_step_folds
+from .norm_step import norm_euler_step, norm_relu, norm_relu_folds, norm_step_folds
 
 NormLayer = Callable[[int], nn.Module]
 
@@ -182,10 +182,16 @@ class PreActBottleneck(ResidualBlock):
 
     def shortcut_and_last_input(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Block input -> (shortcut output [B, 4P, H', W'], the last 1x1 convolution's input
-        relu(bn3(...)) [B, P, H', W']): ``fx = conv3(a)``."""
+        relu(bn3(...)) [B, P, H', W']): ``fx = conv3(a)``.
+
+        In training, relu(bn3(.)) is one compiled pass after the moments of its input
+        (:func:`~stepnet.models.norm_step.norm_relu`), which with a pooled gate also pools a:
+        the folded step's gate reads GAP(fx) = W3 GAP(a) from it."""
         pre = self.relu(self.bn1(x))
         shortcut = x if self.shortcut is None else self.shortcut(pre)
         mid = self.conv2(self.relu(self.bn2(self.conv1(pre))))
+        if norm_relu_folds(self.bn3, mid, self.relu):
+            return shortcut, norm_relu(mid, self.bn3, isinstance(self.attention, PooledStepSize))
         return shortcut, self.relu(self.bn3(mid))
 
     def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:

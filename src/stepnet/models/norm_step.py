@@ -99,14 +99,16 @@ class _BatchMoments(torch.autograd.Function):
 
 
 class _AffineReluStep(torch.autograd.Function):
-    """(x, z [B, C, H, W], a, b [B|1, C]) -> (relu(x + a z + b), its pooling [B, C] or None)."""
+    """(x, z [B, C, H, W], a, b [B|1, C]) -> (relu(x + a z + b), its pooling [B, C] or None);
+    x None: relu(a z + b), a batch norm and its ReLU."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, z: Tensor, a: Tensor, b: Tensor, handoff: _Handoff,  # noqa: ANN001
-                pool: bool) -> tuple[Tensor, Tensor | None]:
+    def forward(ctx, x: Tensor | None, z: Tensor, a: Tensor, b: Tensor,  # noqa: ANN001
+                handoff: _Handoff, pool: bool) -> tuple[Tensor, Tensor | None]:
         fused = affine_relu_step(x, z, a, b, pool)
         if fused is None:   # as in _BatchMoments.forward
-            y = torch.addcmul(_spread(b), z, _spread(a)).add_(x).relu_()
+            y = torch.addcmul(_spread(b), z, _spread(a))
+            y = (y if x is None else y.add_(x)).relu_()
             fused = y, (_mean_by_sum(y, (2, 3)) if pool else None)
         ctx.set_materialize_grads(False)   # a pooling nobody used has no gradient
         ctx.save_for_backward(z, a, fused[0])
@@ -150,14 +152,10 @@ def norm_step_folds(step: EulerStep, attention: StepSize, norm: nn.Module, x: Te
     per channel, where the compiled kernels apply; not under tracing, compiling, autocast or
     forward-mode AD, not within :func:`~stepnet.models.layers.unfolded_steps`, and not when a
     hook on the step, the gate or the norm expects to see them run."""
-    return (layers._folding_enabled and torch.is_grad_enabled() and not traced_or_dual()
-            and step.relu and not step.record_sums
+    return (step.relu and not step.record_sums
             and (attention.is_identity or isinstance(attention, (PooledStepSize, MomentStepSize)))
-            and type(norm) is nn.BatchNorm2d and norm.training
-            and z.dim() == 4 and x.shape == z.shape and z.shape[0] * z.shape[2] * z.shape[3] > 1
-            and (norm.weight is None or norm.weight.dtype == z.dtype)
-            and not torch.is_autocast_enabled(z.device.type)
-            and affine_step_applies(x, z) and not layers._hooked(step, attention, norm))
+            and x.shape == z.shape and norm_relu_folds(norm, z, step, attention)
+            and affine_step_applies(x, z))
 
 
 def _batch_statistics(norm: nn.BatchNorm2d, total: Tensor, squares: Tensor, count: int
@@ -180,6 +178,51 @@ def _batch_statistics(norm: nn.BatchNorm2d, total: Tensor, squares: Tensor, coun
     return mean, var
 
 
+def _folded_norm(z: Tensor, norm: nn.BatchNorm2d, handoff: _Handoff
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The moments of z ([B, C] float64: Σ z, Σ z² over the positions) and the batch norm as
+    an affine map per channel, ``norm(z) = scale * z + shift`` ([C] float64, from the batch
+    statistics; the running statistics updated)."""
+    batch, _, height, width = z.shape
+    total, squares = _BatchMoments.apply(z, handoff)
+    mean, var = _batch_statistics(norm, total, squares, batch * height * width)
+    handoff.mean = mean.detach()
+    scale = torch.rsqrt(var + norm.eps)                                  # s / sigma
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -mean * scale if norm.bias is None else norm.bias - mean * scale
+    return total, squares, scale, shift
+
+
+def norm_relu_folds(norm: nn.Module, z: Tensor, *others: nn.Module) -> bool:
+    """Whether ``relu(norm(z))`` may be computed as :func:`norm_relu`: as
+    :func:`norm_step_folds`, for the batch norm alone (``others``: modules whose hooks must
+    see them run, such as the ReLU)."""
+    return (layers._folding_enabled and torch.is_grad_enabled() and not traced_or_dual()
+            and type(norm) is nn.BatchNorm2d and norm.training
+            and z.dim() == 4 and z.shape[0] * z.shape[2] * z.shape[3] > 1
+            and (norm.weight is None or norm.weight.dtype == z.dtype)
+            and not torch.is_autocast_enabled(z.device.type)
+            and affine_step_applies(z, z) and not layers._hooked(norm, *others))
+
+
+def norm_relu(z: Tensor, norm: nn.BatchNorm2d, pool: bool = False) -> Tensor:
+    """``relu(norm(z))`` for a batch norm in training mode, z [B, C, H, W]: one compiled pass
+    for the moments of z, one for the output (``relu(scale z + shift)``), and in backward one
+    pass each way as in :func:`norm_euler_step`; with ``pool``, the output's global average
+    pooling is taken in its pass and remembered on it (a gate that pools it reads nothing
+    more, and that pooling's gradient joins the one backward pass). Call where
+    :func:`norm_relu_folds` says it applies."""
+    handoff = _Handoff()
+    _, _, scale, shift = _folded_norm(z, norm, handoff)
+    pool = pool and pool_memo_enabled() and not torch.is_inference_mode_enabled()
+    y, pooled = _AffineReluStep.apply(None, z, scale[None].to(z.dtype), shift[None].to(z.dtype),
+                                      handoff, pool)
+    if pooled is not None:
+        remember_pool(y, pooled)
+    return y
+
+
 def norm_euler_step(step: EulerStep, x: Tensor, z: Tensor, norm: nn.BatchNorm2d,
                     attention: StepSize) -> Tensor:
     """``relu(x + norm(z) * h)`` with h = ``attention.gate_from_pools(GAP(x), GAP(norm(z)))``
@@ -190,15 +233,9 @@ def norm_euler_step(step: EulerStep, x: Tensor, z: Tensor, norm: nn.BatchNorm2d,
     running statistics are updated as its own forward updates them; the output's pooling is
     handed on when the step does so (``step.pool_output``). Call where
     :func:`norm_step_folds` says it applies."""
-    batch, channels, height, width = z.shape
+    height, width = z.shape[2:]
     handoff = _Handoff()
-    total, squares = _BatchMoments.apply(z, handoff)                     # [B, C] float64
-    mean, var = _batch_statistics(norm, total, squares, batch * height * width)
-    handoff.mean = mean.detach()
-    scale = torch.rsqrt(var + norm.eps)                                  # s / sigma: [C]
-    if norm.weight is not None:
-        scale = scale * norm.weight
-    shift = -mean * scale if norm.bias is None else norm.bias - mean * scale
+    total, squares, scale, shift = _folded_norm(z, norm, handoff)
     if attention.is_identity:
         a, b = scale[None].to(z.dtype), shift[None].to(z.dtype)           # [1, C]
     else:
