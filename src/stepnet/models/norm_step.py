@@ -154,8 +154,8 @@ def norm_step_folds(step: EulerStep, attention: StepSize, norm: nn.Module, x: Te
     hook on the step, the gate or the norm expects to see them run."""
     return (step.relu and not step.record_sums
             and (attention.is_identity or isinstance(attention, (PooledStepSize, MomentStepSize)))
-            and x.shape == z.shape and norm_relu_folds(norm, z, step, attention)
-            and affine_step_applies(x, z))
+            and norm_relu_folds(norm, z, step, attention)   # first: no tensor test under tracing
+            and x.shape == z.shape and affine_step_applies(x, z))
 
 
 def _batch_statistics(norm: nn.BatchNorm2d, total: Tensor, squares: Tensor, count: int
