@@ -1,4 +1,5 @@
-"""The post-activation step with its batch norm folded in.
+"""Batch norms folded into what follows them: the post-activation step
+(:func:`norm_euler_step`) and a ReLU (:func:`norm_relu`).
 
 A post-activation block ends ``relu(x + bn(z) * h)`` with ``z`` the last convolution's output and
 ``bn`` in training mode (batch statistics). With the batch's mean ``mu`` and ``sigma`` per
@@ -21,6 +22,9 @@ graph, the step's backward hands (grad_x, a) to the moments' backward (which aut
 after it: a and b depend on the moments) instead of returning z's gradient, and the moments'
 backward writes z's whole gradient in one pass. Under ``create_graph`` both return their parts
 with differentiable ATen ops, so double backward is exact.
+
+:func:`norm_relu` is the same with no step, ``relu(norm(z))`` (a pre-activation bottleneck's
+last batch norm and ReLU), pooling its output in its pass when a gate will read that pooling.
 """
 from __future__ import annotations
 
@@ -28,8 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from ..attention import StepSize
-from ..attention.base import (MomentStepSize, PooledStepSize, _mean_by_sum, global_avg_pool, pool_memo_enabled,
-                              remember_pool, traced_or_dual)
+from ..attention.base import (MomentStepSize, PooledStepSize, _mean_by_sum, global_avg_pool,
+                              pool_memo_enabled, remember_pool, traced_or_dual)
 from ..kernels import (affine_grad_z, affine_relu_step, affine_relu_step_backward,
                        affine_step_applies, row_moments)
 from . import layers
@@ -147,11 +151,12 @@ def norm_step_folds(step: EulerStep, attention: StepSize, norm: nn.Module, x: Te
     """Whether ``step(x, norm(z), attention(x, norm(z)))`` may be computed as
     :func:`norm_euler_step` (the same value to float rounding): with autograd recording, a
     post-activation step (its ReLU) with a pooled gate, a moment gate (SRM) or none (h = 1, the
-    plain network gains the same), ``norm`` an ``nn.BatchNorm2d`` (exactly; not a subclass such as SyncBatchNorm)
-    in training mode, contiguous float maps ``x``, ``z`` of one shape with more than one value
-    per channel, where the compiled kernels apply; not under tracing, compiling, autocast or
-    forward-mode AD, not within :func:`~stepnet.models.layers.unfolded_steps`, and not when a
-    hook on the step, the gate or the norm expects to see them run."""
+    plain network gains the same), ``norm`` an ``nn.BatchNorm2d`` (exactly; not a subclass
+    such as SyncBatchNorm) in training mode, contiguous float maps ``x``, ``z`` of one shape
+    with more than one value per channel, where the compiled kernels apply; not under
+    tracing, compiling, autocast or forward-mode AD, not within
+    :func:`~stepnet.models.layers.unfolded_steps`, and not when a hook on the step, the gate or
+    the norm expects to see them run."""
     return (step.relu and not step.record_sums
             and (attention.is_identity or isinstance(attention, (PooledStepSize, MomentStepSize)))
             and norm_relu_folds(norm, z, step, attention)   # first: no tensor test under tracing
@@ -228,11 +233,11 @@ def norm_euler_step(step: EulerStep, x: Tensor, z: Tensor, norm: nn.BatchNorm2d,
     """``relu(x + norm(z) * h)`` with h = ``attention.gate_from_pools(GAP(x), GAP(norm(z)))``
     (a :class:`~stepnet.attention.base.PooledStepSize`), ``attention.gate_from_moments(mean,
     var)`` of norm(z) over the positions (a :class:`~stepnet.attention.base.MomentStepSize`:
-    var(norm(z)) = (s / sigma)^2 var(z)) or h = 1 (an identity module) as ``relu(x + a z +
-    b)``, never forming ``norm(z)``; x, z [B, C, H, W]. The batch norm's
+    var(norm(z)) = (s / sigma)^2 var(z)) or h = 1 (an identity module) as
+    ``relu(x + a z + b)``, never forming ``norm(z)``; x, z [B, C, H, W]. The batch norm's
     running statistics are updated as its own forward updates them; the output's pooling is
-    handed on when the step does so (``step.pool_output``). Call where
-    :func:`norm_step_folds` says it applies."""
+    handed on when the step does so (``step.pool_output``). Call where :func:`norm_step_folds`
+    says it applies."""
     height, width = z.shape[2:]
     handoff = _Handoff()
     total, squares, scale, shift = _folded_norm(z, norm, handoff)
