@@ -4,6 +4,8 @@ kernels, in networks (logits, every gradient, the running statistics), to second
 where it must not apply."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -328,3 +330,32 @@ def test_norm_relu_declines_under_hooks_and_in_evaluation(monkeypatch):
     with torch.no_grad():
         model.train()(x)
     assert calls[0] == 0
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_folded_steps_under_activation_checkpointing(reentrant):
+    """Stages run under torch.utils.checkpoint (reentrant: a nested backward pass with its own
+    graph task; non-reentrant: recomputed forward, original nodes) give the gradients of the
+    unfolded network without checkpointing."""
+    from torch.utils.checkpoint import checkpoint
+
+    model = post_net("stepnet")
+    x = rand((4, 3, 16, 16), seed=1)
+
+    def gradients(fold, use_checkpoint):
+        model.zero_grad()
+        inputs = x.clone().requires_grad_()
+
+        def body(t):
+            return model.layer2(model.layer1(t))
+
+        with contextlib.nullcontext() if fold else unfolded_steps():
+            h = model.relu(model.bn1(model.conv1(inputs)))
+            h = checkpoint(body, h, use_reentrant=reentrant) if use_checkpoint else body(h)
+            out = model.fc(torch.flatten(model.avgpool(model.layer3(h)), 1))
+        out.square().sum().backward()
+        return [inputs.grad] + [p.grad.clone() for p in model.parameters()]
+
+    reference = gradients(fold=False, use_checkpoint=False)
+    for a, b in zip(gradients(fold=True, use_checkpoint=True), reference):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
