@@ -65,10 +65,10 @@ def train_pass(model, x, seed=1):
             [b.clone() for b in model.buffers()])
 
 
-def create_attention_double(name, channels):
+def create_attention_double(name, channels, **options):
     from stepnet import create_attention
 
-    module = create_attention(name, channels).double().train()
+    module = create_attention(name, channels, **options).double().train()
     for p in module.parameters():   # away from the initial values, where some terms vanish
         torch.nn.init.normal_(p, std=0.5)
     return module

@@ -34,10 +34,14 @@ def test_kernels_equal_aten(dtype, rows):
     a, b = rand(rows, dtype, 4), rand(rows, dtype, 5)
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {}
 
-    total, squares = kernels.row_moments(z)
+    filters = rand(shape[1:], dtype, 10)
+    total, squares, filtered = kernels.row_moments(z, filters)
     wide = z.double()
     torch.testing.assert_close(total, wide.sum((2, 3)), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(squares, (wide * wide).sum((2, 3)), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(filtered, (wide * filters.double()).sum((2, 3)), rtol=1e-12,
+                               atol=1e-12)
+    assert kernels.row_moments(z)[2] is None
 
     y, pooled = kernels.affine_relu_step(x, z, a, b, pool=True)
     expected = (x + (z * a[:, :, None, None] + b[:, :, None, None])).relu()
@@ -81,7 +85,7 @@ def test_kernels_decline_what_they_do_not_cover():
 
 ATTENTIONS = [("none", {}), ("stepnet", {}), ("stepnet", {"input": "x"}),
               ("stepnet", {"input": "diff"}), ("se", {}), ("eca", {}), ("ie", {}), ("sem", {}),
-              ("srm", {})]
+              ("srm", {}), ("fca", {})]
 
 
 def post_net(attention, options=None, block="bottleneck", seed=0):
@@ -160,7 +164,7 @@ def test_running_statistics_with_momentum_none_and_without_tracking(monkeypatch)
                 torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
-@pytest.mark.parametrize("attention", ["none", "stepnet", "srm"])
+@pytest.mark.parametrize("attention", ["none", "stepnet", "srm", "fca"])
 def test_folded_norm_step_gradcheck_and_gradgradcheck(attention):
     """Derivatives against finite differences (float64), first and second order, in x, z, the
     batch norm's affine parameters and the gate's, with both outputs used (the state and its
@@ -170,13 +174,17 @@ def test_folded_norm_step_gradcheck_and_gradgradcheck(attention):
     from stepnet.models.norm_step import norm_euler_step
 
     torch.manual_seed(0)
-    norm = torch.nn.BatchNorm2d(6, track_running_stats=False).double()
+    # FCA: 7 x 7 maps (its DCT bank ranks frequencies on a 7 x 7 grid), 4 frequencies
+    channels, shape = (4, (2, 4, 7, 7)) if attention == "fca" else (6, (3, 6, 3, 4))
+    norm = torch.nn.BatchNorm2d(channels, track_running_stats=False).double()
     torch.nn.init.normal_(norm.weight, 1.0, 0.3)
     torch.nn.init.normal_(norm.bias, 0.0, 0.3)
-    gate = create_attention_double(attention, 6)
+    gate = create_attention_double(attention, channels,
+                                   **({"spatial_size": 7, "num_frequencies": 4}
+                                      if attention == "fca" else {}))
     step = EulerStep(relu=True, pool_output=attention != "none")
-    x = rand((3, 6, 3, 4), seed=1).requires_grad_()
-    z = (rand((3, 6, 3, 4), seed=2) + 0.5).requires_grad_()
+    x = rand(shape, seed=1).requires_grad_()
+    z = (rand(shape, seed=2) + 0.5).requires_grad_()
     params = (norm.weight, norm.bias, *gate.parameters())
 
     def fn(x, z, *ps):

@@ -99,6 +99,26 @@ class MomentStepSize(StepSize):
         return as_channel_gate(self.gate_from_moments(mean, var), fx)
 
 
+class FilteredPoolStepSize(StepSize):
+    """A channel gate that sees only ``fx``, through fixed per-channel weighted sums over the
+    positions, d[b, c] = Σ filters[c] * fx[b, c] (FCA's DCT coefficients):
+    ``h = gate_from_filtered(d)``. Subclasses implement both methods.
+
+    Knowing that, a post-activation block whose residual branch ends in a batch norm can fold
+    the norm into the step: Σ filters * bn(z) = (s / sigma) Σ filters * z + (beta - s mu /
+    sigma) Σ filters (:func:`stepnet.models.norm_step.norm_euler_step`).
+    """
+
+    def filters_for(self, fx: Tensor) -> Tensor | None:
+        """The [C, H, W] weights that give d for this ``fx`` [B, C, H, W] directly, or None
+        where the gate does more (such as resizing fx first)."""
+        raise NotImplementedError
+
+    def gate_from_filtered(self, d: Tensor) -> Tensor:
+        """d [B, C] -> h [B, C]."""
+        raise NotImplementedError
+
+
 def is_tokens(t: Tensor) -> bool:
     """True for a token sequence [B, N, D], False for a feature map [B, C, H, W] (and while
     torch.fx traces a model, whose symbolic shapes cannot be branched on: traced models are

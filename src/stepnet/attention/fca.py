@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .base import StepSize, as_channel_gate, refuse_tokens
+from .base import FilteredPoolStepSize, as_channel_gate, refuse_tokens
 from .registry import register_attention
 
 # FcaNet's frequency ranking on a 7x7 DCT grid ("top" selection), in order of importance.
@@ -54,7 +54,7 @@ def _resize_to(t: Tensor, size: int) -> Tensor:
 
 
 @register_attention("fca")
-class FrequencyChannelAttention(StepSize):
+class FrequencyChannelAttention(FilteredPoolStepSize):
     """h = sigmoid(FC(ReLU(FC(DCT(fx))))), shape [B, C, 1, 1].
 
     The channel descriptor replaces GAP by 16 2-D DCT-II coefficients, one per channel slice
@@ -79,7 +79,15 @@ class FrequencyChannelAttention(StepSize):
         self.fc1 = nn.Linear(channels, hidden, bias=bias)
         self.fc2 = nn.Linear(hidden, channels, bias=bias)
 
+    def filters_for(self, fx: Tensor) -> Tensor | None:
+        """The DCT bank [C, S, S] when fx is S x S (else fx is average-pooled first)."""
+        size = (self.spatial_size, self.spatial_size)
+        return self.dct if fx.dim() == 4 and tuple(fx.shape[-2:]) == size else None
+
+    def gate_from_filtered(self, d: Tensor) -> Tensor:
+        return torch.sigmoid(self.fc2(torch.relu(self.fc1(d))))
+
     def forward(self, x: Tensor, fx: Tensor) -> Tensor:
         refuse_tokens(self, fx)
-        z = (_resize_to(fx, self.spatial_size) * self.dct).sum(dim=(2, 3))
-        return as_channel_gate(torch.sigmoid(self.fc2(torch.relu(self.fc1(z)))))
+        d = (_resize_to(fx, self.spatial_size) * self.dct).sum(dim=(2, 3))
+        return as_channel_gate(self.gate_from_filtered(d))

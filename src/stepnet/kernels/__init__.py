@@ -70,7 +70,7 @@ LIBRARIES = ("-lm",)
 # each entry point's arguments: (pointers, int64 counts, ints, doubles), in kernels.c's order
 _SIGNATURES = {"stepnet_gate_backward": (5, 3, 2, 0), "stepnet_gate_relu_backward": (8, 3, 2, 0),
                "stepnet_square_sums": (4, 2, 2, 0), "stepnet_euler_step": (6, 3, 4, 0),
-               "stepnet_row_moments": (3, 2, 2, 0), "stepnet_affine_step": (6, 3, 3, 0),
+               "stepnet_row_moments": (5, 3, 2, 0), "stepnet_affine_step": (6, 3, 3, 0),
                "stepnet_affine_step_backward": (7, 2, 2, 0),
                "stepnet_affine_grad_z": (7, 4, 2, 0),
                "stepnet_adaptor_forward": (14, 2, 2, 2),
@@ -394,19 +394,26 @@ def _row_gate(a: Tensor, like: Tensor) -> bool:
             and a.dtype == like.dtype and _plain_cpu(a))
 
 
-def row_moments(z: Tensor) -> tuple[Tensor, Tensor] | None:
-    """``(z.sum(dims), (z ** 2).sum(dims))`` over every dimension after the second, [B, C]
-    float64 each (accumulated in float64), in one pass; or None where the kernel does not apply.
-    Not differentiable by itself (an autograd function's forward)."""
+def row_moments(z: Tensor, filters: Tensor | None = None
+                ) -> tuple[Tensor, Tensor, Tensor | None] | None:
+    """``(z.sum(dims), (z ** 2).sum(dims), (z * filters).sum(dims))`` over every dimension
+    after the second, [B, C] float64 each (accumulated in float64), in one pass; the last None
+    without ``filters`` ([C, *S], z's dtype, contiguous: per-channel weights over the
+    positions). None where the kernel does not apply. Not differentiable by itself (an
+    autograd function's forward)."""
     dtype = _applies((z,), outside_autograd=False)
-    if dtype is None:
+    if dtype is None or (filters is not None and (
+            filters.shape != z.shape[1:] or filters.dtype != z.dtype or not _plain_cpu(filters))):
         return None
     rows = z.shape[0] * z.shape[1]
     total = torch.empty(z.shape[:2], dtype=torch.float64)
     squares = torch.empty(z.shape[:2], dtype=torch.float64)
-    _library.stepnet_row_moments(z.data_ptr(), total.data_ptr(), squares.data_ptr(), rows,
-                                 z.numel() // rows, dtype, torch.get_num_threads())
-    return total, squares
+    filtered = None if filters is None else torch.empty(z.shape[:2], dtype=torch.float64)
+    _library.stepnet_row_moments(z.data_ptr(), None if filters is None else filters.data_ptr(),
+                                 total.data_ptr(), squares.data_ptr(),
+                                 None if filtered is None else filtered.data_ptr(), rows,
+                                 z.numel() // rows, z.shape[1], dtype, torch.get_num_threads())
+    return total, squares, filtered
 
 
 def affine_relu_step(x: Tensor | None, z: Tensor, a: Tensor, b: Tensor, pool: bool = False

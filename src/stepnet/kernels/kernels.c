@@ -61,6 +61,7 @@
  * h = 1), so the normalised map bn(z) is never formed:
  *
  *     sum[r] = sum_i z[r, i],  sumsq[r] = sum_i z[r, i]^2           (moments, in double)
+ *     filtered[r] = sum_i filters[c, i] z[r, i]        (optional: a gate's weighted pooling)
  *     out[r, i] = relu(x[r, i] + (a z[r, i] + b)),  pooled[r] = mean_i out[r, i]
  *                                          (x NULL: relu(a z + b), a batch norm and its ReLU)
  *     grad_x[r, i] = y[r, i] <= 0 ? 0 : grad[r, i] + pool_grad[r]   (backward, first part)
@@ -236,16 +237,29 @@ FOUR_BUILDS(STEP_ROWS, step_rows)
 
 #define MOMENT_ROWS(NAME, T, ATTR)                                                        \
     ATTR                                                                                  \
-    static void NAME(const T *z, double *sum, double *sumsq, int64_t begin, int64_t end, \
-                     int64_t inner) {                                                     \
+    static void NAME(const T *z, const T *filters, double *sum, double *sumsq,           \
+                     double *filtered, int64_t begin, int64_t end, int64_t inner,        \
+                     int64_t channels) {                                                  \
         for (int64_t r = begin; r < end; ++r) {                                           \
             const T *zr = z + r * inner;                                                  \
-            double s = 0, q = 0;                                                          \
-            _Pragma("omp simd reduction(+:s, q)")                                         \
-            for (int64_t i = 0; i < inner; ++i) {                                         \
-                const double v = zr[i];                                                   \
-                s += v;                                                                   \
-                q += v * v;                                                               \
+            double s = 0, q = 0, w = 0;                                                   \
+            if (filters) {                                                                \
+                const T *fr = filters + (r % channels) * inner;                           \
+                _Pragma("omp simd reduction(+:s, q, w)")                                  \
+                for (int64_t i = 0; i < inner; ++i) {                                     \
+                    const double v = zr[i];                                               \
+                    s += v;                                                               \
+                    q += v * v;                                                           \
+                    w += v * (double)fr[i];                                               \
+                }                                                                         \
+                filtered[r] = w;                                                          \
+            } else {                                                                      \
+                _Pragma("omp simd reduction(+:s, q)")                                     \
+                for (int64_t i = 0; i < inner; ++i) {                                     \
+                    const double v = zr[i];                                               \
+                    s += v;                                                               \
+                    q += v * v;                                                           \
+                }                                                                         \
             }                                                                             \
             sum[r] = s;                                                                   \
             sumsq[r] = q;                                                                 \
@@ -397,8 +411,11 @@ int stepnet_euler_step(const void *x, const void *fx, const void *h, void *out, 
                   step_rows_f32_fast(STEP_ARGS), step_rows_f64_fast(STEP_ARGS))
 }
 
-#define MOMENT_ARGS z, sum, sumsq, begin, end, inner
-int stepnet_row_moments(const void *z, double *sum, double *sumsq, int64_t rows, int64_t inner,
+/* filters may be NULL (then filtered is not written): else [channels, inner], row r weighted
+ * by filters[r % channels]. */
+#define MOMENT_ARGS z, filters, sum, sumsq, filtered, begin, end, inner, channels
+int stepnet_row_moments(const void *z, const void *filters, double *sum, double *sumsq,
+                        double *filtered, int64_t rows, int64_t inner, int64_t channels,
                         int dtype, int threads) {
     PARALLEL_ROWS(moment_rows_f32(MOMENT_ARGS), moment_rows_f64(MOMENT_ARGS),
                   moment_rows_f32_fast(MOMENT_ARGS), moment_rows_f64_fast(MOMENT_ARGS))

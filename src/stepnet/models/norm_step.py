@@ -32,8 +32,9 @@ import torch
 from torch import Tensor, nn
 
 from ..attention import StepSize
-from ..attention.base import (MomentStepSize, PooledStepSize, _mean_by_sum, global_avg_pool,
-                              pool_memo_enabled, remember_pool, traced_or_dual)
+from ..attention.base import (FilteredPoolStepSize, MomentStepSize, PooledStepSize, _mean_by_sum,
+                              global_avg_pool, pool_memo_enabled, remember_pool,
+                              traced_or_dual)
 from ..kernels import (affine_grad_z, affine_relu_step, affine_relu_step_backward,
                        affine_step_applies, row_moments)
 from . import layers
@@ -71,25 +72,31 @@ def _spread(per_row: Tensor) -> Tensor:
 
 
 class _BatchMoments(torch.autograd.Function):
-    """z [B, C, H, W] -> (Σ z, Σ z²) over the positions, [B, C] float64 each."""
+    """z [B, C, H, W] -> (Σ z, Σ z², Σ filters * z or None) over the positions, [B, C]
+    float64 each; ``filters`` [C, H, W] (a filtered-pool gate's weights) or None."""
 
     @staticmethod
-    def forward(ctx, z: Tensor, handoff: _Handoff) -> tuple[Tensor, Tensor]:  # noqa: ANN001
-        moments = row_moments(z)
+    def forward(ctx, z: Tensor, handoff: _Handoff, filters: Tensor | None  # noqa: ANN001
+                ) -> tuple[Tensor, Tensor, Tensor | None]:
+        moments = row_moments(z, filters)
         if moments is None:   # the caller checked; only a change of state in between gets here
             wide = z.double()
-            moments = wide.sum((2, 3)), (wide * wide).sum((2, 3))
-        ctx.save_for_backward(z)
+            moments = (wide.sum((2, 3)), (wide * wide).sum((2, 3)),
+                       None if filters is None else (wide * filters.double()).sum((2, 3)))
+        ctx.save_for_backward(z, filters)
         ctx.handoff = handoff
         return moments
 
     @staticmethod
-    def backward(ctx, grad_sum: Tensor, grad_squares: Tensor  # noqa: ANN001
-                 ) -> tuple[Tensor | None, None]:
-        (z,) = ctx.saved_tensors
+    def backward(ctx, grad_sum: Tensor, grad_squares: Tensor,  # noqa: ANN001
+                 grad_filtered: Tensor | None) -> tuple[Tensor | None, None, None]:
+        z, filters = ctx.saved_tensors
+        filtered = filters is not None and grad_filtered is not None
         if torch.is_grad_enabled():   # double backward: the step returned its own part
-            wide = _spread(grad_sum) + 2 * _spread(grad_squares) * z.double()
-            return wide.to(z.dtype), None
+            grad_z = (_spread(grad_sum) + 2 * _spread(grad_squares) * z.double()).to(z.dtype)
+            if filtered:
+                grad_z = grad_z + _spread(grad_filtered).to(z.dtype) * filters
+            return grad_z, None, None
         grad_x, a = ctx.handoff.take()
         shift = ctx.handoff.mean
         v = 2 * grad_squares
@@ -99,7 +106,9 @@ class _BatchMoments(torch.autograd.Function):
             grad_z = (_spread(v) * (z.double() - shift[:, None, None]) + _spread(u)).to(z.dtype)
             if grad_x is not None:
                 grad_z = torch.addcmul(grad_z, grad_x, _spread(a))
-        return grad_z, None
+        if filtered:   # the weighted pooling's broadcast gradient, added in place
+            grad_z.addcmul_(_spread(grad_filtered).to(z.dtype), filters)
+        return grad_z, None, None
 
 
 class _AffineReluStep(torch.autograd.Function):
@@ -150,17 +159,27 @@ def norm_step_folds(step: EulerStep, attention: StepSize, norm: nn.Module, x: Te
                     z: Tensor) -> bool:
     """Whether ``step(x, norm(z), attention(x, norm(z)))`` may be computed as
     :func:`norm_euler_step` (the same value to float rounding): with autograd recording, a
-    post-activation step (its ReLU) with a pooled gate, a moment gate (SRM) or none (h = 1, the
-    plain network gains the same), ``norm`` an ``nn.BatchNorm2d`` (exactly; not a subclass
+    post-activation step (its ReLU) with a pooled gate, a moment gate (SRM), a filtered-pool
+    gate whose weights apply to z's size (FCA) or none (h = 1, the plain network gains the
+    same), ``norm`` an ``nn.BatchNorm2d`` (exactly; not a subclass
     such as SyncBatchNorm) in training mode, contiguous float maps ``x``, ``z`` of one shape
     with more than one value per channel, where the compiled kernels apply; not under
     tracing, compiling, autocast or forward-mode AD, not within
     :func:`~stepnet.models.layers.unfolded_steps`, and not when a hook on the step, the gate or
     the norm expects to see them run."""
     return (step.relu and not step.record_sums
-            and (attention.is_identity or isinstance(attention, (PooledStepSize, MomentStepSize)))
+            and (attention.is_identity
+                 or isinstance(attention, (PooledStepSize, MomentStepSize, FilteredPoolStepSize)))
             and norm_relu_folds(norm, z, step, attention)   # first: no tensor test under tracing
-            and x.shape == z.shape and affine_step_applies(x, z))
+            and x.shape == z.shape and affine_step_applies(x, z)
+            and (not isinstance(attention, FilteredPoolStepSize)
+                 or _usable_filters(attention.filters_for(z), z)))
+
+
+def _usable_filters(filters: Tensor | None, z: Tensor) -> bool:
+    """A filtered-pool gate's weights for z [B, C, H, W]: [C, H, W] contiguous, z's dtype."""
+    return (filters is not None and filters.shape == z.shape[1:] and filters.dtype == z.dtype
+            and filters.is_contiguous() and filters.device == z.device)
 
 
 def _batch_statistics(norm: nn.BatchNorm2d, total: Tensor, squares: Tensor, count: int
@@ -183,20 +202,22 @@ def _batch_statistics(norm: nn.BatchNorm2d, total: Tensor, squares: Tensor, coun
     return mean, var
 
 
-def _folded_norm(z: Tensor, norm: nn.BatchNorm2d, handoff: _Handoff
-                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The moments of z ([B, C] float64: Σ z, Σ z² over the positions) and the batch norm as
-    an affine map per channel, ``norm(z) = scale * z + shift`` ([C] float64, from the batch
-    statistics; the running statistics updated)."""
+def _folded_norm(z: Tensor, norm: nn.BatchNorm2d, handoff: _Handoff,
+                 filters: Tensor | None = None
+                 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]:
+    """The moments of z ([B, C] float64: Σ z, Σ z², Σ filters * z (None without filters) over
+    the positions) and the batch norm as an affine map per channel,
+    ``norm(z) = scale * z + shift`` ([C] float64, from the batch statistics; the running
+    statistics updated)."""
     batch, _, height, width = z.shape
-    total, squares = _BatchMoments.apply(z, handoff)
+    total, squares, filtered = _BatchMoments.apply(z, handoff, filters)
     mean, var = _batch_statistics(norm, total, squares, batch * height * width)
     handoff.mean = mean.detach()
     scale = torch.rsqrt(var + norm.eps)                                  # s / sigma
     if norm.weight is not None:
         scale = scale * norm.weight
     shift = -mean * scale if norm.bias is None else norm.bias - mean * scale
-    return total, squares, scale, shift
+    return total, squares, filtered, scale, shift
 
 
 def norm_relu_folds(norm: nn.Module, z: Tensor, *others: nn.Module) -> bool:
@@ -219,7 +240,7 @@ def norm_relu(z: Tensor, norm: nn.BatchNorm2d, pool: bool = False) -> Tensor:
     more, and that pooling's gradient joins the one backward pass). Call where
     :func:`norm_relu_folds` says it applies."""
     handoff = _Handoff()
-    _, _, scale, shift = _folded_norm(z, norm, handoff)
+    _, _, _, scale, shift = _folded_norm(z, norm, handoff)
     pool = pool and pool_memo_enabled() and not torch.is_inference_mode_enabled()
     y, pooled = _AffineReluStep.apply(None, z, scale[None].to(z.dtype), shift[None].to(z.dtype),
                                       handoff, pool)
@@ -233,20 +254,26 @@ def norm_euler_step(step: EulerStep, x: Tensor, z: Tensor, norm: nn.BatchNorm2d,
     """``relu(x + norm(z) * h)`` with h = ``attention.gate_from_pools(GAP(x), GAP(norm(z)))``
     (a :class:`~stepnet.attention.base.PooledStepSize`), ``attention.gate_from_moments(mean,
     var)`` of norm(z) over the positions (a :class:`~stepnet.attention.base.MomentStepSize`:
-    var(norm(z)) = (s / sigma)^2 var(z)) or h = 1 (an identity module) as
+    var(norm(z)) = (s / sigma)^2 var(z)), ``attention.gate_from_filtered(Σ filters *
+    norm(z))`` (a :class:`~stepnet.attention.base.FilteredPoolStepSize`) or h = 1 (an identity
+    module) as
     ``relu(x + a z + b)``, never forming ``norm(z)``; x, z [B, C, H, W]. The batch norm's
     running statistics are updated as its own forward updates them; the output's pooling is
     handed on when the step does so (``step.pool_output``). Call where :func:`norm_step_folds`
     says it applies."""
     height, width = z.shape[2:]
     handoff = _Handoff()
-    total, squares, scale, shift = _folded_norm(z, norm, handoff)
+    filters = attention.filters_for(z) if isinstance(attention, FilteredPoolStepSize) else None
+    total, squares, filtered, scale, shift = _folded_norm(z, norm, handoff, filters)
     if attention.is_identity:
         a, b = scale[None].to(z.dtype), shift[None].to(z.dtype)           # [1, C]
     else:
         positions = height * width
         d = (total * (scale / positions) + shift).to(z.dtype)           # GAP(norm(z)): [B, C]
-        if isinstance(attention, MomentStepSize):
+        if filters is not None:   # Σ filters * norm(z)
+            weight = filters.double().sum((1, 2))
+            h = attention.gate_from_filtered((filtered * scale + shift * weight).to(z.dtype))
+        elif isinstance(attention, MomentStepSize):
             var_z = (squares - total * (total / positions)) / (positions - 1)   # unbiased
             h = attention.gate_from_moments(d, (var_z.clamp_min(0) * scale.square()).to(z.dtype))
         else:
