@@ -66,8 +66,9 @@ class ResidualBlock(nn.Module):
 
     def normalised_step(self, shortcut: Tensor, z: Tensor, norm: nn.Module) -> Tensor:
         """``euler_step(shortcut, norm(z))`` for a post-activation block whose residual branch
-        ends in ``norm``: in training, with a batch norm and a pooled gate (or none), the norm
-        is folded into the step (:func:`~stepnet.models.norm_step.norm_euler_step`:
+        ends in ``norm``: in training, with a batch norm and a pooled, moment or filtered-pool
+        gate (or none; :func:`~stepnet.models.norm_step.norm_step_folds`), the norm is folded
+        into the step (:func:`~stepnet.models.norm_step.norm_euler_step`:
         ``norm(z)`` is never formed nor kept for backward); the same value to float
         rounding."""
         if norm_step_folds(self.step, self.attention, norm, shortcut, z):

@@ -107,10 +107,17 @@ def _relu_step_backward(ctx, grad: Tensor, pool_grad: Tensor | None = None  # no
         if fused is not None:   # one compiled pass
             grad_x, grad_fx, grad_h = fused
             return grad_x.sum_to_size(ctx.x_shape) if need_x else None, grad_fx, grad_h
-    if pool_grad is not None:   # the pooling's backward: a broadcast mean gradient
+    return _gated_step_backward(ctx.needs_input_grad, ctx.x_shape,
+                                relu_output_grad(grad, y, pool_grad), fx, h)
+
+
+def relu_output_grad(grad: Tensor, y: Tensor, pool_grad: Tensor | None) -> Tensor:
+    """The gradient through a ReLU's output ``y`` [B, C, *S] (zero where y <= 0) of ``grad``
+    and, when given, ``pool_grad`` [B, C], the gradient of y's global average pooling (its
+    backward: a broadcast mean gradient); ATen ops, differentiable."""
+    if pool_grad is not None:
         grad = grad + as_channel_gate(pool_grad / y[0, 0].numel(), y)
-    masked = torch.ops.aten.threshold_backward(grad, y, 0)   # zero where y <= 0
-    return _gated_step_backward(ctx.needs_input_grad, ctx.x_shape, masked, fx, h)
+    return torch.ops.aten.threshold_backward(grad, y, 0)
 
 
 def _relu_step_tangent(ctx, tx: Tensor | None, tfx: Tensor | None,  # noqa: ANN001

@@ -141,9 +141,7 @@ class _AffineReluStep(torch.autograd.Function):
         if fused is not None:
             grad_x, sum_g, sum_gz = fused
         else:
-            if pool_grad is not None:
-                grad = grad + _spread(pool_grad / (y.shape[2] * y.shape[3]))
-            grad_x = torch.ops.aten.threshold_backward(grad, y, 0)
+            grad_x = layers.relu_output_grad(grad, y, pool_grad)
             sum_g, sum_gz = grad_x.sum((2, 3)), (grad_x * z).sum((2, 3))
         grad_z = None
         if need_z and torch.is_grad_enabled():
@@ -161,12 +159,11 @@ def norm_step_folds(step: EulerStep, attention: StepSize, norm: nn.Module, x: Te
     :func:`norm_euler_step` (the same value to float rounding): with autograd recording, a
     post-activation step (its ReLU) with a pooled gate, a moment gate (SRM), a filtered-pool
     gate whose weights apply to z's size (FCA) or none (h = 1, the plain network gains the
-    same), ``norm`` an ``nn.BatchNorm2d`` (exactly; not a subclass
-    such as SyncBatchNorm) in training mode, contiguous float maps ``x``, ``z`` of one shape
-    with more than one value per channel, where the compiled kernels apply; not under
-    tracing, compiling, autocast or forward-mode AD, not within
-    :func:`~stepnet.models.layers.unfolded_steps`, and not when a hook on the step, the gate or
-    the norm expects to see them run."""
+    same), ``norm`` an ``nn.BatchNorm2d`` (exactly; not a subclass such as SyncBatchNorm) in
+    training mode, contiguous float maps ``x``, ``z`` of one shape with more than one value per
+    channel, where the compiled kernels apply; not under tracing, compiling, autocast or
+    forward-mode AD, not within :func:`~stepnet.models.layers.unfolded_steps`, and not when a
+    hook on the step, the gate or the norm expects to see them run."""
     return (step.relu and not step.record_sums
             and (attention.is_identity
                  or isinstance(attention, (PooledStepSize, MomentStepSize, FilteredPoolStepSize)))
