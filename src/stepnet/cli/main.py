@@ -75,11 +75,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stepnet {command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except Exception as error:
+        from ..engine.rundir import RunLockedError
         from ..engine.trainer import NonFiniteLossError
 
         if isinstance(error, NonFiniteLossError):
             print(f"stepnet {command}: {_one_line(error)}", file=sys.stderr)
             return 3
+        if isinstance(error, RunLockedError):
+            print(f"stepnet {command}: error: {_one_line(error)}", file=sys.stderr)
+            return 4
         raise
 
 

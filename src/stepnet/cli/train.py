@@ -4,36 +4,38 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 from collections import defaultdict
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from ..engine import (RECIPES, TrainConfig, Trainer, add_config_arguments, load_config_file,
                       overrides_from_args, read_metrics, resolve_config, setup_distributed,
                       teardown_distributed)
+from ..engine.checkpoint import load_checkpoint
 from ..engine.config import BOOKKEEPING, FIELDS, RESUMABLE, flag
+from ..engine.rundir import RunLock, existing_run_files, is_stepnet_run, remove_run
 from ..engine.runs import find_runs, grouping_key, varying_settings
 from .common import add_checkpoint_arguments, check_writable, load_checkpoint_for_task
 
 
 # -- train --------------------------------------------------------------------------------------
-def prepare_run_dir(folder: Path, overwrite: bool) -> None:
-    """A fresh run refuses a directory that already holds a run, unless ``overwrite``, which
-    removes that run's metrics, checkpoints and reports first."""
-    existing = [p for p in ("metrics.jsonl", "checkpoints", "config.json", "result.json")
-                if (folder / p).exists()]
+def prepare_run_dir(folder: Path, overwrite: bool) -> bool:
+    """Check that a fresh run may use ``folder``; returns whether a run there is to be
+    replaced. A folder holding a run is refused unless ``overwrite``, and ``overwrite`` is
+    refused in a folder that is not a stepnet run. Nothing is deleted here: the old run is
+    removed only once the new one has been fully built (:func:`train_one`)."""
+    existing = existing_run_files(folder)
     if existing and not overwrite:
         raise ValueError(f"{folder} already holds a run ({', '.join(existing)}); pass --resume "
                          f"to continue it, --overwrite to replace it, or another --output")
-    for name in existing + ["report.md"]:
-        path = folder / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    if existing and not is_stepnet_run(folder):
+        raise ValueError(f"{folder} holds {', '.join(existing)} but no stepnet config.json: it "
+                         f"is not a stepnet run, so --overwrite will not delete its files; "
+                         f"choose another --output")
     check_writable(folder)
+    return bool(existing)
 
 
 def resume_config(folder: Path, overrides: dict[str, Any]) -> TrainConfig | None:
@@ -54,8 +56,7 @@ def resume_config(folder: Path, overrides: dict[str, Any]) -> TrainConfig | None
     config = resolve_config(None, {**overrides, "output": str(folder)}, base=saved)
     last = folder / "checkpoints" / "last.pt"
     if last.is_file():
-        rows = read_metrics(folder) if (folder / "metrics.jsonl").is_file() else []
-        done = rows[-1]["epoch"] if rows else 0
+        done = load_checkpoint(last, mmap=True)["epoch"] + 1   # the checkpoint, not the log
         if done >= config.epochs:
             print(f"{folder}: the run already finished {done} of {config.epochs} epochs; "
                   f"pass a larger --epochs to extend it (the schedule is recomputed for the "
@@ -64,11 +65,16 @@ def resume_config(folder: Path, overrides: dict[str, Any]) -> TrainConfig | None
     return config
 
 
-def train_one(config: TrainConfig, resume: bool, quiet: bool) -> dict[str, float]:
-    """Train one config (under torchrun: this process's part); returns the last metrics."""
+def train_one(config: TrainConfig, resume: bool, quiet: bool,
+              replace: bool = False) -> dict[str, float]:
+    """Train one config (under torchrun: this process's part); returns the last metrics.
+    ``replace``: remove the run already in the output folder, once the new run's data and
+    model have been built (so a bad setting never costs the old run)."""
     ctx = setup_distributed(config.device)
     try:
         trainer = Trainer(config, ctx, progress=not quiet)
+        if replace and ctx.is_main:
+            remove_run(Path(config.output))
         if resume and (Path(config.output) / "checkpoints" / "last.pt").is_file():
             trainer.resume()
         return trainer.fit()
@@ -91,7 +97,7 @@ def run_train(args: argparse.Namespace) -> int:
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds lists a seed twice: {seeds}")
     for seed in seeds:
-        created = False
+        created = replace = False
         given = {**overrides, **({"seed": seed} if seed is not None else {})}
         if args.resume:
             if not args.output and "output" not in given:
@@ -112,11 +118,13 @@ def run_train(args: argparse.Namespace) -> int:
                                 else output)
             if is_main:
                 created = not Path(config.output).exists()
-                prepare_run_dir(Path(config.output), args.overwrite)
+        folder = Path(config.output)
         try:
-            final = train_one(config, args.resume, args.quiet)
+            with RunLock(folder) if is_main else nullcontext():
+                if is_main and not args.resume:
+                    replace = prepare_run_dir(folder, args.overwrite)
+                final = train_one(config, args.resume, args.quiet, replace)
         except BaseException:
-            folder = Path(config.output)
             if created and folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()   # a run that failed before writing anything leaves no folder
             raise

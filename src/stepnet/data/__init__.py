@@ -1,6 +1,8 @@
 """Datasets and transforms."""
-from .datasets import (DATASETS, DatasetInfo, DatasetNotFoundError, build_dataset,
-                       dataset_info, digits_arrays, stratified_subset, targets_of)
+from .datasets import (DATASETS, VALIDATION_SEED, DatasetInfo, DatasetNotFoundError,
+                       build_dataset, dataset_info, digits_arrays, stratified_subset, targets_of,
+                       validation_indices)
 
-__all__ = ["DATASETS", "DatasetInfo", "DatasetNotFoundError", "build_dataset", "dataset_info",
-           "digits_arrays", "stratified_subset", "targets_of"]
+__all__ = ["DATASETS", "VALIDATION_SEED", "DatasetInfo", "DatasetNotFoundError",
+           "build_dataset", "dataset_info", "digits_arrays", "stratified_subset", "targets_of",
+           "validation_indices"]

@@ -7,6 +7,7 @@ label) with the paper's augmentation on the training split and per-dataset norma
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -301,6 +302,39 @@ def stratified_subset(dataset: Dataset, size: int | None, seed: int = 0) -> Data
     chosen, _ = train_test_split(np.arange(len(targets)), train_size=size, stratify=targets,
                                  random_state=seed)
     return Subset(dataset, np.sort(chosen).tolist())
+
+
+# The validation split is drawn with this seed whatever the run's seed: every run and every seed
+# of a study holds out the same images.
+VALIDATION_SEED = 20230101
+
+
+def validation_indices(targets: np.ndarray, size: int, classes: Sequence[str] | None = None,
+                       seed: int = VALIDATION_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """(training indices, validation indices), sorted: a class-stratified validation split of
+    ``size`` items (scikit-learn's ``train_test_split``, fixed ``seed``), the same for every run.
+
+    Refused with the numbers when a class cannot give its share and keep one training item, or
+    when ``size`` is below the number of classes (each class needs a validation item)."""
+    targets = np.asarray(targets)
+    total = len(targets)
+    labels, counts = np.unique(targets, return_counts=True)
+    names = list(classes) if classes is not None else None
+    if size < len(labels):
+        raise ValueError(f"--val-split {size} is smaller than the {len(labels)} classes: a "
+                         f"stratified split needs at least one validation image per class")
+    for label, count in zip(labels, counts):
+        share = size * count / total
+        if count - int(np.ceil(share)) < 1:
+            name = names[label] if names is not None and 0 <= label < len(names) else label
+            raise ValueError(f"--val-split {size} of {total} training images is larger than "
+                             f"class {name!r} allows: it has {count} images and would give "
+                             f"{int(np.ceil(share))} to validation, leaving none to train on")
+    from sklearn.model_selection import train_test_split
+
+    train, val = train_test_split(np.arange(total), test_size=size, stratify=targets,
+                                  random_state=seed)
+    return np.sort(train), np.sort(val)
 
 
 dataset_info.cache_clear = _dataset_info.cache_clear  # type: ignore[attr-defined]

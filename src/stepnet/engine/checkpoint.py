@@ -55,6 +55,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     Sudoku runs of earlier versions)."""
     path = Path(path)
     if path.is_dir():
+        best, last = path / "checkpoints" / "best.pt", path / "checkpoints" / "last.pt"
+        if best.is_file() and last.is_file() and _best_is_stale(best, last):
+            return last
         for name in ("best.pt", "last.pt", "model.pt"):
             for candidate in (path / "checkpoints" / name, path / name):
                 if candidate.is_file():
@@ -66,6 +69,17 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def _best_is_stale(best: Path, last: Path) -> bool:
+    """``last.pt`` was written as the new best epoch but the run stopped before ``best.pt``
+    followed (the trainer writes last.pt first and repairs best.pt when it resumes)."""
+    try:
+        newest = load_checkpoint(last, mmap=True)
+        chosen = newest.get("best_epoch")
+        return chosen == newest["epoch"] and load_checkpoint(best, mmap=True)["epoch"] != chosen
+    except (ValueError, KeyError):
+        return False
+
+
 def run_directory(path: str | Path) -> Path:
     """The run folder of a run directory or of one of its checkpoints (``RUN/checkpoints/x.pt``
     -> ``RUN``; a checkpoint elsewhere -> its folder): where reports about it go."""
@@ -75,8 +89,11 @@ def run_directory(path: str | Path) -> Path:
     return path.parent.parent if path.parent.name == "checkpoints" else path.parent
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint (file or run directory); ``ValueError`` if it is not one of ours."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint (file or run directory); ``ValueError`` if it is not one of ours.
+    ``mmap``: map the tensors instead of reading them (cheap when only the epoch, the history
+    or other plain values are wanted)."""
     path = resolve_checkpoint(path)
     size = path.stat().st_size
     if size == 0:
@@ -87,7 +104,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(f"{path} is not a readable stepnet checkpoint ({size:,} bytes that are "
                          f"not a PyTorch archive)")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location=map_location, weights_only=True,
+                             mmap=mmap)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise ValueError(f"{path} is not a readable stepnet checkpoint (a PyTorch archive "

@@ -81,6 +81,10 @@ class TrainConfig:
                             group="data", bookkeeping=True)
     train_subset: int | None = option(None, "train on a stratified subset of this many images",
                                       group="data")
+    val_split: int | None = option(None, "classification: hold out this many training "
+                                   "images, class-stratified and the same for every run and "
+                                   "seed, as the validation split that selects best.pt (the "
+                                   "test split selects nothing)", group="data")
     cache_images: bool = option(False, "decode a small-image imagefolder tree once into memory "
                                 "(use with --workers 0)", group="data", bookkeeping=True)
     auto_augment: str = option("none", "extra training augmentation: torchvision's AutoAugment "
@@ -239,6 +243,11 @@ class TrainConfig:
         if self.min_size > self.max_size:
             raise ValueError(f"--min-size {self.min_size} is larger than --max-size "
                              f"{self.max_size}")
+        if self.val_split is not None and self.val_split < 1:
+            raise ValueError(f"--val-split must be positive (or none), got {self.val_split}")
+        if self.val_split and self.task != "classification":
+            raise ValueError(f"--val-split is for classification; the {self.task} task has no "
+                             f"validation split yet")
         if self.train_subset is not None and self.train_subset < 1:
             raise ValueError(f"--train-subset must be positive, got {self.train_subset}")
         if any(m < 1 for m in self.milestones):
@@ -458,7 +467,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "cifar-resnet164": dict(model="resnet164", model_options={"preact": False},
                             dataset="cifar10", epochs=164, batch_size=128,
                             lr=0.1, momentum=0.9, weight_decay=1e-4, schedule="multistep",
-                            milestones=[81, 122], gamma=0.1, workers=4,
+                            milestones=[81, 122], gamma=0.1, workers=4, val_split=5000,
                             weight_decay_exempt="requested"),
     "imagenet-resnet": dict(model="resnet50", dataset="imagefolder", epochs=120,
                             batch_size=256, lr=0.1, momentum=0.9, weight_decay=1e-4,
@@ -474,7 +483,7 @@ RECIPES: dict[str, dict[str, Any]] = {
                       optimizer="adamw", lr=1e-3, betas=[0.9, 0.999], weight_decay=0.05,
                       weight_decay_exempt="timm", schedule="cosine", warmup_epochs=5.0,
                       min_lr=1e-5, label_smoothing=0.1, auto_augment="autoaugment",
-                      clip_grad_norm=1.0, workers=4, eval_batch_size=512),
+                      clip_grad_norm=1.0, workers=4, eval_batch_size=512, val_split=5000),
     # MMDetection's 1x schedule for Faster R-CNN: SGD lr 0.02 for 16 images (scaled linearly
     # with the batch), 500-iteration linear warm-up, x0.1 at epochs 8 and 11, 12 epochs, images
     # resized to 800 (shorter side) / 1333.

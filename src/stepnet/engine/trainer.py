@@ -1,8 +1,20 @@
 """The one training loop, for every task.
 
 A run directory holds ``config.json``, ``metrics.jsonl`` (one line per epoch),
-``checkpoints/last.pt`` and ``checkpoints/best.pt`` (atomic writes), ``report.md`` and, when the
-task has final results, ``result.json``.
+``checkpoints/last.pt`` and, when the run holds out a validation split, ``checkpoints/best.pt``
+(atomic writes), ``report.md``, ``record.json`` (the run's small, self-contained record) and,
+when the task has final results, ``result.json``.
+
+The checkpoint is the source of truth: ``last.pt`` carries every epoch's metrics
+(``history``), ``metrics.jsonl`` is rewritten from it after each checkpoint, and a resumed run
+believes nothing the checkpoint does not hold. A new best epoch is written to ``last.pt`` first
+and then copied to ``best.pt``; a run stopped between the two is repaired when it resumes, and
+readers of the run directory take ``last.pt`` meanwhile (:func:`resolve_checkpoint`). Only one
+process writes a run directory (:class:`RunLock`).
+
+Selection: ``best.pt`` is chosen by the task's metrics on the validation split
+(``--val-split``); the test split is evaluated and logged every epoch but never selects
+anything, so without a validation split no ``best.pt`` is written.
 
 Reproducibility: every epoch reseeds torch, numpy and random from (seed, epoch, rank) before
 its data iterator is built, the sampler shuffles by (seed, epoch), and the learning rate is a
@@ -27,9 +39,11 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .distributed import DistributedContext, ShardSampler, resolve_device
+from .records import build_record, write_record
+from .rundir import RunLock
 from .tasks import Task, create_task, move_to, reduce_sums, task_class
 
 
@@ -134,7 +148,7 @@ class Trainer:
             raise ValueError(f"--batch-size {config.batch_size} is smaller than the number of "
                              f"processes {self.ctx.world_size}")
         self.task: Task = create_task(config)
-        self.train_set, self.test_set = self.task.datasets()
+        self.train_set, self.val_set, self.test_set = self.task.splits()
         if len(self.train_set) == 0:
             raise ValueError("the training set is empty")
         self.spec = self.task.model_spec()
@@ -163,6 +177,8 @@ class Trainer:
                                            == torch.float16)
         self.start_epoch = 0
         self.best_score: tuple[float, ...] | None = None
+        self.best_epoch: int | None = None   # 0-based, chosen on the validation split
+        self.history: list[dict[str, float]] = []   # every finished epoch's metrics
         self.writer = self._tensorboard() if config.tensorboard and self.ctx.is_main else None
 
     def _amp_dtype(self) -> torch.dtype | None:
@@ -208,8 +224,12 @@ class Trainer:
         return self._loader(self.train_set, sampler, self.per_rank_batch, drop_last)
 
     def test_loader(self) -> DataLoader:
-        sampler = ShardSampler(len(self.test_set), self.ctx.rank, self.ctx.world_size)
-        return self._loader(self.test_set, sampler, self.config.eval_batch_size)
+        return self.evaluation_loader(self.test_set)
+
+    def evaluation_loader(self, dataset) -> DataLoader:  # noqa: ANN001
+        """This process's shard of an evaluation split, in order."""
+        sampler = ShardSampler(len(dataset), self.ctx.rank, self.ctx.world_size)
+        return self._loader(dataset, sampler, self.config.eval_batch_size)
 
     # -- steps --------------------------------------------------------------------------------
     def autocast(self):  # noqa: ANN201
@@ -316,21 +336,32 @@ class Trainer:
                     self.ctx.broadcast(buffer)
 
     def evaluate(self) -> dict[str, float]:
-        """The task's metrics over the whole evaluation split (and ``ema_``-prefixed ones of the
-        weight average when ``ema_decay`` is set)."""
+        """The task's metrics over the test split (``test_*``) and, when the run holds one out,
+        the validation split (``val_*``), and ``ema_``-prefixed ones of the weight average when
+        ``ema_decay`` is set."""
         self.sync_buffers()
-        metrics = self.task.evaluate(self.model, self.test_loader(), self.ctx, self.autocast,
-                                     progress=self.progress)
-        if self.ema is not None:
-            ema = self.task.evaluate(self.ema.module, self.test_loader(), self.ctx,
-                                     self.autocast, progress=self.progress)
-            metrics.update({f"ema_{k}": v for k, v in ema.items()})
+        metrics: dict[str, float] = {}
+        splits = [("test", self.test_set)] + ([("val", self.val_set)]
+                                              if self.val_set is not None else [])
+        models = [("", self.model)] + ([("ema_", self.ema.module)]
+                                       if self.ema is not None else [])
+        for split, dataset in splits:
+            for prefix, model in models:
+                found = self.task.evaluate(model, self.evaluation_loader(dataset), self.ctx,
+                                           self.autocast, progress=self.progress)
+                metrics.update({prefix + split_metric_name(k, split): v
+                                for k, v in found.items()})
         return metrics
 
-    def score(self, metrics: dict[str, float]) -> tuple[float, ...]:
-        """What selects ``best.pt``: the task's metrics, of the weight average when kept."""
+    def score(self, metrics: dict[str, float]) -> tuple[float, ...] | None:
+        """What selects ``best.pt``: the task's metrics on the validation split, of the weight
+        average when kept; None without a validation split (the test split selects
+        nothing)."""
+        if self.val_set is None:
+            return None
         prefix = "ema_" if self.ema is not None else ""
-        return tuple(metrics[prefix + name] for name in self.task.select_metrics)
+        return tuple(metrics[prefix + split_metric_name(name, "val")]
+                     for name in self.task.select_metrics)
 
     # -- state --------------------------------------------------------------------------------
     def state(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
@@ -338,7 +369,8 @@ class Trainer:
                  "state_dict": self.model.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                  "epoch": epoch, "iteration": (epoch + 1) * self.schedule.iters_per_epoch,
-                 "best_score": list(self.best_score or ()), "rng": _rng_state(),
+                 "best_score": list(self.best_score or ()), "best_epoch": self.best_epoch,
+                 "history": list(self.history), "rng": _rng_state(),
                  "config": self.config.to_dict(), "metrics": metrics,
                  "task_state": self.task.state_dict(self.model)}
         if self.ema is not None:
@@ -371,14 +403,54 @@ class Trainer:
         self.start_epoch = checkpoint["epoch"] + 1
         best = checkpoint.get("best_score")
         self.best_score = tuple(best) if best else None
-        self._trim_metrics(checkpoint["epoch"])
+        self.best_epoch = checkpoint.get("best_epoch")
+        self.history = checkpoint.get("history") or self._legacy_history(checkpoint["epoch"])
+        if self.ctx.is_main:
+            with RunLock(self.run_dir):
+                self._write_metrics()
+                self._repair_best(checkpoint)
 
-    def _trim_metrics(self, last_epoch: int) -> None:
+    def _legacy_history(self, last_epoch: int) -> list[dict[str, float]]:
+        """The epochs of a checkpoint written before checkpoints carried their history: the
+        lines of metrics.jsonl up to the checkpoint's epoch."""
         path = self.run_dir / "metrics.jsonl"
-        if self.ctx.is_main and path.is_file():
-            lines = [line for line in path.read_text().splitlines()
-                     if line and json.loads(line)["epoch"] <= last_epoch + 1]
-            path.write_text("".join(line + "\n" for line in lines))
+        if not path.is_file():
+            return []
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                break   # a line cut short by the stop: nothing after it is trusted either
+            if row.get("epoch", 0) <= last_epoch + 1:
+                rows.append(row)
+        return rows
+
+    def _write_metrics(self) -> None:
+        """metrics.jsonl, written whole (atomically) from the history the checkpoint holds."""
+        text = "".join(json.dumps(row) + "\n" for row in self.history).encode()
+        atomic_write(self.run_dir / "metrics.jsonl", lambda handle: handle.write(text))
+
+    def _repair_best(self, last: dict[str, Any]) -> None:
+        """If ``last.pt`` was written as the best epoch and the run stopped before ``best.pt``
+        followed, copy it now; a ``best.pt`` of an epoch the checkpoint does not hold (from an
+        earlier attempt that went further) is removed."""
+        best_path = self.run_dir / "checkpoints" / "best.pt"
+        if self.best_epoch is None:
+            best_path.unlink(missing_ok=True)
+            return
+        current = load_checkpoint(best_path, mmap=True)["epoch"] if best_path.is_file() \
+            else None
+        if current == self.best_epoch:
+            return
+        if self.best_epoch == last["epoch"]:
+            state = {k: v for k, v in last.items() if k not in ("format", "path")}
+            save_checkpoint(best_path, state)
+        else:
+            raise ValueError(f"{best_path} holds epoch {current}, but {self.run_dir}/"
+                             f"checkpoints/last.pt says the best epoch is "
+                             f"{self.best_epoch + 1}: the run directory was changed by hand "
+                             f"or by an older stepnet; restart the run")
 
     def _tensorboard(self):  # noqa: ANN202
         try:
@@ -390,10 +462,19 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
-        """Train from ``start_epoch`` to ``epochs``; returns the last epoch's metrics."""
+        """Train from ``start_epoch`` to ``epochs``; returns the last epoch's metrics. The main
+        process holds the run directory's lock throughout."""
+        lock = RunLock(self.run_dir) if self.ctx.is_main else nullcontext()
+        with lock:
+            return self._fit()
+
+    def _fit(self) -> dict[str, float]:
         if self.ctx.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             self.config.save(self.run_dir / "config.json")
+            if self.start_epoch == 0:
+                self.history = []
+                for stale in ("metrics.jsonl", "record.json", "result.json"):
+                    (self.run_dir / stale).unlink(missing_ok=True)
         metrics: dict[str, float] = {}
         for epoch in range(self.start_epoch, self.config.epochs):
             start = time.perf_counter()
@@ -402,16 +483,16 @@ class Trainer:
                        **self.evaluate()}
             metrics["seconds"] = time.perf_counter() - start
             score = self.score(metrics)
-            improved = self.best_score is None or score > self.best_score
+            improved = score is not None and (self.best_score is None or score > self.best_score)
             if improved:
-                self.best_score = score
+                self.best_score, self.best_epoch = score, epoch
+            self.history.append(metrics)
             if self.ctx.is_main:
-                with open(self.run_dir / "metrics.jsonl", "a") as handle:
-                    handle.write(json.dumps(metrics) + "\n")
                 state = self.state(epoch, metrics)
                 save_checkpoint(self.run_dir / "checkpoints" / "last.pt", state)
                 if improved:
                     save_checkpoint(self.run_dir / "checkpoints" / "best.pt", state)
+                self._write_metrics()
                 if self.writer is not None:
                     for key, value in metrics.items():
                         self.writer.add_scalar(key, value, epoch + 1)
@@ -434,14 +515,27 @@ class Trainer:
         average when one is kept, which also selected ``best.pt`` -- and say which
         (``"weights": "ema" | "raw"``)."""
         if metrics is None:
-            metrics = read_metrics(self.run_dir)[-1]
+            metrics = self.history[-1] if self.history else read_metrics(self.run_dir)[-1]
         model = self.ema.module if self.ema is not None else self.model
         final = self.task.final_results(model, progress=self.progress)
         if final:
             final["weights"] = "ema" if self.ema is not None else "raw"
-            (self.run_dir / "result.json").write_text(
-                json.dumps({"metrics": metrics, **final}, indent=1) + "\n")
+            text = (json.dumps({"metrics": metrics, **final}, indent=1) + "\n").encode()
+            atomic_write(self.run_dir / "result.json", lambda handle: handle.write(text))
+        extras = self.task.record_extras(model, self.test_set, self.config.eval_batch_size,
+                                         self.device, self.memory_format)
+        history = self.history or read_metrics(self.run_dir)
+        write_record(self.run_dir, build_record(
+            self.config, history, self.best_epoch, extras, device=str(self.device),
+            select_metrics=[("ema_" if self.ema is not None else "")
+                            + split_metric_name(n, "val") for n in self.task.select_metrics],
+            weights="ema" if self.ema is not None else "raw"))
         write_report(self.run_dir)
+
+
+def split_metric_name(name: str, split: str) -> str:
+    """A task's ``test_*`` metric name for another evaluation split (``val_*``)."""
+    return split + name[len("test"):] if name.startswith("test_") else name
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
@@ -452,14 +546,17 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
 
 
 def write_report(run_dir: str | Path) -> Path:
-    """A short ``report.md``: the run's settings and its last and best epochs (every ``test_``
-    metric of the task)."""
+    """A short ``report.md``: the run's settings, its last epoch and, with a validation split,
+    the epoch that split selects (every ``val_`` and ``test_`` metric of the task)."""
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
     rows = read_metrics(run_dir)
     task = task_class(config.get("task", "classification"))
-    best = max(rows, key=lambda r: tuple(r.get(n, float("-inf")) for n in task.select_metrics))
-    columns = [k for k in rows[-1] if k.startswith(("test_", "ema_test_"))]
+    prefix = "ema_" if config.get("ema_decay") else ""
+    chosen = [prefix + split_metric_name(n, "val") for n in task.select_metrics]
+    with_val = all(c in rows[-1] for c in chosen)
+    best = max(rows, key=lambda r: tuple(r[c] for c in chosen)) if with_val else None
+    columns = [k for k in rows[-1] if k.startswith(("val_", "ema_val_", "test_", "ema_test_"))]
     what = (f"{config['model']} + {config['attention']}" if config.get("task",
             "classification") == "classification" else f"{config['model']} ({config['norm']})")
     text = [f"# {what} on {config['dataset']}", "",
@@ -468,11 +565,14 @@ def write_report(run_dir: str | Path) -> Path:
             f"{config.get('optimizer', 'sgd')} lr {config['lr']} ({config['schedule']})", "",
             "| | epoch | " + " | ".join(columns) + " |",
             "|---|---:|" + "---:|" * len(columns)]
-    for label, row in (("last", rows[-1]), ("best", best)):
-        text.append(f"| {label} | {row['epoch']} | "
-                    + " | ".join(f"{row.get(c, float('nan')):.4g}" for c in columns) + " |")
-    text += ["", f"best.pt is selected by {', '.join(task.select_metrics)}; training time "
-             f"{sum(r['seconds'] for r in rows):.0f} s", ""]
+    for label, row in (("last", rows[-1]), ("best (validation)", best)):
+        if row is not None:
+            text.append(f"| {label} | {row['epoch']} | "
+                        + " | ".join(f"{row.get(c, float('nan')):.4g}" for c in columns) + " |")
+    selection = (f"best.pt is selected by {', '.join(chosen)} (validation split)" if with_val
+                 else "no validation split: nothing selects a best epoch, and the run's model "
+                 "is checkpoints/last.pt")
+    text += ["", f"{selection}; training time {sum(r['seconds'] for r in rows):.0f} s", ""]
     path = run_dir / "report.md"
     path.write_text("\n".join(text))
     return path

@@ -46,8 +46,14 @@ class Task:
 
     # -- data ---------------------------------------------------------------------------------
     def datasets(self) -> tuple[Dataset, Dataset]:
-        """(training set, evaluation set); built once per run."""
+        """(training set, test set); built once per run."""
         raise NotImplementedError
+
+    def splits(self) -> tuple[Dataset, Dataset | None, Dataset]:
+        """(training set, validation set or None, test set): what the loop trains on, selects
+        on and reports. A task without a validation split keeps :meth:`datasets`'s two."""
+        train, test = self.datasets()
+        return train, None, test
 
     collate_fn: Any = None  # None: torch's default_collate
 
@@ -86,6 +92,13 @@ class Task:
 
     def final_results(self, model: nn.Module, progress: bool = False) -> dict[str, Any]:
         """Extra results written to ``result.json`` when training ends (none by default)."""
+        return {}
+
+    def record_extras(self, model: nn.Module, test_set: Dataset, batch_size: int,
+                      device: torch.device, memory_format: torch.memory_format
+                      ) -> dict[str, Any]:
+        """Small, JSON-ready per-sample results of the final weights kept in the run's record
+        (e.g. each test image's correctness, for paired tests); none by default."""
         return {}
 
     # -- state beyond the weights --------------------------------------------------------------

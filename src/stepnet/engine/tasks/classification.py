@@ -8,7 +8,13 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ...data import build_dataset, dataset_info, stratified_subset
+from pathlib import Path
+
+from torch.utils.data import Subset
+
+from ...data import build_dataset, dataset_info, stratified_subset, targets_of
+from ...data import validation_indices
+from ..records import pack_bits
 from .base import Losses, Task, move_to, reduce_sums
 
 
@@ -22,7 +28,7 @@ def accuracy_counts(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
 
 class ClassificationTask(Task):
     """Cross-entropy (with optional label smoothing) on (image, label) batches; top-1 / top-5
-    accuracy; ``best.pt`` by test top-1."""
+    accuracy; ``best.pt`` by validation top-1 (``--val-split``)."""
 
     name = "classification"
     select_metrics = ("test_acc1",)
@@ -47,14 +53,51 @@ class ClassificationTask(Task):
         return choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
 
     def datasets(self) -> tuple[Dataset, Dataset]:
-        c = self.config
-        train = stratified_subset(build_dataset(c.dataset, c.data_dir, train=True,
-                                                download=c.download,
-                                                cache_images=c.cache_images,
-                                                auto_augment=c.auto_augment),
-                                  c.train_subset, c.seed)
-        test = build_dataset(c.dataset, c.data_dir, train=False, cache_images=c.cache_images)
+        train, _, test = self.splits()
         return train, test
+
+    def splits(self) -> tuple[Dataset, Dataset | None, Dataset]:
+        """The training set (less the validation split, then ``--train-subset`` of the rest,
+        drawn with the run's seed), the validation split (``--val-split`` images held out of
+        the training set, class-stratified with a fixed seed, evaluated without augmentation)
+        and the test set."""
+        c = self.config
+        full = build_dataset(c.dataset, c.data_dir, train=True, download=c.download,
+                             cache_images=c.cache_images, auto_augment=c.auto_augment)
+        val = None
+        if c.val_split:
+            own = Path(c.data_dir or ".") / "val"
+            if c.dataset == "imagefolder" and own.is_dir() and (Path(c.data_dir or ".")
+                                                                / "test").is_dir():
+                raise ValueError(f"--val-split {c.val_split}: {c.data_dir} has its own "
+                                 f"validation set ({own}, beside test/); hold none out of "
+                                 f"train/")
+            train_idx, val_idx = validation_indices(targets_of(full), c.val_split,
+                                                    getattr(full, "classes", None))
+            plain = build_dataset(c.dataset, c.data_dir, train=True, augment=False,
+                                  cache_images=c.cache_images)
+            val = Subset(plain, val_idx.tolist())
+            full = Subset(full, train_idx.tolist())
+        train = stratified_subset(full, c.train_subset, c.seed)
+        test = build_dataset(c.dataset, c.data_dir, train=False, cache_images=c.cache_images)
+        return train, val, test
+
+    @torch.no_grad()
+    def record_extras(self, model: nn.Module, test_set: Dataset, batch_size: int,
+                      device: torch.device, memory_format: torch.memory_format
+                      ) -> dict[str, Any]:
+        """Each test image's top-1 correctness under the final weights, in the test set's
+        order, packed as bits (``stepnet.engine.records.unpack_bits``)."""
+        from torch.utils.data import DataLoader
+
+        model.eval()
+        correct = []
+        for images, labels in DataLoader(test_set, batch_size=batch_size):
+            logits = model(images.to(device, memory_format=memory_format))
+            correct.append((logits.topk(1, dim=1).indices[:, 0].cpu() == labels))
+        hits = torch.cat(correct).numpy()
+        return {"test_correct": pack_bits(hits), "test_images": int(len(hits)),
+                "test_acc1": 100.0 * float(hits.mean())}
 
     def model_spec(self) -> dict[str, Any]:
         c = self.config
