@@ -1,0 +1,181 @@
+"""Does StepNet help? The powered CIFAR-10 study (pre-registered in docs/study-cifar10.md).
+
+Post-activation ResNet-20 on all of ``../shared/data/cifar10-jpeg/train`` (45,000 train / 5,000
+validation, the engine's fixed stratified split), standard crop + flip, SGD 0.1, momentum 0.9,
+weight decay 5e-4, batch 128, cosine, ``EPOCHS`` epochs; arms ``none``, ``se`` (the positive
+control) and ``stepnet``; paired seeds (a seed gives the same data order and augmentation in
+every arm). Every finished run leaves one committed record,
+``benchmarks/records/cifar10_study/<arm>-seed<k>.json``: the engine's run record (config and its
+hash, the commit, every epoch's train / validation / test metrics, each test image's
+correctness) plus the run's TNS (both step conventions, on 1,000 stratified test images).
+
+    python benchmarks/cifar10_study.py train --arms none --seeds 0      # the pilot
+    python benchmarks/cifar10_study.py train --seeds 0 1 2 3            # the study
+    python benchmarks/cifar10_study.py analyze                          # docs/ tables
+
+Runs resume (a finished record is skipped, an interrupted run continues from its last
+checkpoint) and are meant to run from a ``git worktree`` of one commit, so that work on the
+library never changes a run halfway: each record names its commit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".." / "shared" / "data" / "cifar10-jpeg"
+RECORDS = ROOT / "benchmarks" / "records" / "cifar10_study"
+STUDY = "cifar10-resnet20-post-v1"
+EPOCHS = 40   # fixed by the pilot (docs/study-cifar10.md), judged on the validation split
+ARMS: dict[str, dict[str, Any]] = {"none": {"attention": "none"}, "se": {"attention": "se"},
+                                   "stepnet": {"attention": "stepnet"}}
+STIFFNESS_INPUTS = 1000
+
+
+def run_config(arm: str, seed: int, args: argparse.Namespace) -> Any:
+    """The resolved config of one run of the study."""
+    from stepnet.engine import resolve_config
+
+    return resolve_config("cifar-resnet164", {
+        "model": "resnet20", "model_options": {"preact": False}, **ARMS[arm],
+        "dataset": "imagefolder", "data_dir": str(args.data_dir), "val_split": args.val_split,
+        "epochs": args.epochs, "batch_size": 128, "lr": 0.1, "momentum": 0.9,
+        "weight_decay": 5e-4, "schedule": "cosine", "milestones": [],
+        "cache_images": True, "workers": 0, "eval_batch_size": 500, "seed": seed,
+        "device": args.device, "output": str(args.runs / arm / f"seed{seed}")})
+
+
+def record_path(records: Path, arm: str, seed: int) -> Path:
+    return records / f"{arm}-seed{seed}.json"
+
+
+def stiffness_of(run: Path, config: Any, device: str) -> dict[str, float]:
+    """TNS (Delta_t = 1 and Delta_t = h) of the run's final weights over the study's 1,000
+    class-stratified test images (the first block of each stage excluded, as the paper)."""
+    from torch.utils.data import DataLoader
+
+    from stepnet.data import build_dataset, stratified_subset
+    from stepnet.engine import model_from_checkpoint
+    from stepnet.stiffness.metrics import total_neural_stiffness
+    from stepnet.stiffness.recorder import record_trajectories
+
+    test = build_dataset(config.dataset, config.data_dir, train=False, augment=False)
+    test = stratified_subset(test, STIFFNESS_INPUTS)
+    model = model_from_checkpoint(run / "checkpoints" / "last.pt", task="classification")
+    trajectory = record_trajectories(model.to(device), DataLoader(test, batch_size=250),
+                                     device=device, exclude="first", progress=False)
+    return {"tns": float(total_neural_stiffness(trajectory.nsi_for("1"), trajectory.stage)),
+            "tns_step": float(total_neural_stiffness(trajectory.nsi_for("h"),
+                                                     trajectory.stage)),
+            "stiffness_inputs": len(test)}
+
+
+def train_run(arm: str, seed: int, args: argparse.Namespace) -> str:
+    """Train (or resume, or skip) one run in this process, then write its study record."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from stepnet.engine import Trainer, load_checkpoint
+    from stepnet.engine.checkpoint import atomic_write
+    from stepnet.engine.records import load_record
+
+    target = record_path(args.records, arm, seed)
+    if target.is_file():
+        return f"{arm} seed {seed}: recorded before ({target.name})"
+    config = run_config(arm, seed, args)
+    run = Path(config.output)
+    started = time.time()
+    trainer = Trainer(config, progress=False)
+    last = run / "checkpoints" / "last.pt"
+    if last.is_file():
+        trainer.resume()
+    if trainer.start_epoch < config.epochs:
+        trainer.fit()
+    elif not (run / "record.json").is_file():
+        trainer.write_results()
+    record = load_record(run)
+    record["study"] = {"name": STUDY, "arm": arm, "seed": seed}
+    record["analysis"] = stiffness_of(run, config, args.device if args.device != "auto"
+                                      else "cpu")
+    record["checkpoint_epoch"] = load_checkpoint(last, mmap=True)["epoch"] + 1
+    text = (json.dumps(record, indent=1, allow_nan=False) + "\n").encode()
+    atomic_write(target, lambda handle: handle.write(text))
+    final = record["final"]
+    return (f"{arm} seed {seed}: val {final['val_acc1']:.2f} test {final['test_acc1']:.2f} "
+            f"TNS {record['analysis']['tns']:.4f} ({(time.time() - started) / 60:.1f} min)")
+
+
+def train(args: argparse.Namespace) -> None:
+    if not args.data_dir.is_dir():
+        raise SystemExit(f"no CIFAR-10 JPEG folder at {args.data_dir} (see ../shared/data)")
+    args.records.mkdir(parents=True, exist_ok=True)
+    jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]
+    if args.parallel <= 1:
+        for arm, seed in jobs:
+            print(train_run(arm, seed, args), flush=True)
+        return
+    from stepnet.engine.distributed import die_with_parent
+
+    context = multiprocessing.get_context("spawn")
+    failed = []
+    with ProcessPoolExecutor(args.parallel, mp_context=context,
+                             initializer=die_with_parent) as pool:
+        futures = {pool.submit(train_run, arm, seed, args): (arm, seed) for arm, seed in jobs}
+        for future in as_completed(futures):
+            try:
+                print(future.result(), flush=True)
+            except Exception as error:  # noqa: BLE001 - reported, the others go on
+                failed.append(futures[future])
+                print(f"FAILED {futures[future]}: {type(error).__name__}: {error}", flush=True)
+    if failed:
+        raise SystemExit(f"{len(failed)} run(s) failed: {failed}; rerun (records are kept)")
+
+
+def analyze(args: argparse.Namespace) -> None:
+    from stepnet.studies import cifar10_study_markdown, load_study_records
+
+    records = load_study_records(args.records)
+    text = cifar10_study_markdown(records)
+    if args.write:
+        from stepnet.studies import replace_generated_block
+
+        replace_generated_block(args.doc, "cifar10-study", text)
+        print(f"wrote the generated block of {args.doc}")
+    else:
+        print(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("train", help="train (resume, skip) runs and write their records")
+    run.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    run.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    run.add_argument("--epochs", type=int, default=EPOCHS)
+    run.add_argument("--data-dir", type=Path, default=DATA)
+    run.add_argument("--val-split", type=int, default=5000,
+                     help="the protocol's 5,000; smaller only for smoke tests on small trees")
+    run.add_argument("--runs", type=Path, default=ROOT / "runs" / "cifar10_study")
+    run.add_argument("--records", type=Path, default=RECORDS)
+    run.add_argument("--device", default="cpu")
+    run.add_argument("--parallel", type=int, default=1, help="runs trained side by side")
+    run.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    run.set_defaults(run=train)
+    report = sub.add_parser("analyze", help="the pre-registered comparisons from the records")
+    report.add_argument("--records", type=Path, default=RECORDS)
+    report.add_argument("--doc", type=Path, default=ROOT / "docs" / "study-cifar10.md")
+    report.add_argument("--write", action="store_true",
+                        help="replace the generated block of --doc instead of printing")
+    report.set_defaults(run=analyze)
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
