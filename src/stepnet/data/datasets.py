@@ -326,7 +326,7 @@ def validation_indices(targets: np.ndarray, size: int, classes: Sequence[str] | 
     for label, count in zip(labels, counts):
         share = size * count / total
         if count - int(np.ceil(share)) < 1:
-            name = names[label] if names is not None and 0 <= label < len(names) else label
+            name = names[label] if names is not None and 0 <= label < len(names) else int(label)
             raise ValueError(f"--val-split {size} of {total} training images is larger than "
                              f"class {name!r} allows: it has {count} images and would give "
                              f"{int(np.ceil(share))} to validation, leaving none to train on")

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import atomic_write
+from .atomic import atomic_write_text
 from .config import BOOKKEEPING, TrainConfig
 
 RECORD_FORMAT = "stepnet-run-record-v1"
@@ -93,8 +93,8 @@ def write_record(run_dir: str | Path, record: dict[str, Any]) -> Path:
     cleaned, bad = _finite(record)
     if bad:
         cleaned["non_finite"] = bad
-    text = (json.dumps(cleaned, indent=1, allow_nan=False) + "\n").encode()
-    return atomic_write(Path(run_dir) / RECORD_NAME, lambda handle: handle.write(text))
+    return atomic_write_text(Path(run_dir) / RECORD_NAME,
+                             json.dumps(cleaned, indent=1, allow_nan=False) + "\n")
 
 
 def _finite(value: Any, where: str = "") -> tuple[Any, list[str]]:

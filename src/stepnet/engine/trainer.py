@@ -39,7 +39,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .atomic import atomic_write_text
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .distributed import DistributedContext, ShardSampler, resolve_device
 from .records import build_record, write_record
@@ -428,8 +429,8 @@ class Trainer:
 
     def _write_metrics(self) -> None:
         """metrics.jsonl, written whole (atomically) from the history the checkpoint holds."""
-        text = "".join(json.dumps(row) + "\n" for row in self.history).encode()
-        atomic_write(self.run_dir / "metrics.jsonl", lambda handle: handle.write(text))
+        atomic_write_text(self.run_dir / "metrics.jsonl",
+                          "".join(json.dumps(row) + "\n" for row in self.history))
 
     def _repair_best(self, last: dict[str, Any]) -> None:
         """If ``last.pt`` was written as the best epoch and the run stopped before ``best.pt``
@@ -520,8 +521,8 @@ class Trainer:
         final = self.task.final_results(model, progress=self.progress)
         if final:
             final["weights"] = "ema" if self.ema is not None else "raw"
-            text = (json.dumps({"metrics": metrics, **final}, indent=1) + "\n").encode()
-            atomic_write(self.run_dir / "result.json", lambda handle: handle.write(text))
+            atomic_write_text(self.run_dir / "result.json",
+                              json.dumps({"metrics": metrics, **final}, indent=1) + "\n")
         extras = self.task.record_extras(model, self.test_set, self.config.eval_batch_size,
                                          self.device, self.memory_format)
         history = self.history or read_metrics(self.run_dir)

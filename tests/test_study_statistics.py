@@ -1,0 +1,145 @@
+"""The study's statistics against independent computations on fixed numbers, and the
+docs-equal-records check of the CIFAR-10 study."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from stepnet.engine.records import RECORD_FORMAT, pack_bits, unpack_bits
+from stepnet.stats import holm, mcnemar_exact, paired_bootstrap, paired_t, spearman_of_means
+from stepnet.studies import (cifar10_study_markdown, compare_arms, generated_block,
+                             load_study_records, replace_generated_block)
+
+ROOT = Path(__file__).resolve().parents[1]
+A = [93.12, 93.40, 92.86, 93.58]
+B = [92.80, 93.02, 93.10, 92.96]
+
+
+def test_paired_t_matches_the_textbook_formula_and_scipy():
+    d = [x - y for x, y in zip(A, B)]
+    mean, sd, n = statistics.mean(d), statistics.stdev(d), len(d)
+    t = mean / (sd / math.sqrt(n))
+    half = scipy_stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    got = paired_t(A, B)
+    assert got["mean"] == pytest.approx(mean, abs=1e-12)
+    assert (got["low"], got["high"]) == pytest.approx((mean - half, mean + half), abs=1e-12)
+    assert got["p"] == pytest.approx(2 * scipy_stats.t.sf(abs(t), n - 1), rel=1e-10)
+    interval = scipy_stats.ttest_rel(A, B).confidence_interval(0.95)
+    assert (got["low"], got["high"]) == pytest.approx((interval.low, interval.high), abs=1e-10)
+    assert got["d_z"] == pytest.approx(mean / sd)
+    pooled = math.sqrt((statistics.variance(A) + statistics.variance(B)) / 2)
+    assert got["d_seed"] == pytest.approx(mean / pooled)
+    assert paired_t([1.0], [0.5])["p"] is None
+
+
+def test_mcnemar_is_the_exact_binomial_sum():
+    a = np.array([1] * 7 + [0] * 2 + [1] * 20 + [0] * 5, dtype=bool)
+    b = np.array([0] * 7 + [1] * 2 + [1] * 20 + [0] * 5, dtype=bool)
+    got = mcnemar_exact(a, b)
+    exact = 2 * sum(math.comb(9, k) for k in range(3)) / 2 ** 9
+    assert (got["a_only"], got["b_only"]) == (7, 2)
+    assert got["p"] == pytest.approx(exact, rel=1e-12)
+    assert mcnemar_exact(a, a)["p"] == 1.0
+
+
+def test_holm_step_down():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.001]) == pytest.approx([0.5, 0.002])
+    assert holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])
+
+
+def test_paired_bootstrap_against_the_normal_approximation():
+    rng = np.random.default_rng(3)
+    b = rng.random((3, 5000)) < 0.9
+    a = b | (rng.random((3, 5000)) < 0.05)       # a is b plus some extra right answers
+    per_image = 100 * (a.astype(float) - b).mean(0)
+    got = paired_bootstrap(a, b, resamples=4000)
+    assert got["mean"] == pytest.approx(per_image.mean())
+    se = per_image.std(ddof=1) / math.sqrt(len(per_image))
+    assert got["low"] == pytest.approx(per_image.mean() - 1.96 * se, abs=0.1 * se + 0.02)
+    assert got["high"] == pytest.approx(per_image.mean() + 1.96 * se, abs=0.1 * se + 0.02)
+    assert got["p"] < 1e-3
+    same = paired_bootstrap(b, b, resamples=200)
+    assert (same["mean"], same["low"], same["high"], same["p"]) == (0.0, 0.0, 0.0, 1.0)
+
+
+def test_spearman_of_means():
+    x = np.array([[1.0, 1.2], [2.0, 2.2], [3.0, 3.1]])
+    y = np.array([[10.0, 10.5], [9.0, 9.1], [8.0, 8.2]])
+    got = spearman_of_means(x, y, resamples=100)
+    assert got["rho"] == pytest.approx(scipy_stats.spearmanr(x.mean(1), y.mean(1)).statistic)
+    assert got["rho"] == -1.0 and got["low"] == got["high"] == -1.0
+
+
+def test_bits_round_trip():
+    values = np.random.default_rng(0).random(5001) < 0.5
+    assert np.array_equal(unpack_bits(pack_bits(values), 5001), values)
+    with pytest.raises(ValueError, match="hold 5000 values, not 9"):
+        unpack_bits(pack_bits(values[:5000]), 9)
+
+
+def fake_record(arm: str, seed: int, correct: np.ndarray, tns: float) -> dict:
+    acc = 100.0 * correct.mean()
+    epoch = {"epoch": 2, "val_acc1": acc - 0.5, "test_acc1": acc, "seconds": 10.0}
+    return {"format": RECORD_FORMAT, "study": {"arm": arm, "seed": seed},
+            "final": epoch, "epochs": [dict(epoch, epoch=1), epoch],
+            "selection": {"split": "val", "metrics": ["val_acc1"], "best_epoch": 2},
+            "per_sample": {"test_correct": pack_bits(correct), "test_images": len(correct)},
+            "analysis": {"tns": tns, "tns_step": tns / 2}, "train_seconds": 20.0,
+            "device": "cpu", "code": {"commit": "0" * 40}}
+
+
+def test_comparisons_follow_the_records():
+    rng = np.random.default_rng(1)
+    records = []
+    for seed in range(4):
+        base = rng.random(2000) < 0.88
+        records += [fake_record("none", seed, base, 0.10),
+                    fake_record("se", seed, base | (rng.random(2000) < 0.3), 0.11),
+                    fake_record("stepnet", seed, base, 0.12)]
+    rows = compare_arms(records, resamples=500)
+    control, step_none, _ = rows
+    accuracy = {(r["study"]["arm"], r["study"]["seed"]): r["final"]["test_acc1"]
+                for r in records}
+    expected = paired_t([accuracy["se", s] for s in range(4)],
+                        [accuracy["none", s] for s in range(4)])
+    assert control["seed_level"]["mean"] == pytest.approx(expected["mean"])
+    assert control["verdict"] == "better"
+    assert step_none["seed_level"]["mean"] == 0.0 and step_none["verdict"] == "cannot tell"
+    p = [r["seed_level"]["p"] for r in rows]
+    assert [r["seed_level"]["holm_p"] for r in rows] == pytest.approx(holm(p))
+
+
+def test_the_docs_block_is_generated_from_the_committed_records(tmp_path):
+    """docs/study-cifar10.md's results are what the committed records give, and a changed
+    number in the doc is caught."""
+    doc = ROOT / "docs" / "study-cifar10.md"
+    records = load_study_records(ROOT / "benchmarks" / "records" / "cifar10_study")
+    expected = cifar10_study_markdown(records)
+    assert generated_block(doc, "cifar10-study").strip() == expected.strip(), (
+        "docs/study-cifar10.md differs from its records: run "
+        "python benchmarks/cifar10_study.py analyze --write")
+    # a changed digit in a generated table is caught
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "records"
+    folder.mkdir()
+    for arm in ("none", "se", "stepnet"):
+        for seed in range(2):
+            (folder / f"{arm}-seed{seed}.json").write_text(json.dumps(
+                fake_record(arm, seed, rng.random(500) < 0.9, 0.1 + 0.01 * seed)))
+    copy = tmp_path / "doc.md"
+    shutil.copy(doc, copy)
+    text = cifar10_study_markdown(load_study_records(folder), resamples=200)
+    replace_generated_block(copy, "cifar10-study", text)
+    assert generated_block(copy, "cifar10-study").strip() == text.strip()
+    changed = generated_block(copy, "cifar10-study").replace("| 2 | ", "| 3 | ", 1)
+    assert changed != text
+    replace_generated_block(copy, "cifar10-study", changed)
+    assert generated_block(copy, "cifar10-study").strip() != text.strip()
