@@ -98,7 +98,7 @@ def test_compare_command_writes_report_and_reuses_its_cache(runs, tmp_path, caps
     assert "| attention=se | 3 | 87.00 ± 2.65 |" in markdown
     out = capsys.readouterr().out
     assert "warning: Delta_t = 1, over groups: only 2 points" in out
-    cache = runs[0] / "stiffness" / "trajectory.pt"
+    cache = runs[0] / "stiffness" / "trajectory.safetensors"
     stamp = cache.stat().st_mtime_ns
     assert main(["compare", str(root), "--output", str(tmp_path / "again"), "--max-inputs",
                  "30", "--quiet"]) == 0

@@ -196,7 +196,13 @@ def read_satnet(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
         if not path.is_file():
             raise ValueError(f"no {name} in {folder}: SATNet's sudoku folder holds features.pt "
                              "and labels.pt")
-        onehot = torch.load(path, weights_only=True)
+        try:
+            onehot = torch.load(path, weights_only=True)
+        except Exception as error:  # noqa: BLE001 - whatever it holds, it is not our data
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            raise ValueError(f"{path} does not load as a plain tensor ({reason})") from None
+        if not isinstance(onehot, torch.Tensor):
+            raise ValueError(f"{path}: expected a tensor, got {type(onehot).__name__}")
         if onehot.dim() != 4 or tuple(onehot.shape[1:]) != (9, 9, 9):
             raise ValueError(f"{path}: expected one-hot [N, 9, 9, 9], got {tuple(onehot.shape)}")
         flat = onehot.reshape(onehot.shape[0], 81, 9)

@@ -3,7 +3,7 @@
 Runs are grouped by their resolved config (seeds of one experiment form a group, as in
 ``stepnet summarize``). For every run: its final test accuracy (the metric ``stepnet evaluate``
 recomputes from ``checkpoints/last.pt``) and its trajectory over a fixed, class-stratified set
-of test inputs (cached in ``<run>/stiffness/trajectory.pt``). Then, per group, accuracy, TNS
+of test inputs (cached in ``<run>/stiffness/trajectory.safetensors``). Then, per group, accuracy, TNS
 (Delta_t = 1 and h) and p_hat at one M as mean ± std; Kendall's tau and Spearman's rho between
 TNS and accuracy over runs and over group means; and the figures on one common (M1, M2) grid.
 """
@@ -31,7 +31,9 @@ from .metrics import EXCLUDED, delta, stage_means, stiffness_proportion  # noqa:
 from .metrics import total_neural_stiffness  # noqa: E402
 from .recorder import STEP_CONVENTIONS, Trajectory  # noqa: E402
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+CACHE_NAME = "trajectory.safetensors"
+CACHE_FORMAT = "stepnet-trajectory-cache"
 MIN_RUNS_FOR_CORRELATION = 5
 
 
@@ -68,7 +70,8 @@ def run_trajectory(run: Path, config: Mapping[str, Any], max_inputs: int, batch_
                    progress: bool = False) -> Trajectory:
     """The trajectory of ``run``'s last checkpoint (``config``: the run's saved config.json)
     over ``max_inputs`` class-stratified test inputs, computed once and cached beside the run
-    (recomputed when the checkpoint is newer or the settings differ)."""
+    (:func:`load_trajectory_cache`; recomputed when the checkpoint changed, the settings
+    differ or the cache does not validate)."""
     from torch.utils.data import DataLoader
 
     from ..data import build_dataset, stratified_subset
@@ -79,20 +82,72 @@ def run_trajectory(run: Path, config: Mapping[str, Any], max_inputs: int, batch_
     if not checkpoint.is_file():
         raise FileNotFoundError(f"no checkpoint at {checkpoint}: compare needs the runs' "
                                 f"checkpoints/last.pt")
-    cache = run / "stiffness" / "trajectory.pt"
-    settings = {"version": CACHE_VERSION, "max_inputs": max_inputs, "exclude": exclude}
-    if cache.is_file() and cache.stat().st_mtime >= checkpoint.stat().st_mtime:
-        saved = torch.load(cache, weights_only=False)
-        if saved.get("settings") == settings:
-            return Trajectory(**saved["trajectory"])
+    cache = run / "stiffness" / CACHE_NAME
+    stat = checkpoint.stat()
+    settings = {"version": CACHE_VERSION, "max_inputs": max_inputs, "exclude": exclude,
+                "checkpoint_bytes": stat.st_size, "checkpoint_mtime_ns": stat.st_mtime_ns}
+    cached = load_trajectory_cache(cache, settings)
+    if cached is not None:
+        return cached
     test = build_dataset(config["dataset"], config.get("data_dir"), train=False, augment=False)
     test = stratified_subset(test, min(max_inputs, len(test)))
     model = model_from_checkpoint(checkpoint, task="classification").to(device)
     trajectory = record_trajectories(model, DataLoader(test, batch_size=batch_size), device=device,
                                      progress=progress, exclude=exclude)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"settings": settings, "trajectory": vars(trajectory)}, cache)
+    save_trajectory_cache(cache, trajectory, settings)
     return trajectory
+
+
+_CACHE_TENSORS = ("nsi", "state_norm", "update_norm", "step_mean", "stage", "block_stage",
+                  "nsi_step", "update_norm_step")
+
+
+def save_trajectory_cache(path: Path, trajectory: Trajectory, settings: Mapping[str, Any]
+                          ) -> Path:
+    """Write a trajectory as safetensors (tensors only; names, exclusion and the settings it
+    was computed with as JSON metadata), atomically."""
+    from safetensors.torch import save
+
+    from ..engine.atomic import atomic_write
+
+    tensors = {name: getattr(trajectory, name).contiguous().cpu() for name in _CACHE_TENSORS}
+    metadata = {"format": CACHE_FORMAT, "settings": json.dumps(dict(settings), sort_keys=True),
+                "names": json.dumps(list(trajectory.names)), "exclude": trajectory.exclude}
+    data = save(tensors, metadata=metadata)
+    return atomic_write(path, lambda handle: handle.write(data))
+
+
+def load_trajectory_cache(path: Path, settings: Mapping[str, Any]) -> Trajectory | None:
+    """The cached trajectory at ``path`` when it is a valid cache of these ``settings``, else
+    None (missing, another format or version, other settings, inconsistent shapes): a cache is
+    data to validate, never trusted, and never unpickled."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if metadata.get("format") != CACHE_FORMAT or json.loads(
+                    metadata.get("settings", "null")) != json.loads(
+                        json.dumps(dict(settings), sort_keys=True)):
+                return None
+            if set(handle.keys()) != set(_CACHE_TENSORS):
+                return None
+            tensors = {name: handle.get_tensor(name) for name in _CACHE_TENSORS}
+        names = json.loads(metadata["names"])
+        inputs, blocks = tensors["nsi"].shape
+        for name in ("state_norm", "update_norm", "step_mean", "nsi_step", "update_norm_step"):
+            if tuple(tensors[name].shape) != (inputs, blocks):
+                return None
+        if tuple(tensors["stage"].shape) != (blocks,) or \
+                tuple(tensors["block_stage"].shape) != (blocks,) or \
+                not isinstance(names, list) or len(names) != blocks:
+            return None
+        return Trajectory(**tensors, names=[str(n) for n in names],
+                          exclude=str(metadata["exclude"]))
+    except (SafetensorError, ValueError, KeyError, TypeError, OSError):
+        return None
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
