@@ -265,7 +265,7 @@ def test_summarize_keeps_ablations_apart(tmp_path):
     seeds and bookkeeping (output, workers) are not."""
     def fake_run(name, seed, acc, **settings):
         config = TrainConfig(attention="stepnet", seed=seed, output=str(tmp_path / name),
-                             workers=seed, **settings)
+                             epochs=2, workers=seed, **settings)
         run = tmp_path / name
         run.mkdir()
         config.save(run / "config.json")

@@ -14,7 +14,7 @@ import torch
 
 from stepnet.cli.main import main
 from stepnet.engine import Trainer, load_checkpoint, resolve_config
-from stepnet.engine import atomic as atomic_module
+from stepnet import atomic as atomic_module
 from stepnet.engine.checkpoint import resolve_checkpoint, save_checkpoint
 from stepnet.engine.rundir import LOCK_NAME, RunLock, RunLockedError
 

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import sys
 import statistics
 from collections import defaultdict
 from contextlib import nullcontext
@@ -15,7 +17,9 @@ from ..engine import (RECIPES, TrainConfig, Trainer, add_config_arguments, load_
                       teardown_distributed)
 from ..engine.checkpoint import load_checkpoint
 from ..engine.config import BOOKKEEPING, FIELDS, RESUMABLE, flag
+from ..engine.records import finite_or_null
 from ..engine.rundir import RunLock, existing_run_files, is_stepnet_run, remove_run
+from ..engine.trainer import split_metric_name
 from ..engine.runs import find_runs, grouping_key, varying_settings
 from .common import add_checkpoint_arguments, check_writable, load_checkpoint_for_task
 
@@ -155,44 +159,70 @@ def run_evaluate(args: argparse.Namespace) -> int:
     loader = DataLoader(test_set, batch_size=args.batch_size, num_workers=args.workers,
                         collate_fn=task.collate_fn)
     metrics = task.evaluate(model, loader, ctx, nullcontext)
-    print(json.dumps({"checkpoint": checkpoint["path"], "task": config.task,
-                      "epoch": checkpoint.get("epoch", -1) + 1,
-                      "weights": "ema" if args.weights != "raw" and "ema_state_dict"
-                      in checkpoint else "raw", **metrics}))
+    result = {"checkpoint": checkpoint["path"], "task": config.task,
+              "epoch": checkpoint.get("epoch", -1) + 1,
+              "weights": "ema" if args.weights != "raw" and "ema_state_dict" in checkpoint
+              else "raw", **metrics}
+    print(json.dumps(finite_json(result)))
     return 0
+
+
+def finite_json(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with every non-finite number replaced by null (valid JSON) and listed under
+    ``non_finite``, with a warning on stderr naming them."""
+    bad = [k for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]
+    if not bad:
+        return values
+    print(f"warning: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not finite (NaN or "
+          f"infinite weights or outputs?); written as null", file=sys.stderr)
+    return {**{k: (None if k in bad else v) for k, v in values.items()}, "non_finite": bad}
 
 
 # -- summarize ----------------------------------------------------------------------------------
 def summarize(run_dirs: list[Path]) -> list[dict[str, Any]]:
     """Group finished runs by their resolved config (all but seed and bookkeeping fields):
-    n, mean and sample std of the final and best value of each task's selection metric, and
-    the settings that differ between groups."""
+    n, mean and sample std of each task's selection metric at the final epoch and at the epoch
+    the validation split selects (NaN without one: the test split selects nothing), and the
+    settings that differ between groups. Unfinished runs are left out of every mean and listed
+    under the first row's ``unfinished``."""
     from ..engine.tasks import task_class
 
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    unfinished: list[str] = []
     for run in run_dirs:
         config = json.loads((run / "config.json").read_text())
         rows = read_metrics(run)
+        if not rows or rows[-1]["epoch"] < config.get("epochs", 0):
+            unfinished.append(f"{run} ({rows[-1]['epoch'] if rows else 0} of "
+                              f"{config.get('epochs')} epochs)")
+            continue
         metric = task_class(config.get("task", "classification")).select_metrics[0]
+        chooser = split_metric_name(metric, "val")
+        chosen = max(rows, key=lambda r: r[chooser]) if chooser in rows[-1] else None
         groups[grouping_key(config)].append({
             "run": str(run), "metric": metric, "seed": config.get("seed"),
-            "final": rows[-1][metric], "best": max(r[metric] for r in rows),
+            "final": rows[-1][metric], "best": chosen[metric] if chosen else None,
             "epochs": rows[-1]["epoch"]})
     settings = {key: json.loads(key) for key in groups}
     varying = varying_settings(list(groups))
     table = []
     for key, runs in sorted(groups.items(), key=lambda kv: [json.dumps(settings[kv[0]].get(k))
                                                            for k in varying]):
-        final, best = [r["final"] for r in runs], [r["best"] for r in runs]
+        final = [r["final"] for r in runs]
+        best = [r["best"] for r in runs if r["best"] is not None]
         table.append({
             "settings": {k: settings[key].get(k) for k in varying} if varying else
             {k: settings[key].get(k) for k in ("model", "attention", "dataset")},
             "metric": runs[0]["metric"], "n": len(runs), "seeds": sorted(r["seed"] for r in runs),
             "final_mean": statistics.mean(final),
             "final_std": statistics.stdev(final) if len(final) > 1 else float("nan"),
-            "best_mean": statistics.mean(best),
+            "best_mean": statistics.mean(best) if best else float("nan"),
             "best_std": statistics.stdev(best) if len(best) > 1 else float("nan"),
             "runs": [r["run"] for r in runs]})
+    if unfinished:
+        if not table:
+            raise ValueError(f"no finished run: {'; '.join(unfinished)}")
+        table[0]["unfinished"] = unfinished   # kept out of every mean, named once
     return table
 
 
@@ -203,17 +233,21 @@ def run_summarize(args: argparse.Namespace) -> int:
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     metric = table[0]["metric"]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths))
-          + f"  {'n':>3}  {metric + ' (final)':>20}  {metric + ' (best)':>20}")
+          + f"  {'n':>3}  {metric + ' (final)':>20}  {metric + ' (val-best)':>24}")
     for row, r in zip(cells, table):
         print("  ".join(v.ljust(w) for v, w in zip(row, widths))
               + f"  {r['n']:>3}  {_mean_std(r['final_mean'], r['final_std']):>20}  "
-              f"{_mean_std(r['best_mean'], r['best_std']):>20}")
+              f"{_mean_std(r['best_mean'], r['best_std']):>24}")
+    unfinished = table[0].get("unfinished", [])
+    if unfinished:
+        print(f"warning: {len(unfinished)} unfinished run(s) left out: {'; '.join(unfinished)}")
     small = [r for r in table if r["n"] < 3]
     if small:
         print(f"warning: {len(small)} group(s) with fewer than 3 runs: a std from so few seeds "
               f"says little")
     if args.json:
-        Path(args.json).write_text(json.dumps(table, indent=1))
+        Path(args.json).write_text(json.dumps(finite_or_null(table)[0], indent=1,
+                                              allow_nan=False))
     return 0
 
 
@@ -222,6 +256,8 @@ def _short(value: Any) -> str:
 
 
 def _mean_std(mean: float, std: float) -> str:
+    if mean != mean:
+        return "–"
     return f"{mean:.4g} ± {std:.2g}" if std == std else f"{mean:.4g} (n=1)"
 
 

@@ -232,16 +232,48 @@ def build_dataset(name: str, root: str | Path | None = None, train: bool = True,
             raise ValueError("imagefolder data cannot be downloaded; point --data-dir at it")
         folder = _image_folder_split(root, train)
         size = dataset_info("imagefolder", root).image_size
+        classes = split_classes(root, folder)
         if cache_images:
             if size > 64:
                 raise ValueError(f"--cache-images is for small images (<= 64 px); {folder} "
                                  f"holds {size} px images")
-            return DecodedImageFolder(folder, size, augment, auto_augment=policy)
+            return DecodedImageFolder(folder, size, augment, auto_augment=policy,
+                                      classes=classes)
         transform = (small_image_transform(size, IMAGENET_MEAN, IMAGENET_STD, augment,
                                            auto_augment=policy)
                      if size <= 64 else imagenet_transform(augment, auto_augment=policy))
-        return datasets.ImageFolder(str(folder), transform=transform)
+        return ImageFolderOf(folder, classes, transform=transform)
     raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+
+
+def split_classes(root: Path, folder: Path) -> list[str]:
+    """The class names of an ImageFolder tree, in label order: those of ``root/train``, for
+    every split, so a test folder with fewer classes keeps each class's label (ImageFolder
+    alone would number them anew and shift the labels). A split with a class folder that
+    ``train/`` lacks is refused, naming them."""
+    train = sorted(p.name for p in (root / "train").iterdir() if p.is_dir()) \
+        if (root / "train").is_dir() else []
+    here = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not train:
+        return here
+    extra = sorted(set(here) - set(train))
+    if extra:
+        raise ValueError(f"{folder} has class folder{'s' if len(extra) > 1 else ''} "
+                         f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''} that "
+                         f"{root / 'train'} lacks: the splits must share one set of classes")
+    return train
+
+
+class ImageFolderOf(datasets.ImageFolder):
+    """torchvision's ImageFolder with the class list given (labels by position), where a
+    class may have no image in this split."""
+
+    def __init__(self, folder: Path, classes: list[str], **kwargs) -> None:  # noqa: ANN003
+        self._classes = list(classes)
+        super().__init__(str(folder), allow_empty=True, **kwargs)
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        return self._classes, {name: i for i, name in enumerate(self._classes)}
 
 
 class DecodedImageFolder(Dataset):
@@ -252,8 +284,9 @@ class DecodedImageFolder(Dataset):
     grey level on some pixels."""
 
     def __init__(self, folder: Path, size: int, augment: bool,
-                 auto_augment: str | None = None) -> None:
-        tree = datasets.ImageFolder(str(folder))
+                 auto_augment: str | None = None, classes: list[str] | None = None) -> None:
+        tree = ImageFolderOf(folder, classes) if classes is not None else \
+            datasets.ImageFolder(str(folder))
         self.samples, self.targets, self.classes = tree.samples, tree.targets, tree.classes
         self.size = size
         self.images = torch.zeros(len(self.samples), 3, size, size, dtype=torch.uint8)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..models import create_model
-from .atomic import atomic_write
+from ..atomic import atomic_write
 from .config import TrainConfig
 
 FORMAT = "stepnet-checkpoint-v1"

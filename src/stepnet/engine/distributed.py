@@ -55,8 +55,15 @@ def resolve_device(name: str) -> str:
         kind = torch.device(name).type
     except RuntimeError:
         raise ValueError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N") from None
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: stepnet trains and evaluates on cpu and cuda "
+                         f"(valid: auto, cpu, cuda, cuda:N), not on {kind}")
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name} was asked for, but no CUDA device is available")
+    index = torch.device(name).index
+    if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return name
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_write_text
+from ..atomic import atomic_write_text
 from .config import BOOKKEEPING, TrainConfig
 
 RECORD_FORMAT = "stepnet-run-record-v1"
@@ -90,26 +90,28 @@ def build_record(config: TrainConfig, history: Sequence[dict[str, float]],
 def write_record(run_dir: str | Path, record: dict[str, Any]) -> Path:
     """Write ``record`` atomically as ``<run_dir>/record.json``; non-finite numbers are
     written as null (valid JSON) and listed under ``non_finite``."""
-    cleaned, bad = _finite(record)
+    cleaned, bad = finite_or_null(record)
     if bad:
         cleaned["non_finite"] = bad
     return atomic_write_text(Path(run_dir) / RECORD_NAME,
                              json.dumps(cleaned, indent=1, allow_nan=False) + "\n")
 
 
-def _finite(value: Any, where: str = "") -> tuple[Any, list[str]]:
+def finite_or_null(value: Any, where: str = "") -> tuple[Any, list[str]]:
+    """``value`` (nested dicts and lists) with every non-finite float replaced by None, and the
+    paths of the replaced ones."""
     if isinstance(value, float) and not np.isfinite(value):
         return None, [where or "."]
     if isinstance(value, dict):
         out, bad = {}, []
         for key, item in value.items():
-            out[key], found = _finite(item, f"{where}.{key}" if where else str(key))
+            out[key], found = finite_or_null(item, f"{where}.{key}" if where else str(key))
             bad += found
         return out, bad
     if isinstance(value, (list, tuple)):
         out_list, bad = [], []
         for i, item in enumerate(value):
-            cleaned, found = _finite(item, f"{where}[{i}]")
+            cleaned, found = finite_or_null(item, f"{where}[{i}]")
             out_list.append(cleaned)
             bad += found
         return out_list, bad

@@ -36,10 +36,10 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write_text
+from ..atomic import atomic_write_text
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .distributed import DistributedContext, ShardSampler, resolve_device
@@ -132,6 +132,39 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
 
 
+class PerSampleSeed(Dataset):
+    """A training set whose augmentation of item ``i`` in epoch ``e`` draws from a generator
+    seeded by (run seed, e, i) alone, so the number of DataLoader workers, and which worker
+    loads which item, never changes a result. The caller's random state (torch, numpy,
+    Python) is left as it was: what runs in the main process (MixUp, dropout) sees the same
+    stream with or without workers."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def item_seed(self, index: int) -> int:
+        return (((self.seed % 2**31) * 1_000_003 + self.epoch) * 1_000_000_007 + index) % 2**62
+
+    def __getitem__(self, index: int) -> Any:
+        seed = self.item_seed(index)
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(python_state)
+                np.random.set_state(numpy_state)
+
+
 # -- the loop -------------------------------------------------------------------------------------
 class Trainer:
     """Builds the task's data and model, the optimizer and schedule from a config, and runs
@@ -149,9 +182,10 @@ class Trainer:
             raise ValueError(f"--batch-size {config.batch_size} is smaller than the number of "
                              f"processes {self.ctx.world_size}")
         self.task: Task = create_task(config)
-        self.train_set, self.val_set, self.test_set = self.task.splits()
-        if len(self.train_set) == 0:
+        train_set, self.val_set, self.test_set = self.task.splits()
+        if len(train_set) == 0:
             raise ValueError("the training set is empty")
+        self.train_set = PerSampleSeed(train_set, config.seed)
         self.spec = self.task.model_spec()
         seed_everything(config.seed)  # same initial weights on every process
         model = self.task.build_model(self.spec)
@@ -210,10 +244,13 @@ class Trainer:
     # -- data ---------------------------------------------------------------------------------
     def _loader(self, dataset, sampler, batch_size: int, drop_last: bool = False  # noqa: ANN001
                 ) -> DataLoader:
+        # its own generator: the loader's base seed never draws from (or shifts) the global
+        # random state, with or without workers
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                           num_workers=self.config.workers, collate_fn=self.task.collate_fn,
                           pin_memory=self.device.type == "cuda", drop_last=drop_last,
-                          persistent_workers=False)
+                          persistent_workers=False,
+                          generator=torch.Generator().manual_seed(self.config.seed))
 
     def train_loader(self, epoch: int) -> DataLoader:
         """This process's shard of the shuffled training set. The last batch is dropped only
@@ -221,6 +258,7 @@ class Trainer:
         sampler = DistributedSampler(self.train_set, num_replicas=self.ctx.world_size,
                                      rank=self.ctx.rank, shuffle=True, seed=self.config.seed)
         sampler.set_epoch(epoch)
+        self.train_set.set_epoch(epoch)
         drop_last = len(sampler) % self.per_rank_batch == 1 and len(sampler) > 1
         return self._loader(self.train_set, sampler, self.per_rank_batch, drop_last)
 

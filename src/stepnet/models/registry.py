@@ -26,7 +26,7 @@ def list_models() -> list[str]:
     return sorted(set(_MODELS) | set(_LAZY))
 
 
-def create_model(name: str, **kwargs: Any) -> nn.Module:
+def create_model(name: str, pretrained: Any = False, **kwargs: Any) -> nn.Module:
     """Build the registered model ``name``.
 
     Common keywords: ``num_classes``, ``attention`` (a name from
@@ -34,8 +34,15 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     ``attention_blocks`` (block indices or a boolean mask; None = every block), ``norm``
     (``"bn"`` or ``"iebn"``), ``in_chans``.
 
+    ``pretrained``: released weights (``True``: the model's default tag; a tag such as
+    ``"cifar10"``; a ``.safetensors`` path; a hub id), see :mod:`stepnet.models.pretrained`.
+
     >>> model = create_model("resnet164", num_classes=100, attention="stepnet")
     """
+    if pretrained:
+        from .pretrained import load_pretrained
+
+        return load_pretrained(name, kwargs, pretrained)
     if name not in _MODELS and name in _LAZY:
         import importlib
 

@@ -108,7 +108,7 @@ def save_trajectory_cache(path: Path, trajectory: Trajectory, settings: Mapping[
     was computed with as JSON metadata), atomically."""
     from safetensors.torch import save
 
-    from ..engine.atomic import atomic_write
+    from ..atomic import atomic_write
 
     tensors = {name: getattr(trajectory, name).contiguous().cpu() for name in _CACHE_TENSORS}
     metadata = {"format": CACHE_FORMAT, "settings": json.dumps(dict(settings), sort_keys=True),

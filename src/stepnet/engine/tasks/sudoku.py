@@ -93,6 +93,8 @@ class SudokuTask(Task):
         return kind, path
 
     def datasets(self) -> tuple[Dataset, Dataset]:
+        if self.config.ood:
+            self.puzzles("hard")   # every input file is read and checked before the first step
         return tuple(TensorDataset(*(torch.as_tensor(a).long() for a in self.puzzles(split)))
                      for split in ("train", "test"))  # type: ignore[return-value]
 

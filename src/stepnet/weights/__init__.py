@@ -1,0 +1,2 @@
+"""Released weights and their manifest, shipped in the package; see
+:mod:`stepnet.models.pretrained`."""
