@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # everything else comes from pyproject.toml.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-fast benchmark mutation clean
+.PHONY: demo test test-fast benchmark gpu-check mutation clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ benchmark: $(STAMP)
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/train_throughput.py --workers 2 --cache-images
 	$(PY) benchmarks/stiffness_cost.py
+
+# Everything that needs a CUDA device, in one short script (under 8 minutes on one GPU).
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py
 
 # Mutation testing of the numeric core (attention modules, stiffness metrics, linalg, Lyapunov
 # exponents; settings in pyproject.toml [tool.mutmut]). One OpenMP thread: mutants run in forked

@@ -108,9 +108,10 @@ def lyapunov_exponents_qr(step_fn: StepFn, x0: Tensor, steps: int, k: int,
     k tangent vectors pushed through each step's Jacobian (JVPs), re-orthonormalised, the logs
     of |R_ii| averaged over T. An estimate that converges only as ``steps`` grows."""
     x = x0.detach()
-    generator = torch.Generator().manual_seed(seed)
-    basis, _ = torch.linalg.qr(torch.randn(x.numel(), k, generator=generator, dtype=x.dtype))
-    sums = torch.zeros(k, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)   # on the CPU: the same basis on any device
+    start = torch.randn(x.numel(), k, generator=generator, dtype=x.dtype).to(x.device)
+    basis, _ = torch.linalg.qr(start)
+    sums = torch.zeros(k, dtype=torch.float64, device=x.device)
     for _ in range(steps):
         images = []
         for j in range(k):
@@ -119,4 +120,4 @@ def lyapunov_exponents_qr(step_fn: StepFn, x0: Tensor, steps: int, k: int,
         x = step_fn(x).detach()
         basis, r = torch.linalg.qr(torch.stack(images, dim=1))
         sums += torch.log(torch.abs(torch.diagonal(r)).double())
-    return (sums / steps).numpy()
+    return (sums / steps).cpu().numpy()
