@@ -49,3 +49,16 @@ def test_export_bad_input_is_one_line(run, tmp_path, capsys):
         capsys.readouterr().err
     assert main(["export", str(tmp_path / "none")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_export_never_replaces_a_checkpoint_nor_leaves_a_failed_file(run, tmp_path, capsys):
+    last = run / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    assert main(["export", str(run), "--format", "torchscript", "--output", str(last)]) == 2
+    assert "is a stepnet checkpoint; an export never replaces one" in capsys.readouterr().err
+    assert last.read_bytes() == before
+    failed = tmp_path / "model.torchscript"
+    assert main(["export", str(run), "--format", "torchscript", "--output", str(failed),
+                 "--tolerance", "-1"]) == 2
+    assert "nothing was written" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []   # neither the file nor a temporary one

@@ -58,6 +58,8 @@ def export_model(model: Any, example: Any, path: Path, fmt: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+    import tempfile
     import warnings
 
     import numpy as np
@@ -74,22 +76,46 @@ def run(args: argparse.Namespace) -> int:
     model = model_from_checkpoint(checkpoint, weights=args.weights).eval()
     source = Path(checkpoint["path"])
     output = Path(args.output) if args.output else source.with_suffix(FORMATS[args.format])
+    refuse_checkpoint_target(output)
     check_writable(output.parent)
     example = example_input(checkpoint, args.batch_size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # exporters' deprecation and tracing chatter
-        run_exported = export_model(model, example, output, args.format)
-        check = example_input(checkpoint, args.batch_size + 1)   # another batch size
-        with torch.no_grad():
-            expected = model(check).numpy()
-        got = run_exported(check)
-    difference = float(np.abs(got - expected).max())
+    # written beside the target under a temporary name, moved into place only once checked
+    fd, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    os.close(fd)
+    pending = Path(name)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # exporters' deprecation and tracing chatter
+            run_exported = export_model(model, example, pending, args.format)
+            check = example_input(checkpoint, args.batch_size + 1)   # another batch size
+            with torch.no_grad():
+                expected = model(check).numpy()
+            got = run_exported(check)
+        difference = float(np.abs(got - expected).max())
+        if not difference <= args.tolerance:
+            raise ValueError(f"the exported model differs from the PyTorch model by "
+                             f"{difference:.3g} (> --tolerance {args.tolerance}); nothing "
+                             f"was written")
+        os.replace(pending, output)
+    finally:
+        pending.unlink(missing_ok=True)
     print(json.dumps({"checkpoint": str(source), "format": args.format, "output": str(output),
                       "input_shape": list(example.shape), "max_abs_difference": difference}))
-    if not difference <= args.tolerance:
-        raise ValueError(f"the exported model differs from the PyTorch model by {difference:.3g}"
-                         f" (> --tolerance {args.tolerance})")
     return 0
+
+
+def refuse_checkpoint_target(output: Path) -> None:
+    """An export never replaces a stepnet checkpoint."""
+    from ..engine import load_checkpoint
+
+    if not output.is_file():
+        return
+    try:
+        load_checkpoint(output, mmap=True)
+    except (ValueError, OSError):
+        return   # an earlier export or another file: replaced as asked
+    raise ValueError(f"--output {output} is a stepnet checkpoint; an export never replaces "
+                     f"one: choose another --output")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
