@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from PIL import Image
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FrozenBatchNorm2d
 
@@ -142,9 +143,10 @@ def test_bad_detection_input_is_one_line(tmp_path, capsys):
                             "iscrowd": 0, "area": 0}], "categories": [{"id": 1, "name": "x"}]}
     for split in ("train2017", "val2017"):
         (tmp_path / "coco" / "annotations" / f"instances_{split}.json").write_text(json.dumps(bad))
+        Image.new("RGB", (9, 9)).save(tmp_path / "coco" / split / "1.jpg")
     assert main(["train", "--task", "detection", "--data-dir", str(tmp_path / "coco"), *out]) == 2
     err = capsys.readouterr().err
-    assert "without positive width and height (first: annotation 5" in err
+    assert "annotation 5 has bbox [1, 1, 0, 4]" in err and "positive width and height" in err
     assert err.count("\n") == 1
     assert main(["train", "--task", "detection", "--model", "fasterrcnn_resnet34_fpn",
                  "--data-dir", str(COCO128), *out]) == 2
@@ -212,3 +214,37 @@ def test_overfits_a_few_real_images_to_a_high_ap50():
 
 
 OVERFIT_STEPS, OVERFIT_AP50 = 80, 90.0   # measured: AP50 100 (AP 62.6) after 50 steps
+
+
+GOOD_BOX = {"id": 5, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4], "iscrowd": 0,
+            "area": 16}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"images": [{"id": 1, "file_name": "../escape.jpg", "width": 9, "height": 9}]},
+     "outside"),
+    ({"images": [{"id": 1, "file_name": "missing.jpg", "width": 9, "height": 9}]},
+     "does not exist"),
+    ({"categories": [{"id": 95, "name": "x"}], "annotations": [dict(GOOD_BOX, category_id=95)]},
+     "category id 95 is outside 1..90"),
+    ({"annotations": [dict(GOOD_BOX, category_id=2)]}, "has category 2, which is not in"),
+    ({"annotations": [dict(GOOD_BOX, image_id=7)]}, "refers to image 7, which is not"),
+    ({"annotations": [dict(GOOD_BOX, bbox=[1, 1, float("nan"), 4])]}, "four finite numbers"),
+    ({"annotations": [dict(GOOD_BOX, bbox=[1, 1, "4", 4])]}, "four finite numbers"),
+    ({"annotations": [dict(GOOD_BOX, bbox=[6, 1, 8, 4])]}, "reaches beyond its 9x9 image"),
+])
+def test_coco_annotations_are_validated_before_training(tmp_path, capsys, change, message):
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    Image.new("RGB", (9, 9)).save(tmp_path / "escape.jpg")
+    data = {"images": [{"id": 1, "file_name": "1.jpg", "width": 9, "height": 9}],
+            "annotations": [GOOD_BOX], "categories": [{"id": 1, "name": "x"}], **change}
+    for split in ("train2017", "val2017"):
+        (root / split).mkdir()
+        Image.new("RGB", (9, 9)).save(root / split / "1.jpg")
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
+    code = main(["train", "--task", "detection", "--data-dir", str(root), "--quiet",
+                 "--output", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "run").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +56,63 @@ def load_coco(images: Path, annotations: Path, transforms: Any = None) -> Any:
     if missing:
         raise ValueError(f"{annotations} is not a COCO annotation file: no "
                          f"{', '.join(missing)} list")
-    bad = [a for a in data["annotations"]
-           if len(a.get("bbox", [])) != 4 or a["bbox"][2] <= 0 or a["bbox"][3] <= 0]
-    if bad:
-        raise ValueError(f"{annotations}: {len(bad)} box(es) without positive width and height "
-                         f"(first: annotation {bad[0].get('id')}, bbox {bad[0].get('bbox')}); "
-                         f"remove or fix them")
+    check_annotations(data, images, annotations)
     return coco
+
+
+COCO_MAX_CATEGORY = 90   # COCO's category ids run 1..90; the detectors count 91 classes
+
+
+def _is_box(box: Any) -> bool:
+    return (isinstance(box, list) and len(box) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                    and math.isfinite(v) for v in box)
+            and box[0] >= 0 and box[1] >= 0 and box[2] > 0 and box[3] > 0)
+
+
+def check_annotations(data: dict[str, Any], images: Path, annotations: Path,
+                      max_category: int = COCO_MAX_CATEGORY) -> None:
+    """Refuse, naming the first offender, what would fail or mislead mid-training: image files
+    outside the image folder or missing, annotations of unknown images or categories,
+    category ids beyond what the detectors classify, and boxes that are not four finite
+    numbers of positive width and height inside their image."""
+    root = images.resolve()
+    by_id = {}
+    for image in data["images"]:
+        name = image.get("file_name") if isinstance(image, dict) else None
+        if not isinstance(name, str) or "id" not in image:
+            raise ValueError(f"{annotations}: an image entry without id and file_name: {image!r}")
+        path = (images / name).resolve()
+        if not path.is_relative_to(root):
+            raise ValueError(f"{annotations}: image {image['id']} names {name!r}, outside "
+                             f"{images}; file names must stay inside the image folder")
+        if not path.is_file():
+            raise ValueError(f"{annotations}: image {image['id']}'s file {path} does not exist")
+        by_id[image["id"]] = image
+    categories = {c.get("id") for c in data["categories"] if isinstance(c, dict)}
+    beyond = sorted(c for c in categories if not isinstance(c, int) or not 1 <= c <= max_category)
+    if beyond:
+        raise ValueError(f"{annotations}: category id {beyond[0]!r} is outside 1..{max_category} "
+                         f"(COCO's ids, the {max_category + 1} classes the detectors have)")
+    for a in data["annotations"]:
+        where = f"{annotations}: annotation {a.get('id')}"
+        if a.get("image_id") not in by_id:
+            raise ValueError(f"{where} refers to image {a.get('image_id')!r}, which is not "
+                             f"in its images list")
+        if a.get("category_id") not in categories:
+            raise ValueError(f"{where} has category {a.get('category_id')!r}, which is not in "
+                             f"its categories list")
+        box = a.get("bbox")
+        if not _is_box(box):
+            raise ValueError(f"{where} has bbox {box!r}: a box is [x, y, width, height], four "
+                             f"finite numbers with x, y >= 0 and positive width and height; "
+                             f"remove or fix it")
+        image = by_id[a["image_id"]]
+        width, height = image.get("width"), image.get("height")
+        if isinstance(width, (int, float)) and isinstance(height, (int, float)) and (
+                box[0] + box[2] > width + 1 or box[1] + box[3] > height + 1):
+            raise ValueError(f"{where}: bbox {box} reaches beyond its {width}x{height} image "
+                             f"{image['file_name']}")
 
 
 class CocoBoxes(Dataset):
