@@ -56,3 +56,38 @@ def test_a_bad_ood_file_is_refused_before_training(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and str(bad) in err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def corrupt_tree(root):
+    image_tree(root, {"train": ["ant", "bee"], "test": ["ant", "bee"]})
+    good = (root / "train" / "ant" / "0.png").read_bytes()
+    (root / "train" / "bee" / "1.png").write_bytes(good[: len(good) // 2])   # truncated
+    (root / "train" / "ant" / "junk.png").write_bytes(b"\x89PNG not an image")
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_unreadable_images_stop_naming_the_file_or_are_skipped_with_a_count(tmp_path, capsys,
+                                                                            cache):
+    corrupt_tree(tmp_path)
+    base = ["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path), "--epochs", "1",
+            "--batch-size", "2", "--quiet", *(["--cache-images"] if cache else [])]
+    code = main(base + ["--output", str(tmp_path / "stop")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is not a readable image" in err and "--bad-images skip" in err
+    assert str(tmp_path / "train") in err
+    assert not (tmp_path / "stop" / "metrics.jsonl").exists()
+    assert main(base + ["--bad-images", "skip", "--output", str(tmp_path / "skip")]) == 0
+    err = capsys.readouterr().err
+    assert "left out 2 unreadable image(s)" in err
+    train = build_dataset("imagefolder", tmp_path, train=True, cache_images=cache,
+                          bad_images="skip")
+    assert len(train) == 3 and sorted(train.targets) == [0, 0, 1]
+    capsys.readouterr()
+
+
+def test_mixed_sizes_in_a_cached_tree_are_refused_naming_the_file(tmp_path):
+    image_tree(tmp_path, {"train": ["ant", "bee"], "test": ["ant", "bee"]})
+    Image.new("RGB", (8, 6)).save(tmp_path / "train" / "bee" / "1.png")
+    with pytest.raises(ValueError, match=r"needs images of one size: .*bee/1.png is 8x6, the "
+                                         r"others 8x8"):
+        build_dataset("imagefolder", tmp_path, train=True, cache_images=True)

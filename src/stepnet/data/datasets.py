@@ -6,10 +6,13 @@ label) with the paper's augmentation on the training split and per-dataset norma
 """
 from __future__ import annotations
 
+import copy
 import functools
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -183,7 +186,8 @@ def _dataset_info(name: str, root: str | None) -> DatasetInfo:
 
 def build_dataset(name: str, root: str | Path | None = None, train: bool = True,
                   augment: bool | None = None, download: bool = False,
-                  cache_images: bool = False, auto_augment: str | None = None) -> Dataset:
+                  cache_images: bool = False, auto_augment: str | None = None,
+                  bad_images: str = "stop") -> Dataset:
     """The ``train`` or test split of ``name``; ``augment`` defaults to ``train``.
 
     Datasets expose ``targets`` (class ids) for stratified subsets. ``imagefolder`` trees of
@@ -238,11 +242,11 @@ def build_dataset(name: str, root: str | Path | None = None, train: bool = True,
                 raise ValueError(f"--cache-images is for small images (<= 64 px); {folder} "
                                  f"holds {size} px images")
             return DecodedImageFolder(folder, size, augment, auto_augment=policy,
-                                      classes=classes)
+                                      classes=classes, bad_images=bad_images)
         transform = (small_image_transform(size, IMAGENET_MEAN, IMAGENET_STD, augment,
                                            auto_augment=policy)
                      if size <= 64 else imagenet_transform(augment, auto_augment=policy))
-        return ImageFolderOf(folder, classes, transform=transform)
+        return ImageFolderOf(folder, classes, bad_images=bad_images, transform=transform)
     raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
 
 
@@ -264,53 +268,120 @@ def split_classes(root: Path, folder: Path) -> list[str]:
     return train
 
 
+def _load_rgb(path: str) -> Any:
+    """PIL's RGB image of ``path``; an unreadable file is one ``ValueError`` naming it."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as handle:
+            return Image.open(handle).convert("RGB")
+    except OSError as error:   # PIL's UnidentifiedImageError and truncated files
+        raise ValueError(f"{path} is not a readable image ({error}); fix or remove it, or "
+                         f"pass --bad-images skip to leave such files out") from None
+
+
 class ImageFolderOf(datasets.ImageFolder):
     """torchvision's ImageFolder with the class list given (labels by position), where a
-    class may have no image in this split."""
+    class may have no image in this split. An unreadable image is an error naming it
+    (``bad_images="stop"``), or every file is checked first and unreadable ones are left out
+    with a warning (``"skip"``)."""
 
-    def __init__(self, folder: Path, classes: list[str], **kwargs) -> None:  # noqa: ANN003
+    def __init__(self, folder: Path, classes: list[str], bad_images: str = "stop",
+                 **kwargs) -> None:  # noqa: ANN003
         self._classes = list(classes)
-        super().__init__(str(folder), allow_empty=True, **kwargs)
+        super().__init__(str(folder), allow_empty=True, loader=_load_rgb, **kwargs)
+        if bad_images == "skip":
+            readable = []
+            for path, target in self.samples:
+                try:
+                    _load_rgb(path)
+                    readable.append((path, target))
+                except ValueError:
+                    pass
+            if len(readable) < len(self.samples):
+                first = next(p for p, _ in self.samples if (p, _) not in set(readable))
+                print(f"warning: left out {len(self.samples) - len(readable)} unreadable "
+                      f"image(s) of {folder} (first: {first})", file=sys.stderr)
+            self.samples = self.imgs = readable
+            self.targets = [t for _, t in readable]
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         return self._classes, {name: i for i, name in enumerate(self._classes)}
 
 
+BAD_IMAGES = ("stop", "skip")
+
+
+def _decode_reason(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return text.rsplit(". ", 1)[-1][:160] if text else type(error).__name__
+
+
 class DecodedImageFolder(Dataset):
-    """An ImageFolder split of same-size small images, each decoded once on first access into
+    """An ImageFolder split of same-size small images, all decoded once when it is built into
     an in-memory uint8 [N, 3, H, W] tensor and served with tensor transforms afterwards, so no
-    JPEG is decoded twice. The cache lives in the process that reads it: use it with
-    ``--workers 0``. Decoding uses torchvision.io (libjpeg), which can differ from PIL's by a
-    grey level on some pixels."""
+    JPEG is decoded twice and every file is checked before the first step: an image of
+    another size is refused naming it; a corrupt or truncated one stops with its name
+    (``bad_images="stop"``) or is left out with a warning and a count (``"skip"``). The cache
+    lives in the process that reads it: use it with ``--workers 0``. Decoding uses
+    torchvision.io (libjpeg), which can differ from PIL's by a grey level on some pixels."""
 
     def __init__(self, folder: Path, size: int, augment: bool,
-                 auto_augment: str | None = None, classes: list[str] | None = None) -> None:
+                 auto_augment: str | None = None, classes: list[str] | None = None,
+                 bad_images: str = "stop") -> None:
+        if bad_images not in BAD_IMAGES:
+            raise ValueError(f"unknown bad_images {bad_images!r}; valid: {', '.join(BAD_IMAGES)}")
         tree = ImageFolderOf(folder, classes) if classes is not None else \
             datasets.ImageFolder(str(folder))
-        self.samples, self.targets, self.classes = tree.samples, tree.targets, tree.classes
-        self.size = size
-        self.images = torch.zeros(len(self.samples), 3, size, size, dtype=torch.uint8)
-        self.decoded = torch.zeros(len(self.samples), dtype=torch.bool)
-        steps = ([transforms.RandomCrop(size, padding=4), transforms.RandomHorizontalFlip(),
+        self.classes, self.size, self.folder = tree.classes, size, folder
+        self.images, self.samples, self.skipped = self._decode_all(tree.samples, bad_images)
+        self.targets = [target for _, target in self.samples]
+        self.transform = self._transform(augment, auto_augment)
+
+    def _transform(self, augment: bool, auto_augment: str | None) -> transforms.Compose:
+        steps = ([transforms.RandomCrop(self.size, padding=4), transforms.RandomHorizontalFlip(),
                   *auto_augment_transform(auto_augment)] if augment else [])
-        self.transform = transforms.Compose(steps + [transforms.ConvertImageDtype(torch.float32),
-                                                     transforms.Normalize(IMAGENET_MEAN,
-                                                                          IMAGENET_STD)])
+        return transforms.Compose(steps + [transforms.ConvertImageDtype(torch.float32),
+                                           transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def _decode_all(self, samples: list[tuple[str, int]], policy: str
+                    ) -> tuple[torch.Tensor, list[tuple[str, int]], list[str]]:
+        from torchvision.io import ImageReadMode, decode_image, read_file
+
+        images = torch.zeros(len(samples), 3, self.size, self.size, dtype=torch.uint8)
+        kept: list[tuple[str, int]] = []
+        skipped: list[str] = []
+        for path, target in samples:
+            try:
+                image = decode_image(read_file(path), mode=ImageReadMode.RGB)
+            except RuntimeError as error:
+                if policy == "stop":
+                    raise ValueError(f"{path} is not a readable image ({_decode_reason(error)}); "
+                                     f"fix or remove it, or pass --bad-images skip to leave "
+                                     f"such files out") from None
+                skipped.append(path)
+                continue
+            if tuple(image.shape[1:]) != (self.size, self.size):
+                raise ValueError(f"--cache-images needs images of one size: {path} is "
+                                 f"{image.shape[2]}x{image.shape[1]}, the others "
+                                 f"{self.size}x{self.size}; resize the tree first")
+            images[len(kept)] = image
+            kept.append((path, target))
+        if skipped:
+            print(f"warning: left out {len(skipped)} unreadable image(s) of {self.folder} "
+                  f"(first: {skipped[0]})", file=sys.stderr)
+        return images[:len(kept)], kept, skipped
+
+    def without_augmentation(self) -> DecodedImageFolder:
+        """The same decoded images (shared, not copied) served without augmentation."""
+        view = copy.copy(self)
+        view.transform = self._transform(False, None)
+        return view
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        if not self.decoded[index]:
-            from torchvision.io import ImageReadMode, decode_image, read_file
-
-            path = self.samples[index][0]
-            image = decode_image(read_file(path), mode=ImageReadMode.RGB)
-            if tuple(image.shape[1:]) != (self.size, self.size):
-                raise ValueError(f"--cache-images needs images of one size: {path} is "
-                                 f"{tuple(image.shape[1:])}, expected {self.size}x{self.size}")
-            self.images[index] = image
-            self.decoded[index] = True
         return self.transform(self.images[index]), self.targets[index]
 
 

@@ -85,6 +85,10 @@ class TrainConfig:
                                    "images, class-stratified and the same for every run and "
                                    "seed, as the validation split that selects best.pt (the "
                                    "test split selects nothing)", group="data")
+    bad_images: str = option("stop", "classification: an unreadable (corrupt or truncated) "
+                             "image stops the run naming it (stop), or is left out with a "
+                             "warning and a count (skip)", group="data",
+                             choices=("stop", "skip"))
     cache_images: bool = option(False, "decode a small-image imagefolder tree once into memory "
                                 "(use with --workers 0)", group="data", bookkeeping=True)
     auto_augment: str = option("none", "extra training augmentation: torchvision's AutoAugment "

@@ -63,7 +63,8 @@ class ClassificationTask(Task):
         and the test set."""
         c = self.config
         full = build_dataset(c.dataset, c.data_dir, train=True, download=c.download,
-                             cache_images=c.cache_images, auto_augment=c.auto_augment)
+                             cache_images=c.cache_images, auto_augment=c.auto_augment,
+                             bad_images=c.bad_images)
         val = None
         if c.val_split:
             own = Path(c.data_dir or ".") / "val"
@@ -74,12 +75,14 @@ class ClassificationTask(Task):
                                  f"train/")
             train_idx, val_idx = validation_indices(targets_of(full), c.val_split,
                                                     getattr(full, "classes", None))
-            plain = build_dataset(c.dataset, c.data_dir, train=True, augment=False,
-                                  cache_images=c.cache_images)
+            plain = full.without_augmentation() if hasattr(full, "without_augmentation") \
+                else build_dataset(c.dataset, c.data_dir, train=True, augment=False,
+                                   cache_images=c.cache_images, bad_images=c.bad_images)
             val = Subset(plain, val_idx.tolist())
             full = Subset(full, train_idx.tolist())
         train = stratified_subset(full, c.train_subset, c.seed)
-        test = build_dataset(c.dataset, c.data_dir, train=False, cache_images=c.cache_images)
+        test = build_dataset(c.dataset, c.data_dir, train=False, cache_images=c.cache_images,
+                             bad_images=c.bad_images)
         return train, val, test
 
     @torch.no_grad()
