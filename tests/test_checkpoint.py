@@ -53,3 +53,27 @@ def test_mismatched_architecture_and_foreign_files(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
     with pytest.raises(FileNotFoundError, match="no checkpoint in run directory"):
         load_checkpoint(tmp_path)
+
+
+def test_malformed_checkpoints_are_refused_before_a_model_is_built(tmp_path, capsys):
+    from stepnet.cli.main import main
+
+    small = payload()
+    cases = {
+        "no_weights": ({"model": small["model"], "epoch": 0}, "lacks 'state_dict'"),
+        "no_model": ({"state_dict": small["state_dict"]}, "lacks its model description"),
+        "bad_kwargs": ({"model": {"name": "resnet20", "kwargs": [1]},
+                        "state_dict": small["state_dict"]}, "not a dict"),
+        # a small file describing a 2.7-million-layer network: refused at once, no memory spent
+        "deep": ({"model": {"name": "cifar_resnet", "kwargs": {"depth": 2_700_002,
+                                                               "block": "basic"}},
+                  "state_dict": {"w": torch.zeros(1)}}, "depth=2700002, but holds 1 tensors"),
+    }
+    for name, (data, message) in cases.items():
+        path = save_checkpoint(tmp_path / f"{name}.pt", data)
+        with pytest.raises(ValueError, match=message):
+            model_from_checkpoint(path)
+        capsys.readouterr()
+        assert main(["evaluate", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message.split(",")[0] in err, (name, err)

@@ -122,6 +122,39 @@ def upgrade_spec(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+# Keywords that size a network by its number of blocks: each block brings at least one tensor,
+# so a value far above the checkpoint's tensor count cannot be what the weights belong to.
+DEPTH_KEYWORDS = ("depth", "layers", "num_layers", "blocks")
+
+
+def check_structure(checkpoint: dict[str, Any]) -> None:
+    """Refuse, before any model is built, a checkpoint without its model description or
+    weights, with kwargs that are not plain values, or whose description asks for a network
+    far deeper than its weights could fill (a small file that would build millions of
+    layers)."""
+    where = checkpoint.get("path", "the checkpoint")
+    model = checkpoint.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+        raise ValueError(f"{where} lacks its model description (\"model\": {{\"name\", "
+                         f"\"kwargs\"}}): not a complete stepnet checkpoint")
+    kwargs = model.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"{where}: the model's kwargs are {type(kwargs).__name__}, not a dict")
+    for key in ("state_dict",):
+        state = checkpoint.get(key)
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                                  for v in state.values()):
+            raise ValueError(f"{where} lacks {key!r} (a dict of tensors): not a complete "
+                             f"stepnet checkpoint")
+    tensors = len(checkpoint["state_dict"])
+    for name in DEPTH_KEYWORDS:
+        value = kwargs.get(name)
+        if isinstance(value, int) and value > 4 * tensors + 16:
+            raise ValueError(f"{where} asks for {model['name']} with {name}={value}, but "
+                             f"holds {tensors} tensors: the description does not belong to "
+                             f"these weights")
+
+
 def model_from_checkpoint(checkpoint: dict[str, Any] | str | Path, task: str | None = None,
                           weights: str = "auto") -> nn.Module:
     """Rebuild the checkpoint's model (of any task) and load its weights strictly.
@@ -144,6 +177,7 @@ def model_from_checkpoint(checkpoint: dict[str, Any] | str | Path, task: str | N
     has_ema = "ema_state_dict" in checkpoint
     if weights == "ema" and not has_ema:
         raise ValueError(f"{where} holds no weight average (the run had no --ema-decay)")
+    check_structure(checkpoint)
     state = checkpoint["ema_state_dict"] if has_ema and weights != "raw" \
         else checkpoint["state_dict"]
     spec = upgrade_spec(checkpoint)
