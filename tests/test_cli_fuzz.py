@@ -26,6 +26,19 @@ def files(tmp_path_factory):
     (root / "a_file").write_text("x")
     (root / "garbage.json").write_text("{not json")
     (root / "empty_dir").mkdir()
+    # malformed checkpoints, each a valid PyTorch archive of plain values
+    from stepnet.engine.checkpoint import save_checkpoint
+
+    save_checkpoint(root / "no_weights.pt", {"model": {"name": "resnet20", "kwargs": {}}})
+    save_checkpoint(root / "deep.pt", {"model": {"name": "cifar_resnet", "kwargs": {
+        "depth": 2_700_002, "block": "basic"}}, "state_dict": {}})
+    save_checkpoint(root / "no_model.pt", {"state_dict": {}})
+    (root / "tree" / "train" / "a").mkdir(parents=True)
+    (root / "tree" / "train" / "a" / "bad.png").write_bytes(b"not a png")
+    (root / "tree" / "test" / "b").mkdir(parents=True)
+    (root / "bad.csv").write_text("not,a,sudoku\n")
+    (root / "foreign" / "checkpoints").mkdir(parents=True)
+    (root / "foreign" / "report.md").write_text("someone else's")
     return root
 
 
@@ -107,6 +120,23 @@ def cases(root):
         ["dynamics", "train", "--quiet", "--output", out, "--placement", "middle"],
         ["dynamics", "train", "--quiet", "--output", out, "--ood", "kaggle:x"],
         ["dynamics", "train", "--quiet", "--output", out, "--dataset", "satnet"],
+        # the validation split, unreadable and mismatched data, devices, malformed checkpoints
+        train + ["--val-split", "0"], train + ["--val-split", "100000"],
+        train + ["--val-split", "5"], train + ["--val-split", "x"],
+        train + ["--bad-images", "bogus"], train + ["--device", "mps"],
+        train + ["--device", "meta"], train + ["--device", "cuda:x"],
+        train + ["--task", "sudoku", "--val-split", "10"],
+        train + ["--dataset", "imagefolder", "--data-dir", str(root / "tree")],
+        train + ["--dataset", "imagefolder", "--data-dir", str(root / "tree"),
+                 "--cache-images"],
+        train + ["--task", "sudoku", "--ood", f"rrn:{root / 'bad.csv'}", "--dim", "8",
+                 "--heads", "2", "--loops", "1", "--train-puzzles", "8", "--test-puzzles", "4"],
+        ["train", "--quiet", "--output", str(root / "foreign"), "--overwrite"],   # not a run
+        *[[command, str(root / name)] for command in ("evaluate", "stiffness", "export")
+          for name in ("no_weights.pt", "deep.pt", "no_model.pt")],
+        ["export", run, "--output", str(root / "run" / "checkpoints" / "last.pt")],
+        ["export", run, "--format", "torchscript", "--tolerance", "-1", "--output",
+         str(root / "failed.ts")],
         # nothing at all / unknown command
         [], ["bogus"],
     ]
@@ -138,6 +168,8 @@ def test_no_traceback_and_no_success_for_nonsense(files):
             failures.append(f"{argv}: {err!r}")
     assert not failures, "\n".join(failures)
     assert not (files / "fresh").exists(), "a failed run left a folder behind"
+    assert not (files / "failed.ts").exists(), "a failed export left its file behind"
+    assert (files / "foreign" / "report.md").exists(), "--overwrite deleted a foreign file"
 
 
 @pytest.mark.parametrize("name, message", [

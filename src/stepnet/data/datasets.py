@@ -147,15 +147,18 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp"}
 
 
 def _first_image_size(folder: Path) -> int:
-    """The larger side of the first image of the first class folder that has one (reads one
-    directory at a time, not the whole tree)."""
+    """The larger side of the first readable image of the first class folder that has one
+    (reads one directory at a time, not the whole tree)."""
     from PIL import Image
 
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
         for path in sorted(class_dir.iterdir()):
             if path.suffix.lower() in IMAGE_SUFFIXES:
-                with Image.open(path) as image:
-                    return max(image.size)
+                try:
+                    with Image.open(path) as image:
+                        return max(image.size)
+                except OSError:   # unreadable: reported (or skipped) when the data is built
+                    continue
     raise DatasetNotFoundError(f"no images under {folder}/<class>/")
 
 
