@@ -39,6 +39,9 @@ def files(tmp_path_factory):
     (root / "bad.csv").write_text("not,a,sudoku\n")
     (root / "foreign" / "checkpoints").mkdir(parents=True)
     (root / "foreign" / "report.md").write_text("someone else's")
+    (root / "cut").mkdir()
+    (root / "cut" / "config.json").write_text((root / "run" / "config.json").read_text())
+    (root / "cut" / "metrics.jsonl").write_text('{"epoch": 1, "test_acc1": 5.0}\n{"epoch": 2, "te')
     return root
 
 
@@ -102,6 +105,8 @@ def cases(root):
         ["compare", run, "--output", under_file],
         # summarize, export, models, demo
         ["summarize", missing], ["summarize", str(root / "empty_dir")],
+        ["summarize", str(root / "cut")],
+        train + ["--model-options", '{"num_classes": "ten"}'],
         ["export", run, "--format", "bogus"], ["export", missing],
         ["export", run, "--batch-size", "0"], ["export", run, "--output", under_file],
         ["models", "--model", "bogus", "--params"],

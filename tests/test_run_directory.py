@@ -278,3 +278,30 @@ def test_overwrite_validates_first_and_deletes_only_a_stepnet_run(tmp_path, caps
     assert main(["train", "--epochs", "2", "--train-subset", "100", "--quiet", "--output",
                  str(run), "--overwrite"]) == 0
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MB tmpfs (root only): skipped with the reason where it cannot be mounted."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip() or done.returncode}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_stops_with_one_line_and_keeps_the_last_good_checkpoint(small_disk,
+                                                                              capsys):
+    run = small_disk / "run"
+    code = main(["train", "--epochs", "5", "--train-subset", "100", "--quiet", "--output",
+                 str(run)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "No space left on device" in err, err
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert last["epoch"] >= 0 and len(last["history"]) == last["epoch"] + 1
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, last["epoch"] + 2))
+    assert not list(run.rglob("*.tmp"))

@@ -20,8 +20,12 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        cause = error.__cause__ or error.__context__
+        if isinstance(error, RuntimeError) and isinstance(cause, OSError):
+            # torch.save reports a full disk as an archive-writer RuntimeError: say what it is
+            raise OSError(cause.errno, cause.strerror, str(path)) from None
         raise
     return path
 

@@ -74,6 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             PermissionError) as error:
         print(f"stepnet {command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except OSError as error:   # a full disk, an I/O error: what failed, where; nothing half-written
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"stepnet {command}: error: {error.strerror or error}{where}; every file stepnet "
+              f"writes is replaced atomically, so the last complete one is still in place",
+              file=sys.stderr)
+        return 2
     except Exception as error:
         from ..engine.rundir import RunLockedError
         from ..engine.trainer import NonFiniteLossError

@@ -581,7 +581,17 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"no metrics.jsonl in {run_dir}: not a finished run directory")
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line:
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {number}, is not a JSON metrics line ({error.msg}); "
+                             f"'stepnet train --resume --output {run_dir}' rewrites the log "
+                             f"from the checkpoint") from None
+    return rows
 
 
 def write_report(run_dir: str | Path) -> Path:

@@ -53,9 +53,10 @@ def create_model(name: str, pretrained: Any = False, **kwargs: Any) -> nn.Module
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}") from None
     try:
         return builder(**kwargs)
-    except TypeError as error:   # an unknown keyword: one clear line instead of a traceback
+    except TypeError as error:   # a wrong keyword or value: one clear line, not a traceback
         if "unexpected keyword argument" not in str(error):
-            raise
+            raise ValueError(f"model {name!r} cannot be built with {kwargs}: "
+                             f"{str(error).splitlines()[0]}") from None
         wrong = str(error).rsplit("argument", 1)[-1].strip()
         raise ValueError(f"model {name!r} does not take the option {wrong}; its options are "
                          f"the keywords of {builder.__module__}.{builder.__name__}") from None
