@@ -305,3 +305,40 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_last_good_checkpoint(smal
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(1, last["epoch"] + 2))
     assert not list(run.rglob("*.tmp"))
+
+
+def test_resume_auto_starts_then_continues_one_command_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    command = ["train", "--epochs", "2", "--train-subset", "100", "--quiet", "--output",
+               str(run), "--resume", "auto"]
+    assert main(command) == 0                      # nothing there: starts
+    first = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert first["epoch"] == 1
+    capsys.readouterr()
+    assert main(command) == 0                      # the same command again: finished, says so
+    assert "already finished 2 of 2 epochs" in capsys.readouterr().out
+    assert main(command[:-4] + ["--epochs", "3", "--output", str(run), "--resume",
+                                "auto"]) == 0   # a longer schedule extends it
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
+    # a directory holding a different run is refused, naming the setting
+    assert main(["train", "--epochs", "3", "--train-subset", "100", "--quiet", "--seed", "5",
+                 "--output", str(run), "--resume", "auto"]) == 2
+    assert "--seed" in capsys.readouterr().err
+
+
+def test_sync_bn_converts_the_backbone_and_keeps_descriptor_norms():
+    from torch import nn
+
+    from stepnet import create_model
+    from stepnet.engine.distributed import convert_sync_batchnorm
+
+    model = convert_sync_batchnorm(create_model("resnet20", attention="stepnet", preact=False))
+    norms = {name: type(m) for name, m in model.named_modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    inside = {n: t for n, t in norms.items() if ".attention." in n or n.endswith(".attention")}
+    outside = {n: t for n, t in norms.items() if n not in inside}
+    assert inside and all(t is not nn.SyncBatchNorm for t in inside.values())
+    assert outside and all(t is nn.SyncBatchNorm for t in outside.values())
+    with pytest.raises(ValueError, match="--sync-bn synchronises batch statistics across CUDA"):
+        Trainer(resolve_config("digits", {"epochs": 1, "sync_bn": True, "device": "cpu",
+                                          "output": "/tmp/never"}), progress=False)

@@ -103,7 +103,15 @@ def run_train(args: argparse.Namespace) -> int:
     for seed in seeds:
         created = replace = False
         given = {**overrides, **({"seed": seed} if seed is not None else {})}
-        if args.resume:
+        resume = bool(args.resume)
+        if args.resume == "auto":
+            if not args.output and "output" not in given:
+                raise ValueError("--resume auto needs --output, the run directory")
+            target = Path(args.output or given["output"])
+            if args.seeds and len(seeds) > 1:
+                target = target / f"seed{seed}"
+            resume = (target / "config.json").is_file()
+        if resume:
             if not args.output and "output" not in given:
                 raise ValueError("--resume needs --output, the run directory to continue")
             folder = Path(args.output or given["output"])
@@ -125,9 +133,9 @@ def run_train(args: argparse.Namespace) -> int:
         folder = Path(config.output)
         try:
             with RunLock(folder) if is_main else nullcontext():
-                if is_main and not args.resume:
+                if is_main and not resume:
                     replace = prepare_run_dir(folder, args.overwrite)
-                final = train_one(config, args.resume, args.quiet, replace)
+                final = train_one(config, resume, args.quiet, replace)
         except BaseException:
             if created and folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()   # a run that failed before writing anything leaves no folder
@@ -273,9 +281,11 @@ def add_train_arguments(parser: argparse.ArgumentParser, recipe: str | None = No
                         "attention_options.reduction=8 (repeatable)")
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="run once per seed into <output>/seed<N>")
-    parser.add_argument("--resume", action="store_true",
+    parser.add_argument("--resume", nargs="?", const="yes", choices=("yes", "auto"),
                         help="continue the run in --output from checkpoints/last.pt, with its "
-                        "saved settings")
+                        "saved settings; '--resume auto': continue when --output holds a run, "
+                        "start it otherwise (one command for requeues and torchrun "
+                        "--max-restarts)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a run that already exists in --output")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -198,6 +198,9 @@ class TrainConfig:
     device: str = option("auto", DEVICES_HELP, group="run", bookkeeping=True)
     amp: str = option("off", "mixed precision: auto (bf16 where supported, else fp16), bf16, "
                       "fp16 (CUDA only); on CPU bf16 autocast", group="run", choices=AMP_MODES)
+    sync_bn: bool = option(False, "under torchrun on CUDA: synchronise the backbone's batch "
+                           "statistics across processes (SyncBatchNorm; the step-size modules' "
+                           "descriptor norms keep per-process statistics)", group="run")
     channels_last: bool = option(False, "channels-last memory format", group="run",
                                  bookkeeping=True)
     compile: bool = option(False, "torch.compile the model (pays off on long GPU runs)",

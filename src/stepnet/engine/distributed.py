@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.utils.data import Sampler
 
 
@@ -128,3 +129,22 @@ def run_dying_with_parent(command: Sequence[str]) -> None:
     dies (Linux; the parent-death signal is not inherited across fork, so a study's worker that
     starts ``torchrun`` must ask for it again). torchrun passes SIGTERM on to its trainers."""
     subprocess.run(list(command), check=True, preexec_fn=_parent_death_signal())
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """``module`` with the backbone's batch norms as ``SyncBatchNorm`` and the step-size
+    modules' own norms left as they are: those normalise per-sample descriptors [B, C] (their
+    batch-of-one behaviour, tiny collectives otherwise), so they keep per-process statistics.
+    Returns the converted module (a bare norm is replaced, not changed in place)."""
+    from ..attention.base import StepSize
+
+    if isinstance(module, StepSize):
+        return module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and \
+            not isinstance(module, nn.SyncBatchNorm):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in module.named_children():
+        converted = convert_sync_batchnorm(child)
+        if converted is not child:
+            setattr(module, name, converted)
+    return module

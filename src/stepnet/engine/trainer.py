@@ -42,7 +42,8 @@ from tqdm.auto import tqdm
 from ..atomic import atomic_write_text
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .distributed import DistributedContext, ShardSampler, resolve_device
+from .distributed import (DistributedContext, ShardSampler, convert_sync_batchnorm,
+                          resolve_device)
 from .records import build_record, write_record
 from .rundir import RunLock
 from .tasks import Task, create_task, move_to, reduce_sums, task_class
@@ -200,9 +201,12 @@ class Trainer:
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay),
                                   use_buffers=True) if config.ema_decay else None)
         self.wrapped: nn.Module = self.model
+        if config.sync_bn and self.device.type != "cuda":
+            raise ValueError("--sync-bn synchronises batch statistics across CUDA processes; "
+                             "on the CPU each process keeps its own (leave --sync-bn off)")
         if self.ctx.enabled:
-            if self.device.type == "cuda":
-                self.wrapped = nn.SyncBatchNorm.convert_sync_batchnorm(self.wrapped)
+            if config.sync_bn:
+                self.wrapped = convert_sync_batchnorm(self.wrapped)
             self.wrapped = DistributedDataParallel(
                 self.wrapped, device_ids=[self.device.index] if self.device.type == "cuda"
                 else None)
