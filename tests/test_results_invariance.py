@@ -90,3 +90,25 @@ def test_evaluate_writes_valid_json_for_nan_weights(tmp_path, capsys):
     result = json.loads(captured.out)                      # valid JSON: no bare NaN
     assert result["test_loss"] is None and "test_loss" in result["non_finite"]
     assert "not finite" in captured.err
+
+
+def test_gradient_accumulation_equals_the_large_batch_without_batch_norm(tmp_path):
+    """A model without batch norm (a small ViT): 4 accumulated chunks of 8 give the weights of
+    one batch of 32, to float32 rounding; the epoch's logged loss is the same mean."""
+    options = {"img_size": 8, "patch_size": 2, "embed_dim": 16, "depth": 1, "num_heads": 2,
+               "mlp_ratio": 2.0}
+    runs = {}
+    for steps in (1, 4):
+        config = resolve_config("digits", {"model": "vit_cifar_tiny", "model_options": options,
+                                           "epochs": 2, "train_subset": 160, "batch_size": 32,
+                                           "grad_accum_steps": steps, "optimizer": "adamw",
+                                           "lr": 1e-3, "output": str(tmp_path / str(steps))})
+        Trainer(config, progress=False).fit()
+        runs[steps] = load_checkpoint(tmp_path / str(steps) / "checkpoints" / "last.pt")
+    for key, value in runs[1]["state_dict"].items():
+        torch.testing.assert_close(runs[4]["state_dict"][key], value, rtol=1e-4, atol=1e-5)
+    assert runs[4]["history"][-1]["train_loss"] == pytest.approx(
+        runs[1]["history"][-1]["train_loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="into more chunks than it has samples"):
+        Trainer(resolve_config("digits", {"batch_size": 2, "grad_accum_steps": 3,
+                                          "output": str(tmp_path / "x")}), progress=False)

@@ -100,6 +100,10 @@ class TrainConfig:
     # -- optimisation -----------------------------------------------------------------------
     epochs: int = option(15, "training epochs", group="optimization", resumable=True)
     batch_size: int = option(64, "global training batch size", group="optimization")
+    grad_accum_steps: int = option(1, "cut each batch into this many chunks and accumulate "
+                                   "their gradients before one optimizer step (--batch-size "
+                                   "stays the batch of a step; batch norms see the chunks)",
+                                   group="optimization")
     optimizer: str = option("sgd", "optimizer", group="optimization", choices=OPTIMIZERS)
     lr: float = option(0.05, "peak learning rate (for --lr-reference-batch images, if given)",
                        group="optimization")
@@ -219,7 +223,8 @@ class TrainConfig:
             if choices and getattr(self, name) not in choices:
                 raise ValueError(f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; "
                                  f"valid: {', '.join(choices)}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "log_interval", "dim", "heads",
+        for name in ("epochs", "batch_size", "grad_accum_steps", "eval_batch_size",
+                     "log_interval", "dim", "heads",
                      "loops", "train_puzzles", "test_puzzles", "min_size", "max_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")

@@ -197,6 +197,10 @@ class Trainer:
         self.optimizer = build_optimizer(config, self.model)
         self._reset_base_lr()
         self.per_rank_batch = config.batch_size // self.ctx.world_size
+        if self.per_rank_batch < config.grad_accum_steps:
+            raise ValueError(f"--grad-accum-steps {config.grad_accum_steps} cuts each "
+                             f"process's batch of {self.per_rank_batch} into more chunks than "
+                             f"it has samples")
         self.schedule = LRSchedule(config, len(self.train_loader(0)))
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay),
                                   use_buffers=True) if config.ema_decay else None)
@@ -305,6 +309,7 @@ class Trainer:
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         bad_value = torch.zeros((), dtype=torch.float32, device=self.device)
         interval = self.config.log_interval
+        accumulation = self.config.grad_accum_steps
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False,
                    disable=not self.progress)
         step = -1
@@ -313,26 +318,35 @@ class Trainer:
             self._set_lr(iteration)
             batch = move_to(batch, self.device, self.memory_format)
             size = self.task.batch_size_of(batch)
-            with self.autocast():
-                losses, stats = self.task.losses(self.forward, batch)
-            if isinstance(losses, dict):
-                loss = sum(losses.values())
-                for name, value in losses.items():
-                    stats[f"loss_{name}"] = value.detach().float() * size
-            else:
-                loss = losses
-            detached = loss.detach().float()
-            bad = ~torch.isfinite(detached)
-            newly_bad = bad & (first_bad < 0)
-            first_bad = torch.where(newly_bad, torch.full_like(first_bad, step), first_bad)
-            bad_value = torch.where(newly_bad, detached, bad_value)
-            stats["loss"] = detached * size
-            for name, value in stats.items():
-                value = value.detach().to(accumulate)
-                sums[name] = sums[name] + value if name in sums else value
-            samples += size
+            chunks = [batch] if accumulation == 1 else split_batch(batch, accumulation)
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            for index, chunk in enumerate(chunks):
+                part = size if accumulation == 1 else self.task.batch_size_of(chunk)
+                last = index == len(chunks) - 1
+                with (nullcontext() if last or not isinstance(
+                        self.wrapped, DistributedDataParallel) else self.wrapped.no_sync()):
+                    with self.autocast():
+                        losses, stats = self.task.losses(self.forward, chunk)
+                    if isinstance(losses, dict):
+                        loss = sum(losses.values())
+                        for name, value in losses.items():
+                            stats[f"loss_{name}"] = value.detach().float() * part
+                    else:
+                        loss = losses
+                    detached = loss.detach().float()
+                    bad = ~torch.isfinite(detached)
+                    newly_bad = bad & (first_bad < 0)
+                    first_bad = torch.where(newly_bad, torch.full_like(first_bad, step),
+                                            first_bad)
+                    bad_value = torch.where(newly_bad, detached, bad_value)
+                    stats["loss"] = detached * part
+                    for name, value in stats.items():
+                        value = value.detach().to(accumulate)
+                        sums[name] = sums[name] + value if name in sums else value
+                    samples += part
+                    # a mean over the batch is the size-weighted sum of the chunks' means
+                    scaled = loss if accumulation == 1 else loss * (part / size)
+                    self.scaler.scale(scaled).backward()
             if self.config.clip_grad_norm:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm)
@@ -574,6 +588,30 @@ class Trainer:
                             + split_metric_name(n, "val") for n in self.task.select_metrics],
             weights="ema" if self.ema is not None else "raw"))
         write_report(self.run_dir)
+
+
+def split_batch(batch: Any, parts: int) -> list[Any]:
+    """``batch`` cut into ``parts`` consecutive chunks of samples. A batch is a tuple or list
+    of fields (or a dict of them, or one tensor); a field is a tensor (cut along dim 0), a list
+    of samples (a detector's images and targets: cut by position) or again a tuple or dict of
+    fields."""
+    if isinstance(batch, (tuple, list)):
+        return [type(batch)(items) for items in zip(*(_split_field(b, parts) for b in batch))]
+    return _split_field(batch, parts)
+
+
+def _split_field(field: Any, parts: int) -> list[Any]:
+    if isinstance(field, torch.Tensor):
+        return list(torch.tensor_split(field, parts))
+    if isinstance(field, dict):
+        pieces = {k: _split_field(v, parts) for k, v in field.items()}
+        return [{k: v[i] for k, v in pieces.items()} for i in range(parts)]
+    if isinstance(field, tuple):
+        return [tuple(items) for items in zip(*(_split_field(f, parts) for f in field))]
+    if isinstance(field, list):
+        bounds = np.linspace(0, len(field), parts + 1).round().astype(int)
+        return [field[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    raise TypeError(f"cannot split a batch field of {type(field).__name__}")
 
 
 def split_metric_name(name: str, split: str) -> str:
