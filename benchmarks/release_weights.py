@@ -36,6 +36,7 @@ def test_correctness(model: torch.nn.Module, data_dir: Path) -> np.ndarray:
 
 
 def release(arm: str, seed: int, args: argparse.Namespace) -> dict:
+    from stepnet.data.datasets import IMAGENET_MEAN, IMAGENET_STD
     from stepnet.engine import load_checkpoint, model_from_checkpoint
     from stepnet.engine.records import load_record, unpack_bits
     from stepnet.models.pretrained import DATA_KEYS, save_weights
@@ -65,6 +66,9 @@ def release(arm: str, seed: int, args: argparse.Namespace) -> dict:
                        if record_file.resolve().is_relative_to(ROOT.resolve())
                        else str(record_file)),
             "test_acc1": 100.0 * float(hits.mean()),
+            # what the weights expect: the imagefolder pipeline's statistics, 32 px, no crop
+            "data_config": {"input_size": [3, 32, 32], "mean": list(IMAGENET_MEAN),
+                            "std": list(IMAGENET_STD), "crop_pct": 1.0},
             "trained": f"{record['study']['name']}, seed {seed}, commit "
                        f"{record['code'].get('commit', '?')[:10]}"}
 

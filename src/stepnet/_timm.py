@@ -12,23 +12,64 @@ import sys
 from typing import Any
 
 PREFIX = "stepnet_"
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CIFAR_MODELS = ("cifar_resnet", "resnet20", "resnet32", "resnet56", "resnet110", "resnet164",
+                "resnet1001", "vit_cifar", "vit_cifar_tiny")
+
+
+def pretrained_cfg(name: str) -> dict[str, Any]:
+    """timm's description of model ``name``'s input and head (``model.pretrained_cfg``): what
+    ``timm.data.resolve_data_config`` reads. CIFAR models: 32 px, CIFAR-10 statistics, no
+    crop; ImageNet models: 224 px, ImageNet statistics, crop 0.875."""
+    vit = name.startswith("vit")
+    cfg: dict[str, Any] = {"architecture": PREFIX + name, "tag": "", "license": "see stepnet",
+                           "first_conv": "patch_embed.proj" if vit else "conv1",
+                           "classifier": "head" if vit else "fc", "fixed_input_size": vit,
+                           "interpolation": "bicubic" if vit else "bilinear"}
+    if name in CIFAR_MODELS:
+        cfg.update(input_size=(3, 32, 32), mean=CIFAR10_MEAN, std=CIFAR10_STD, crop_pct=1.0,
+                   crop_mode="center", num_classes=10)
+    elif name.startswith(("resnet", "vit")):
+        cfg.update(input_size=(3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                   crop_pct=0.875, crop_mode="center", num_classes=1000)
+    else:   # detectors and the Sudoku model: no image-classifier input contract
+        cfg.update(num_classes=None, first_conv=None, classifier=None)
+    return cfg
 
 
 def _entrypoint(name: str) -> Any:
-    def build(pretrained: bool = False, pretrained_cfg: Any = None,
+    def build(pretrained: Any = False, pretrained_cfg: Any = None,
               pretrained_cfg_overlay: Any = None, cache_dir: Any = None, **kwargs: Any) -> Any:
-        if pretrained:
-            raise ValueError(f"{PREFIX}{name} has no pretrained weights: stepnet models are "
-                             f"trained with `stepnet train`; load a checkpoint with "
-                             f"stepnet.engine.model_from_checkpoint")
         from .models import create_model
 
-        return create_model(name, **kwargs)
+        model = create_model(name, pretrained=pretrained, **kwargs)
+        cfg = pretrained_cfg_of(name, pretrained, kwargs)
+        cfg.update(pretrained_cfg_overlay or {})
+        model.pretrained_cfg = model.default_cfg = cfg
+        return model
 
     build.__name__ = build.__qualname__ = f"{PREFIX}{name}"
     build.__module__ = __name__
     build.__doc__ = f"stepnet's ``{name}`` (see stepnet.create_model); takes its keywords."
     return build
+
+
+def pretrained_cfg_of(name: str, pretrained: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The model's cfg, with the released weights' tag, classes and input statistics when it
+    was built with them (the statistics the weights were trained with)."""
+    cfg = pretrained_cfg(name)
+    if kwargs.get("num_classes") is not None:
+        cfg["num_classes"] = kwargs["num_classes"]
+    if pretrained is True or (isinstance(pretrained, str) and not pretrained.endswith(
+            ".safetensors") and not pretrained.startswith("hf-hub:")):
+        from .models.pretrained import find_entry
+
+        entry = find_entry(name, kwargs, pretrained)
+        cfg.update(tag=entry["tag"], num_classes=entry["data_kwargs"].get("num_classes"),
+                   file=entry["file"], **{k: tuple(v) if isinstance(v, list) else v
+                                          for k, v in entry.get("data_config", {}).items()})
+    return cfg
 
 
 def register() -> list[str]:
