@@ -46,3 +46,59 @@ def test_timm_pretrained_loads_released_weights_with_their_statistics(tmp_path, 
     assert loaded.pretrained_cfg["tag"] == "cifar10"
     with pytest.raises(ValueError, match="no released weights for 'resnet56'"):
         timm.create_model("stepnet_resnet56", pretrained=True)
+
+
+FAMILIES = ["resnet20", "resnet50", "vit_cifar_tiny"]
+
+
+def small_input(name):
+    return torch.randn(2, 3, 64 if name == "resnet50" else 32,
+                       64 if name == "resnet50" else 32)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_timm_train_arguments_and_the_classifier_methods(name):
+    """timm's train.py argument set builds the model; num_classes=0 and reset_classifier(0)
+    give the pooled features that forward_head(pre_logits=True) gives."""
+    torch.manual_seed(0)
+    model = timm.create_model(f"stepnet_{name}", drop_rate=0.0, drop_path_rate=0.0,
+                              attention="se").eval()
+    x = small_input(name)
+    with torch.no_grad():
+        logits = model(x)
+        features = model.forward_features(x)
+        pooled = model.forward_head(features, pre_logits=True)
+        assert torch.equal(model.forward_head(features), logits)
+        assert pooled.shape == (2, model.num_features)
+        assert model.get_classifier().out_features == model.num_classes == logits.shape[1]
+        model.reset_classifier(0)
+        assert torch.equal(model(x), pooled)
+        model.reset_classifier(7)
+        assert model(x).shape == (2, 7) and model.num_classes == 7
+    headless = timm.create_model(f"stepnet_{name}", num_classes=0)
+    assert headless(x).shape == (2, headless.num_features)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_drop_rate_is_dropout_before_the_classifier(name):
+    torch.manual_seed(0)
+    model = timm.create_model(f"stepnet_{name}", drop_rate=0.5)
+    x = small_input(name)
+    model.train()
+    features = model.forward_features(x)
+    torch.manual_seed(1)
+    a = model.forward_head(features)
+    torch.manual_seed(2)
+    b = model.forward_head(features)
+    assert not torch.equal(a, b)            # dropout acts in training
+    model.eval()
+    assert torch.equal(model.forward_head(features), model.forward_head(features))
+
+
+def test_unsupported_head_settings_are_refused_plainly():
+    with pytest.raises(ValueError, match="pool by average"):
+        stepnet.create_model("resnet20", global_pool="max")
+    with pytest.raises(ValueError, match="stochastic depth is not implemented"):
+        stepnet.create_model("resnet20", drop_path_rate=0.1)
+    with pytest.raises(ValueError, match="'token' or 'avg'|reads the cls token"):
+        stepnet.create_model("vit_cifar_tiny", global_pool="max")

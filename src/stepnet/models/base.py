@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from torch import nn
+from torch import Tensor, nn
+from torch.nn import functional as F
 
 from ..attention import StepSize
 from .blocks import ResidualBlock
@@ -28,6 +29,44 @@ class ResidualNetwork(nn.Module):
             for block in stage:
                 block.stage, block.index = stage_id, index
                 index += 1
+
+    # -- the classifier head, as timm's models have it -----------------------------------------
+    def _make_head(self, features: int, num_classes: int, drop_rate: float = 0.0,
+                   drop_path_rate: float = 0.0, global_pool: str | None = "avg") -> None:
+        """Global average pooling, dropout (``drop_rate``) and ``fc`` (an identity when
+        ``num_classes`` is 0, so the model returns its pooled features [B, num_features])."""
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"global_pool {global_pool!r}: stepnet's ResNets pool by average "
+                             f"('avg')")
+        if drop_path_rate:
+            raise ValueError(f"drop_path_rate {drop_path_rate}: stochastic depth is not "
+                             f"implemented for stepnet's ResNets yet (0 is accepted)")
+        if not 0 <= drop_rate < 1:
+            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
+        self.num_features, self.drop_rate = features, float(drop_rate)
+        self.reset_classifier(num_classes)
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new ``fc`` for ``num_classes`` (0: none, the pooled features come out)."""
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"global_pool {global_pool!r}: stepnet's ResNets pool by average")
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else \
+            nn.Identity()
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """[B, num_features, h, w] -> logits [B, num_classes] (``pre_logits``: the pooled
+        features [B, num_features])."""
+        x = self.avgpool(x).flatten(1)
+        if self.drop_rate:
+            x = F.dropout(x, self.drop_rate, self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
 
     def no_weight_decay(self) -> set[str]:
         """Full names of parameters that their modules ask to keep out of weight decay."""

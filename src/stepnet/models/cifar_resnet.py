@@ -51,7 +51,8 @@ class CifarResNet(ResidualNetwork):
                  attention_options: dict[str, Any] | None = None,
                  attention_blocks: Sequence[int] | Sequence[bool] | None = None,
                  norm: str = "bn", in_chans: int = 3, widths: Sequence[int] = (16, 32, 64),
-                 input_size: int = 32) -> None:
+                 input_size: int = 32, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 global_pool: str | None = "avg") -> None:
         super().__init__()
         n = _blocks_per_stage(depth, block)
         self.depth, self.preact, self.in_chans = depth, preact, in_chans
@@ -79,7 +80,7 @@ class CifarResNet(ResidualNetwork):
         self.layer1, self.layer2, self.layer3 = stages
         self.final_bn = nn.BatchNorm2d(in_planes) if preact else None
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_planes, num_classes)
+        self._make_head(in_planes, num_classes, drop_rate, drop_path_rate, global_pool)
         self._finish_blocks(stages)
         self._init_backbone(lambda conv: nn.init.normal_(
             conv.weight, 0.0, math.sqrt(2.0 / (conv.kernel_size[0] * conv.kernel_size[1]
@@ -95,8 +96,6 @@ class CifarResNet(ResidualNetwork):
             x = self.relu(self.final_bn(x))
         return x
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.avgpool(self.forward_features(x)).flatten(1))
 
 
 def _cifar(depth: int, block: str, /, **kwargs: Any) -> CifarResNet:

@@ -43,8 +43,9 @@ class ResNet(ResidualNetwork):
                  attention_options: dict[str, Any] | None = None,
                  attention_blocks: Sequence[int] | Sequence[bool] | None = None,
                  norm: str = "bn", in_chans: int = 3, zero_init_residual: bool = False,
-                 input_size: int = 224, norm_layer: Callable[[int], nn.Module] | None = None
-                 ) -> None:
+                 input_size: int = 224, norm_layer: Callable[[int], nn.Module] | None = None,
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 global_pool: str | None = "avg") -> None:
         super().__init__()
         self.in_chans = in_chans
         make_norm = norm_layer or norm_by_name(norm)
@@ -71,7 +72,7 @@ class ResNet(ResidualNetwork):
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.inplanes = in_planes   # torchvision's name, read by its detection helpers
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(in_planes, num_classes)
+        self._make_head(in_planes, num_classes, drop_rate, drop_path_rate, global_pool)
         self._finish_blocks(stages)
         if norm_layer is not None and is_frozen_norm(norm_layer):
             freeze_batch_norms(self)
@@ -87,8 +88,6 @@ class ResNet(ResidualNetwork):
         x = self.maxpool(self.relu(self.bn1(self.conv1(check_input(x, self.in_chans)))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.avgpool(self.forward_features(x)).flatten(1))
 
 
 @register_model

@@ -140,7 +140,8 @@ class VisionTransformer(ResidualNetwork):
                  drop_path_rate: float = 0.0, attention: str = "none",
                  attention_options: dict[str, Any] | None = None,
                  attention_blocks: Sequence[int] | Sequence[bool] | None = None,
-                 step_branches: str = "mlp", input_size: int | None = None) -> None:
+                 step_branches: str = "mlp", input_size: int | None = None,
+                 drop_rate: float = 0.0, global_pool: str = "token") -> None:
         super().__init__()
         img_size = input_size or img_size
         if step_branches not in STEP_BRANCHES:
@@ -154,9 +155,15 @@ class VisionTransformer(ResidualNetwork):
             valid = [n for n in list_attention() if get_attention_class(n).supports_tokens]
             raise ValueError(f"attention {attention!r} needs a 2-D feature map and does not "
                              f"work on a ViT's tokens; valid: {', '.join(valid)}")
+        if global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool {global_pool!r}: a ViT reads the cls token ('token') "
+                             f"or averages the patch tokens ('avg')")
+        if not 0 <= drop_rate < 1:
+            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
+        self.global_pool, self.drop_rate = global_pool, float(drop_rate)
         self.in_chans, self.img_size, self.patch_size = in_chans, img_size, patch_size
         self.step_branches, self.num_classes = step_branches, num_classes
-        self.embed_dim = embed_dim
+        self.embed_dim = self.num_features = embed_dim
         self.num_patches = (img_size // patch_size) ** 2
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size)
@@ -210,8 +217,28 @@ class VisionTransformer(ResidualNetwork):
     def forward_features(self, x: Tensor) -> Tensor:
         return self.norm(self.blocks(self.tokens(x)))
 
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new head for ``num_classes`` (0: none, the pooled features come out)."""
+        if global_pool is not None:
+            if global_pool not in ("token", "avg"):
+                raise ValueError(f"global_pool {global_pool!r}: 'token' or 'avg'")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Tokens [B, 1 + N, D] -> logits [B, num_classes] (``pre_logits``: the pooled
+        features [B, D]: the cls token, or the mean of the patch tokens)."""
+        x = x[:, 0] if self.global_pool == "token" else x[:, 1:].mean(dim=1)
+        if self.drop_rate:
+            x = nn.functional.dropout(x, self.drop_rate, self.training)
+        return x if pre_logits else self.head(x)
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.forward_features(x)[:, 0])
+        return self.forward_head(self.forward_features(x))
 
 
 def _vit(defaults: dict[str, Any], **kwargs: Any) -> VisionTransformer:
