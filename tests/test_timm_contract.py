@@ -102,3 +102,34 @@ def test_unsupported_head_settings_are_refused_plainly():
         stepnet.create_model("resnet20", drop_path_rate=0.1)
     with pytest.raises(ValueError, match="'token' or 'avg'|reads the cls token"):
         stepnet.create_model("vit_cifar_tiny", global_pool="max")
+
+
+def traceable_cases():
+    from stepnet.attention import get_attention_class, list_attention
+
+    cases = [("resnet20", {"attention": a, "preact": p}) for a in list_attention()
+             for p in (True, False)]
+    cases += [("resnet18", {"attention": "stepnet"})]
+    cases += [("vit_cifar_tiny", {"attention": a, "step_branches": b})
+              for a in list_attention() if get_attention_class(a).supports_tokens
+              for b in ("attn", "mlp", "both", "mixer")]
+    return cases
+
+
+@pytest.mark.parametrize("name, kwargs", traceable_cases(),
+                         ids=lambda v: v if isinstance(v, str) else "-".join(map(str,
+                                                                                 v.values())))
+def test_fx_traces_every_model_and_feature_extraction_works(name, kwargs):
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    torch.manual_seed(0)
+    model = stepnet.create_model(name, **kwargs).eval()
+    x = small_input(name)
+    traced = torch.fx.symbolic_trace(model)
+    with torch.no_grad():
+        # the trace takes the plain ATen ops where eager may take a fused kernel: equal to
+        # float rounding, not bit for bit
+        torch.testing.assert_close(traced(x), model(x), rtol=1e-5, atol=1e-5)
+        node = "blocks.1" if name.startswith("vit") else "layer2"
+        features = create_feature_extractor(model, return_nodes={node: "f"})(x)["f"]
+    assert features.shape[0] == 2

@@ -184,7 +184,7 @@ def test_cifar_vit_recipe_trains_and_stiffness_runs_end_to_end(tmp_path, capsys,
     run = tmp_path / "run"
     assert main(["train", "--recipe", "cifar-vit", "--model", "vit_cifar", "--attention",
                  "stepnet", "--data-dir", str(data), "--epochs", "1", "--batch-size", "16",
-                 "--workers", "0", "--quiet", "--output", str(run)]) == 0
+                 "--val-split", "10", "--workers", "0", "--quiet", "--output", str(run)]) == 0
     config = json.loads((run / "config.json").read_text())
     assert (config["optimizer"], config["auto_augment"], config["label_smoothing"]) == \
            ("adamw", "autoaugment", 0.1)

@@ -119,11 +119,28 @@ class FilteredPoolStepSize(StepSize):
         raise NotImplementedError
 
 
+_TRACED_LAYOUT_IS_TOKENS = False
+
+
+@contextlib.contextmanager
+def traced_as_tokens() -> Iterator[None]:
+    """While torch.fx traces a model inside this context, step-size modules treat their inputs
+    as tokens [B, N, D] (a ViT's forward enters it; symbolic shapes cannot say so)."""
+    global _TRACED_LAYOUT_IS_TOKENS
+    previous, _TRACED_LAYOUT_IS_TOKENS = _TRACED_LAYOUT_IS_TOKENS, True
+    try:
+        yield
+    finally:
+        _TRACED_LAYOUT_IS_TOKENS = previous
+
+
 def is_tokens(t: Tensor) -> bool:
-    """True for a token sequence [B, N, D], False for a feature map [B, C, H, W] (and while
-    torch.fx traces a model, whose symbolic shapes cannot be branched on: traced models are
-    CNNs)."""
-    return not is_fx_symbolic_tracing() and t.dim() == 3
+    """True for a token sequence [B, N, D], False for a feature map [B, C, H, W]. While torch.fx
+    traces a model, whose symbolic shapes cannot be branched on, the model says which
+    (:func:`traced_as_tokens`; feature maps otherwise)."""
+    if is_fx_symbolic_tracing():
+        return _TRACED_LAYOUT_IS_TOKENS
+    return t.dim() == 3
 
 
 def refuse_tokens(module: StepSize, fx: Tensor) -> None:

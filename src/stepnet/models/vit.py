@@ -29,10 +29,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch.nn import functional as F
 from torchvision.ops import StochasticDepth
 
 from ..attention import StepSize, get_attention_class, list_attention
+from ..attention.base import traced_as_tokens
 from .base import ResidualNetwork
 from .blocks import ResidualBlock
 from .layers import AttentionFactory
@@ -206,10 +208,7 @@ class VisionTransformer(ResidualNetwork):
 
     def tokens(self, x: Tensor) -> Tensor:
         """Images [B, C, H, W] -> the initial token states [B, 1 + N, D]."""
-        if x.dim() != 4 or x.shape[1] != self.in_chans or x.shape[2:] != (self.img_size,
-                                                                           self.img_size):
-            raise ValueError(f"expected input of shape [batch, {self.in_chans}, "
-                             f"{self.img_size}, {self.img_size}], got {tuple(x.shape)}")
+        x = check_image(x, self.in_chans, self.img_size)
         patches = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         return torch.cat([cls, patches], dim=1) + self.pos_embed
@@ -234,11 +233,26 @@ class VisionTransformer(ResidualNetwork):
         features [B, D]: the cls token, or the mean of the patch tokens)."""
         x = x[:, 0] if self.global_pool == "token" else x[:, 1:].mean(dim=1)
         if self.drop_rate:
-            x = nn.functional.dropout(x, self.drop_rate, self.training)
+            x = F.dropout(x, self.drop_rate, self.training)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: Tensor) -> Tensor:
+        if is_fx_symbolic_tracing():
+            with traced_as_tokens():   # the step sizes see tokens, which a trace cannot tell
+                return self.forward_head(self.forward_features(x))
         return self.forward_head(self.forward_features(x))
+
+
+def check_image(x: Tensor, in_chans: int, size: int) -> Tensor:
+    """Raise ``ValueError`` unless x is [B, in_chans, size, size] (a leaf under torch.fx
+    tracing, so traced ViTs keep the check without control flow on a symbolic shape)."""
+    if x.dim() != 4 or x.shape[1] != in_chans or tuple(x.shape[2:]) != (size, size):
+        raise ValueError(f"expected input of shape [batch, {in_chans}, {size}, {size}], got "
+                         f"{tuple(x.shape)}")
+    return x
+
+
+torch.fx.wrap("check_image")
 
 
 def _vit(defaults: dict[str, Any], **kwargs: Any) -> VisionTransformer:
