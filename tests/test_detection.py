@@ -248,3 +248,23 @@ def test_coco_annotations_are_validated_before_training(tmp_path, capsys, change
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("trainable", [0, 3, 5])
+def test_public_fpn_builder_matches_torchvisions_extractor(trainable):
+    """models.detection.resnet_fpn (public BackboneWithFPN) builds what torchvision's private
+    _resnet_fpn_extractor builds: the same modules, trainable flags and outputs."""
+    from stepnet.models.detection import resnet_fpn
+
+    torch.manual_seed(0)
+    ours = resnet_fpn(create_model("resnet18"), trainable).eval()
+    torch.manual_seed(0)
+    theirs = _resnet_fpn_extractor(create_model("resnet18"), trainable).eval()
+    assert [(n, p.requires_grad) for n, p in ours.named_parameters()] == \
+        [(n, p.requires_grad) for n, p in theirs.named_parameters()]
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = ours(x), theirs(x)
+    assert list(a) == list(b) == ["0", "1", "2", "3", "pool"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

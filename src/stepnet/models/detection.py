@@ -1,8 +1,8 @@
 """Faster R-CNN + FPN (torchvision's) on stepnet's ImageNet ResNets with any step-size module
 (StepNet paper, Table 3).
 
-The detector is torchvision's ``FasterRCNN`` over ``BackboneWithFPN`` built by torchvision's own
-``_resnet_fpn_extractor`` from our ResNet body. With ``attention="none"`` its state dict is
+The detector is torchvision's ``FasterRCNN`` over torchvision's public ``BackboneWithFPN`` on our
+ResNet body (:func:`resnet_fpn`, the layout torchvision's detectors use). With ``attention="none"`` its state dict is
 ``torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)``'s,
 key for key, and the detections are identical.
 
@@ -17,7 +17,8 @@ from typing import Any
 
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops import FrozenBatchNorm2d
 
 from .blocks import ResidualBlock
@@ -81,9 +82,29 @@ def fasterrcnn(backbone: str = "resnet50", num_classes: int = 91, attention: str
                         norm_layer=FrozenBatchNorm2d if frozen else nn.BatchNorm2d)
     if trained:
         load_backbone_checkpoint(body, backbone_checkpoint)
-    features = _resnet_fpn_extractor(body, layers)
+    features = resnet_fpn(body, layers)
     return StepFasterRCNN(features, num_classes=num_classes, min_size=min_size,
                           max_size=max_size, **kwargs)
+
+
+def resnet_fpn(body: nn.Module, trainable_layers: int, out_channels: int = 256
+               ) -> BackboneWithFPN:
+    """An FPN over the four stages of a ResNet ``body`` (torchvision's detection layout: stage
+    outputs ``"0"``..``"3"`` plus a max-pooled ``"pool"`` level, ``out_channels`` each), with
+    only the last ``trainable_layers`` of conv1, layer1..layer4 left trainable (5: all, bn1
+    too)."""
+    if not 0 <= trainable_layers <= 5:
+        raise ValueError(f"trainable_layers must be in 0..5, got {trainable_layers}")
+    trained = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+    if trainable_layers == 5:
+        trained.append("bn1")
+    for name, parameter in body.named_parameters():
+        if not any(name.startswith(prefix) for prefix in trained):
+            parameter.requires_grad_(False)
+    stage2 = body.inplanes // 8
+    return BackboneWithFPN(body, {f"layer{k}": str(k - 1) for k in (1, 2, 3, 4)},
+                           [stage2 * 2 ** (k - 1) for k in (1, 2, 3, 4)], out_channels,
+                           extra_blocks=LastLevelMaxPool())
 
 
 @register_model
