@@ -133,3 +133,41 @@ def test_fx_traces_every_model_and_feature_extraction_works(name, kwargs):
         node = "blocks.1" if name.startswith("vit") else "layer2"
         features = create_feature_extractor(model, return_nodes={node: "f"})(x)["f"]
     assert features.shape[0] == 2
+
+
+@pytest.mark.parametrize("name, kwargs", [("resnet20", {"attention": "stepnet"}),
+                                          ("resnet20", {"attention": "se", "preact": False}),
+                                          ("resnet50", {"attention": "eca"}),
+                                          ("vit_cifar_tiny", {"attention": "stepnet"})])
+def test_features_only_gives_the_stage_outputs_feature_info_describes(name, kwargs):
+    """features_only / out_indices: each map is the named module's output in the eager
+    forward (a hook on the full model), with feature_info's channels and stride."""
+    torch.manual_seed(0)
+    full = timm.create_model(f"stepnet_{name}", **kwargs).eval()
+    torch.manual_seed(0)
+    indices = (-2, -1) if name.startswith("vit") else None
+    features = timm.create_model(f"stepnet_{name}", features_only=True, out_indices=indices,
+                                 **kwargs).eval()
+    features.load_state_dict({f"extractor.{k}": v for k, v in full.state_dict().items()},
+                             strict=False)
+    x = small_input(name)
+    seen = {}
+    modules = dict(full.named_modules())
+    for entry in full.feature_info:
+        modules[entry["module"]].register_forward_hook(
+            lambda _, __, out, key=entry["module"]: seen.__setitem__(key, out.clone()))
+    with torch.no_grad():
+        full(x)
+        maps = features(x)
+    chosen = [full.feature_info[i] for i in features.out_indices]
+    assert len(maps) == len(chosen)
+    for got, entry in zip(maps, chosen):
+        expected = seen[entry["module"]]
+        if name.startswith("vit"):
+            expected = expected[:, 1:].transpose(1, 2).reshape(got.shape)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        assert got.shape[1] == entry["num_chs"]
+        assert got.shape[-1] == x.shape[-1] // entry["reduction"]
+    assert features.feature_info.channels() == [e["num_chs"] for e in chosen]
+    with pytest.raises(ValueError, match="name stage 9"):
+        timm.create_model(f"stepnet_{name}", features_only=True, out_indices=(9,))

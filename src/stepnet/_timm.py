@@ -43,10 +43,21 @@ def _entrypoint(name: str) -> Any:
               pretrained_cfg_overlay: Any = None, cache_dir: Any = None, **kwargs: Any) -> Any:
         from .models import create_model
 
+        features_only = kwargs.pop("features_only", False)
+        out_indices = kwargs.pop("out_indices", None)
+        kwargs.pop("feature_cls", None)
         model = create_model(name, pretrained=pretrained, **kwargs)
         cfg = pretrained_cfg_of(name, pretrained, kwargs)
         cfg.update(pretrained_cfg_overlay or {})
         model.pretrained_cfg = model.default_cfg = cfg
+        if features_only:
+            from .models.features import FeatureList
+
+            if not hasattr(model, "feature_info"):
+                raise ValueError(f"{PREFIX}{name} has no features_only form (ResNets and ViTs "
+                                 f"do)")
+            model = FeatureList(model, out_indices)
+            model.pretrained_cfg = model.default_cfg = cfg
         return model
 
     build.__name__ = build.__qualname__ = f"{PREFIX}{name}"

@@ -183,6 +183,8 @@ class VisionTransformer(ResidualNetwork):
                                 mlp_step, mixer=step_branches == "mixer", qkv_bias=qkv_bias,
                                 drop_path=rates[i]))
         self.blocks = nn.Sequential(*blocks)
+        self.feature_info = [{"num_chs": embed_dim, "reduction": patch_size,
+                              "module": f"blocks.{i}"} for i in range(depth)]
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         for index, unit in enumerate(self.residual_blocks()):
