@@ -171,3 +171,26 @@ def test_features_only_gives_the_stage_outputs_feature_info_describes(name, kwar
     assert features.feature_info.channels() == [e["num_chs"] for e in chosen]
     with pytest.raises(ValueError, match="name stage 9"):
         timm.create_model(f"stepnet_{name}", features_only=True, out_indices=(9,))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_forward_intermediates_and_group_matcher(name):
+    from timm.models import group_parameters
+
+    torch.manual_seed(0)
+    model = timm.create_model(f"stepnet_{name}", attention="stepnet").eval()
+    features = timm.create_model(f"stepnet_{name}", features_only=True, attention="stepnet")
+    features.load_state_dict({f"extractor.{k}": v for k, v in model.state_dict().items()},
+                             strict=False)
+    features.eval()
+    x = small_input(name)
+    with torch.no_grad():
+        final, intermediates = model.forward_intermediates(x)
+        torch.testing.assert_close(final, model.forward_features(x))
+        for got, expected in zip(intermediates, features(x)):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
+    assert len(last_two) == 2 and torch.equal(last_two[-1], intermediates[-1])
+    groups = group_parameters(model, model.group_matcher())
+    assert len(groups) > 2 and sum(len(v) for v in groups.values()) == \
+        len(list(model.named_parameters()))

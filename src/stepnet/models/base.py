@@ -1,7 +1,8 @@
 """Behaviour shared by our residual networks."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -67,6 +68,52 @@ class ResidualNetwork(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+    # -- intermediate features, as timm's models give them ---------------------------------------
+    def _intermediate_indices(self, indices: int | Sequence[int] | None) -> list[int]:
+        count = len(self.feature_info)
+        if indices is None:
+            return list(range(count))
+        if isinstance(indices, int):   # timm: the last ``indices`` of them
+            if not 0 < indices <= count:
+                raise ValueError(f"indices {indices}: this model has {count} feature stages")
+            return list(range(count - indices, count))
+        chosen = [i % count if i < 0 else i for i in indices]
+        bad = [i for i in chosen if not 0 <= i < count]
+        if bad:
+            raise ValueError(f"indices name stage {bad[0]}; this model has {count} "
+                             f"(0..{count - 1})")
+        return chosen
+
+    def _as_intermediate(self, feature: Tensor, x: Tensor, output_fmt: str) -> Tensor:
+        return feature
+
+    def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None,
+                              norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False
+                              ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """timm's ``forward_intermediates``: the outputs of ``feature_info``'s modules
+        (``indices``: which, or an int for the last n) taken by forward hooks during this
+        model's own ``forward_features``, and the final features unless
+        ``intermediates_only``. ``norm`` and ``stop_early`` are accepted and change nothing
+        (the stage outputs are returned as computed; the whole forward runs)."""
+        take = self._intermediate_indices(indices)
+        modules = dict(self.named_modules())
+        seen: dict[int, Tensor] = {}
+        handles = [modules[self.feature_info[i]["module"]].register_forward_hook(
+            lambda _, __, out, i=i: seen.__setitem__(i, out)) for i in take]
+        try:
+            final = self.forward_features(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        intermediates = [self._as_intermediate(seen[i], x, output_fmt) for i in take]
+        return intermediates if intermediates_only else (final, intermediates)
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups by depth, as timm's (layer-wise learning-rate decay)."""
+        return {"stem": r"^conv1|^bn1", "blocks": r"^layer(\d+)" if coarse else
+                r"^layer(\d+)\.(\d+)"}
 
     def no_weight_decay(self) -> set[str]:
         """Full names of parameters that their modules ask to keep out of weight decay."""

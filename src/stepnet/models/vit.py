@@ -221,6 +221,21 @@ class VisionTransformer(ResidualNetwork):
     def get_classifier(self) -> nn.Module:
         return self.head
 
+    def _as_intermediate(self, feature: Tensor, x: Tensor, output_fmt: str) -> Tensor:
+        """Tokens [B, 1 + N, D] as maps [B, D, H/p, W/p] (``NCHW``, the cls token dropped) or
+        as they are (``NLC``)."""
+        if output_fmt == "NLC":
+            return feature
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt {output_fmt!r}: NCHW or NLC")
+        side = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+        return feature[:, 1:].transpose(1, 2).reshape(feature.shape[0], feature.shape[2], *side)
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups by depth, as timm's ViTs (layer-wise learning-rate decay)."""
+        return {"stem": r"^cls_token|^pos_embed|^patch_embed",
+                "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]}
+
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A new head for ``num_classes`` (0: none, the pooled features come out)."""
         if global_pool is not None:
