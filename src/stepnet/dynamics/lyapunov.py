@@ -102,6 +102,18 @@ def lyapunov_exponents(step_fn: StepFn, x0: Tensor, steps: int, k: int | None = 
     return np.sort(np.log(np.maximum(values, np.finfo(float).tiny)) / (2 * steps))[::-1]
 
 
+def _pushed_forward(step_fn: StepFn, x: Tensor, basis: Tensor) -> Tensor:
+    """J(x) @ basis ([n, k]) by JVPs: batched with ``torch.func.vmap``, or one at a time for
+    a step function that vmap cannot batch (an op without a batching rule)."""
+    def image(tangent: Tensor) -> Tensor:
+        return torch.func.jvp(step_fn, (x,), (tangent.reshape(x.shape),))[1].reshape(-1)
+
+    try:
+        return torch.func.vmap(image, in_dims=1, out_dims=1)(basis)
+    except (RuntimeError, NotImplementedError):
+        return torch.stack([image(basis[:, j]) for j in range(basis.shape[1])], dim=1)
+
+
 def lyapunov_exponents_qr(step_fn: StepFn, x0: Tensor, steps: int, k: int,
                           seed: int = 0) -> np.ndarray:
     """The k leading asymptotic Lyapunov exponents by QR re-orthonormalisation (Benettin):
@@ -113,11 +125,8 @@ def lyapunov_exponents_qr(step_fn: StepFn, x0: Tensor, steps: int, k: int,
     basis, _ = torch.linalg.qr(start)
     sums = torch.zeros(k, dtype=torch.float64, device=x.device)
     for _ in range(steps):
-        images = []
-        for j in range(k):
-            _, out = torch.func.jvp(step_fn, (x,), (basis[:, j].reshape(x.shape),))
-            images.append(out.reshape(-1))
+        images = _pushed_forward(step_fn, x, basis)
         x = step_fn(x).detach()
-        basis, r = torch.linalg.qr(torch.stack(images, dim=1))
+        basis, r = torch.linalg.qr(images)
         sums += torch.log(torch.abs(torch.diagonal(r)).double())
     return (sums / steps).cpu().numpy()
