@@ -194,3 +194,21 @@ def test_forward_intermediates_and_group_matcher(name):
     groups = group_parameters(model, model.group_matcher())
     assert len(groups) > 2 and sum(len(v) for v in groups.values()) == \
         len(list(model.named_parameters()))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_grad_checkpointing_keeps_the_gradients(name):
+    x = small_input(name)
+    grads = []
+    for enable in (False, True):
+        torch.manual_seed(0)
+        model = timm.create_model(f"stepnet_{name}", attention="stepnet").double()
+        model.set_grad_checkpointing(enable)
+        calls = []
+        first = model.blocks[0] if name.startswith("vit") else model.layer1
+        first.register_forward_hook(lambda *_: calls.append(1))
+        model(x.double()).square().sum().backward()
+        assert len(calls) == (2 if enable else 1)   # recomputed in backward when enabled
+        grads.append([p.grad for p in model.parameters()])
+    for plain, checkpointed in zip(*grads):
+        torch.testing.assert_close(checkpointed, plain, rtol=1e-10, atol=1e-12)

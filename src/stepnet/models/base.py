@@ -4,7 +4,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from torch.nn import functional as F
 
 from ..attention import StepSize
@@ -109,6 +111,21 @@ class ResidualNetwork(nn.Module):
                 handle.remove()
         intermediates = [self._as_intermediate(seen[i], x, output_fmt) for i in take]
         return intermediates if intermediates_only else (final, intermediates)
+
+    grad_checkpointing: bool = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's switch: in training, each stage (ViT: each block) keeps only its input for
+        backward and recomputes its activations there (``torch.utils.checkpoint``,
+        non-reentrant). Gradients are unchanged; batch norms update their running statistics
+        a second time during the recomputation, as with any activation checkpointing."""
+        self.grad_checkpointing = bool(enable)
+
+    def _run_stages(self, stages: Sequence[nn.Module], x: Tensor) -> Tensor:
+        checkpointed = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        for stage in stages:
+            x = checkpoint(stage, x, use_reentrant=False) if checkpointed else stage(x)
+        return x
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Parameter groups by depth, as timm's (layer-wise learning-rate decay)."""

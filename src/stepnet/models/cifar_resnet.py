@@ -95,7 +95,7 @@ class CifarResNet(ResidualNetwork):
         x = self.conv1(check_input(x, self.in_chans))
         if self.bn1 is not None:
             x = self.relu(self.bn1(x))
-        x = self.layer3(self.layer2(self.layer1(x)))
+        x = self._run_stages((self.layer1, self.layer2, self.layer3), x)
         if self.final_bn is not None:
             x = self.relu(self.final_bn(x))
         return x

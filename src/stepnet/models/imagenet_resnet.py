@@ -90,7 +90,7 @@ class ResNet(ResidualNetwork):
     def forward_features(self, x: Tensor) -> Tensor:
         """[B, in_chans, H, W] -> [B, 512 * expansion, H/32, W/32]."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(check_input(x, self.in_chans)))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self._run_stages((self.layer1, self.layer2, self.layer3, self.layer4), x)
 
 
 

@@ -216,6 +216,8 @@ class VisionTransformer(ResidualNetwork):
         return torch.cat([cls, patches], dim=1) + self.pos_embed
 
     def forward_features(self, x: Tensor) -> Tensor:
+        if self.grad_checkpointing:
+            return self.norm(self._run_stages(self.blocks, self.tokens(x)))
         return self.norm(self.blocks(self.tokens(x)))
 
     def get_classifier(self) -> nn.Module:
