@@ -14,7 +14,7 @@ from stepnet.data import build_dataset, stratified_subset
 from stepnet.engine import TrainConfig
 from stepnet.engine.checkpoint import save_checkpoint
 from stepnet.stiffness import record_trajectories, total_neural_stiffness
-from stepnet.stiffness.compare import compare, correlations
+from stepnet.comparison import compare, correlations
 
 
 def fake_run(root, name, attention, seed, accuracy, **settings):

@@ -11,7 +11,7 @@ import torch
 
 from stepnet.cli.main import main
 from stepnet.engine.checkpoint import FORMAT
-from stepnet.stiffness.compare import CACHE_NAME
+from stepnet.comparison import CACHE_NAME
 
 
 class Payload:

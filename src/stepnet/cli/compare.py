@@ -19,7 +19,7 @@ def compare_runs(runs: Sequence[str | Path], output: str | Path, max_inputs: int
                  progress: bool = True) -> dict[str, Any]:
     """Compare ``runs``, write the report into ``output`` (and the result to ``summary_json``),
     print the table and any warning; returns the result."""
-    from ..stiffness.compare import compare, format_table, small_sample_warnings, write_comparison
+    from ..comparison import compare, format_table, small_sample_warnings, write_comparison
 
     if max_inputs < 1:
         raise ValueError(f"--max-inputs must be at least 1, got {max_inputs}")

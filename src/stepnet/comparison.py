@@ -24,12 +24,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from ..engine.runs import group_label, grouping_key, varying_settings  # noqa: E402
-from .correlation import rank_correlation  # noqa: E402
-from .figures import save_figure  # noqa: E402
-from .metrics import EXCLUDED, delta, stage_means, stiffness_proportion  # noqa: E402
-from .metrics import total_neural_stiffness  # noqa: E402
-from .recorder import STEP_CONVENTIONS, Trajectory  # noqa: E402
+from .engine.runs import group_label, grouping_key, varying_settings  # noqa: E402
+from .stiffness.correlation import rank_correlation  # noqa: E402
+from .stiffness.figures import save_figure  # noqa: E402
+from .stiffness.metrics import EXCLUDED, delta, stage_means, stiffness_proportion  # noqa: E402
+from .stiffness.metrics import total_neural_stiffness  # noqa: E402
+from .stiffness.recorder import STEP_CONVENTIONS, Trajectory  # noqa: E402
 
 CACHE_VERSION = 2
 CACHE_NAME = "trajectory.safetensors"
@@ -59,7 +59,7 @@ def check_comparable(configs: Mapping[str, Mapping[str, Any]]) -> None:
 def final_accuracy(run: Path) -> float:
     """The last epoch's test top-1 of the weights ``stepnet evaluate`` loads by default (the
     weight average when the run kept one)."""
-    from ..engine import read_metrics
+    from .engine import read_metrics
 
     last = read_metrics(run)[-1]
     return float(last["ema_test_acc1"] if "ema_test_acc1" in last else last["test_acc1"])
@@ -74,9 +74,9 @@ def run_trajectory(run: Path, config: Mapping[str, Any], max_inputs: int, batch_
     differ or the cache does not validate)."""
     from torch.utils.data import DataLoader
 
-    from ..data import build_dataset, stratified_subset
-    from ..engine import model_from_checkpoint
-    from .recorder import record_trajectories
+    from .data import build_dataset, stratified_subset
+    from .engine import model_from_checkpoint
+    from .stiffness.recorder import record_trajectories
 
     checkpoint = run / "checkpoints" / "last.pt"
     if not checkpoint.is_file():
@@ -108,7 +108,7 @@ def save_trajectory_cache(path: Path, trajectory: Trajectory, settings: Mapping[
     was computed with as JSON metadata), atomically."""
     from safetensors.torch import save
 
-    from ..atomic import atomic_write
+    from .atomic import atomic_write
 
     tensors = {name: getattr(trajectory, name).contiguous().cpu() for name in _CACHE_TENSORS}
     metadata = {"format": CACHE_FORMAT, "settings": json.dumps(dict(settings), sort_keys=True),
@@ -186,7 +186,7 @@ def compare(runs: Sequence[str | Path], max_inputs: int = 1000, batch_size: int 
             ) -> tuple[dict[str, Any], dict[str, list[Trajectory]]]:
     """Group ``runs`` and compute the comparison (see module docs). Returns the JSON-ready
     result and the trajectories per group label."""
-    from ..engine.config import load_config_file
+    from .engine.config import load_config_file
 
     runs = [Path(r) for r in runs]
     if not runs:
