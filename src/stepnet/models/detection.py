@@ -45,7 +45,7 @@ def load_backbone_checkpoint(body: nn.Module, checkpoint: str | dict[str, Any]) 
     """Initialise a detector body from a classification checkpoint of ``stepnet train`` (the
     ImageNet recipe): every body weight must be found with its shape; the classifier is
     ignored."""
-    from ..engine.checkpoint import load_checkpoint
+    from ..checkpoint_file import load_checkpoint
 
     checkpoint = load_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
     weights = checkpoint.get("ema_state_dict") or checkpoint["state_dict"]
