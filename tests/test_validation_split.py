@@ -82,3 +82,25 @@ def test_val_split_is_for_classification_and_positive():
     with pytest.raises(ValueError, match="--val-split is for classification"):
         resolve_config("sudoku", {"val_split": 10})
     assert resolve_config("cifar-resnet164", {}).val_split == 5000
+
+
+def test_sudoku_validation_boards_are_disjoint_and_select_best(tmp_path):
+    from stepnet.engine.records import load_record
+
+    config = resolve_config("sudoku", {"dim": 16, "heads": 2, "loops": 2, "train_puzzles": 64,
+                                       "test_puzzles": 16, "val_puzzles": 16, "epochs": 2,
+                                       "batch_size": 32, "output": str(tmp_path)})
+    task = create_task(config)
+    train, val, test = task.splits()
+    boards = [{bytes(p.numpy().astype(np.int8)) for p in split.tensors[0]}
+              for split in (train, val, test)]
+    assert len(val) == 16 and not boards[1] & (boards[0] | boards[2])
+    Trainer(config, progress=False).fit()
+    record = load_record(tmp_path)
+    assert record["selection"]["metrics"] == ["val_board", "val_cell"]
+    best = record["selection"]["best_epoch"]
+    rows = record["epochs"]
+    key = lambda r: (r["val_board"], r["val_cell"])  # noqa: E731
+    assert rows[best - 1] == max(rows, key=key)
+    assert load_checkpoint(tmp_path / "checkpoints" / "best.pt")["epoch"] == best - 1
+    assert resolve_config("sudoku-cpu", {}).val_puzzles == 500

@@ -184,6 +184,9 @@ class TrainConfig:
     position: str = option("structured", "sudoku: cell embedding, row + column + box tables "
                            "or a free table", group="sudoku", choices=("structured", "learned"))
     train_puzzles: int = option(9000, "sudoku: generated training puzzles", group="sudoku")
+    val_puzzles: int = option(0, "sudoku: generated validation puzzles (seed + 3, none equal "
+                              "to a training or test board) that select best.pt; 0: none, no "
+                              "best.pt (the test boards select nothing)", group="sudoku")
     test_puzzles: int = option(1000, "sudoku: generated test puzzles (in distribution and "
                                "hard)", group="sudoku")
     givens: list[int] = option([31, 42], "sudoku: range of givens of training and test "
@@ -257,6 +260,8 @@ class TrainConfig:
                              f"{self.max_size}")
         if self.val_split is not None and self.val_split < 1:
             raise ValueError(f"--val-split must be positive (or none), got {self.val_split}")
+        if self.val_puzzles < 0:
+            raise ValueError(f"--val-puzzles must be >= 0, got {self.val_puzzles}")
         if self.val_split and self.task != "classification":
             raise ValueError(f"--val-split is for classification; the {self.task} task has no "
                              f"validation split yet")
@@ -532,7 +537,7 @@ RECIPES: dict[str, dict[str, Any]] = {
                        schedule="cosine", warmup_epochs=1.0, clip_grad_norm=1.0,
                        ema_decay=0.999, loss_cells="all", epochs=40, batch_size=16, dim=64,
                        heads=4, loops=16, train_puzzles=9000, test_puzzles=1000,
-                       eval_loops=[16, 32, 64]),
+                       val_puzzles=500, eval_loops=[16, 32, 64]),
     # Paper 2's scale (D = 512, 8 heads, T = 16) on SATNet's 9k/1k split, for GPU machines.
     "sudoku-paper": dict(task="sudoku", model="sudoku", dataset="satnet", optimizer="adamw",
                          lr=5e-4, weight_decay=0.0, schedule="cosine", warmup_epochs=2.0,

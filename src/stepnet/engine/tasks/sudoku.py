@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
@@ -29,8 +30,8 @@ class SudokuTask(Task):
     """Cross-entropy of the cells ``loss_cells`` names (blanks or all) after ``loops`` loops,
     or averaged over every loop's read-out (``loss_loops="all"``), plus the spectral
     regulariser when ``spectral_weight`` > 0 (reported as a separate named loss); cell accuracy
-    (share of blanks right) and board accuracy (every blank right); ``best.pt`` by board, then
-    cell accuracy. Data: ``train_puzzles`` / ``test_puzzles`` generated with ``givens`` givens
+    (share of blanks right) and board accuracy (every blank right); ``best.pt`` by validation
+    board, then cell accuracy (``val_puzzles`` generated boards; none without them). Data: ``train_puzzles`` / ``test_puzzles`` generated with ``givens`` givens
     from seeds (seed, seed + 1); the final results add ``eval_loops`` loop counts and harder
     puzzles (``hard_givens``, seed + 2)."""
 
@@ -93,10 +94,30 @@ class SudokuTask(Task):
         return kind, path
 
     def datasets(self) -> tuple[Dataset, Dataset]:
+        train, _, test = self.splits()
+        return train, test
+
+    def splits(self) -> tuple[Dataset, Dataset | None, Dataset]:
+        """Training and test boards, and with ``val_puzzles`` generated validation boards
+        (seed + 3, with ``givens``) that select best.pt; a validation board equal to a training
+        or test board is dropped, so the splits are disjoint."""
         if self.config.ood:
             self.puzzles("hard")   # every input file is read and checked before the first step
-        return tuple(TensorDataset(*(torch.as_tensor(a).long() for a in self.puzzles(split)))
-                     for split in ("train", "test"))  # type: ignore[return-value]
+        train, test = (self.puzzles(split) for split in ("train", "test"))
+        val = None
+        if self.config.val_puzzles:
+            from ...dynamics.sudoku import generate
+
+            puzzles, solutions = generate(self.config.val_puzzles, tuple(self.config.givens),
+                                          self.config.seed + 3)
+            seen = {bytes(p) for p in np.concatenate([train[0], test[0]])}
+            keep = np.array([bytes(p) not in seen for p in puzzles], dtype=bool)
+            val = self._dataset((puzzles[keep], solutions[keep]))
+        return self._dataset(train), val, self._dataset(test)
+
+    @staticmethod
+    def _dataset(boards: tuple[Any, Any]) -> Dataset:
+        return TensorDataset(*(torch.as_tensor(a).long() for a in boards))
 
     @staticmethod
     def itrsa_options(config) -> dict[str, Any]:  # noqa: ANN001
