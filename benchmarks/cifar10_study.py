@@ -82,7 +82,7 @@ def train_run(arm: str, seed: int, args: argparse.Namespace) -> str:
 
     torch.set_num_threads(args.threads)
     from stepnet.engine import Trainer, load_checkpoint
-    from stepnet.engine.checkpoint import atomic_write
+    from stepnet.atomic import atomic_write
     from stepnet.engine.records import load_record
 
     target = record_path(args.records, arm, seed)

@@ -40,7 +40,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from stepnet.engine.checkpoint import atomic_write  # noqa: E402
+from stepnet.atomic import atomic_write  # noqa: E402
 from stepnet.engine.distributed import die_with_parent  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
