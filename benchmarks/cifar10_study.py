@@ -2,14 +2,15 @@
 
 Post-activation ResNet-20 on all of ``../shared/data/cifar10-jpeg/train`` (45,000 train / 5,000
 validation, the engine's fixed stratified split), standard crop + flip, SGD 0.1, momentum 0.9,
-weight decay 5e-4, batch 128, cosine, ``EPOCHS`` epochs; arms ``none``, ``se`` (the positive
+weight decay 5e-4, batch 128, cosine, ``EPOCHS`` (60) epochs; arms ``none``, ``se`` (the positive
 control) and ``stepnet``; paired seeds (a seed gives the same data order and augmentation in
 every arm). Every finished run leaves one committed record,
 ``benchmarks/records/cifar10_study/<arm>-seed<k>.json``: the engine's run record (config and its
 hash, the commit, every epoch's train / validation / test metrics, each test image's
 correctness) plus the run's TNS (both step conventions, on 1,000 stratified test images).
 
-    python benchmarks/cifar10_study.py train --arms none --seeds 0      # the pilot
+    python benchmarks/cifar10_study.py train --arms none --seeds 0 --epochs 40 \
+        --records benchmarks/records/cifar10_study_pilot            # the pilot (done)
     python benchmarks/cifar10_study.py train --seeds 0 1 2 3            # the study
     python benchmarks/cifar10_study.py analyze                          # docs/ tables
 
@@ -31,8 +32,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data" / "cifar10-jpeg"
 RECORDS = ROOT / "benchmarks" / "records" / "cifar10_study"
+PILOTS = ROOT / "benchmarks" / "records" / "cifar10_study_pilot"
 STUDY = "cifar10-resnet20-post-v1"
-EPOCHS = 40   # fixed by the pilot (docs/study-cifar10.md), judged on the validation split
+EPOCHS = 60   # fixed by the pilot (docs/study-cifar10.md): 40 epochs gave 88.48 % validation
+#              top-1, below the pre-registered 88.5 %, so the rule moved the protocol to 60
 ARMS: dict[str, dict[str, Any]] = {"none": {"attention": "none"}, "se": {"attention": "se"},
                                    "stepnet": {"attention": "stepnet"}}
 STIFFNESS_INPUTS = 1000
@@ -141,7 +144,8 @@ def analyze(args: argparse.Namespace) -> None:
     from stepnet.studies import cifar10_study_markdown, load_study_records
 
     records = load_study_records(args.records)
-    text = cifar10_study_markdown(records)
+    pilots = load_study_records(args.pilots) if args.pilots.is_dir() else []
+    text = cifar10_study_markdown(records, pilots=pilots)
     if args.write:
         from stepnet.studies import replace_generated_block
 
@@ -169,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     run.set_defaults(run=train)
     report = sub.add_parser("analyze", help="the pre-registered comparisons from the records")
     report.add_argument("--records", type=Path, default=RECORDS)
+    report.add_argument("--pilots", type=Path, default=PILOTS)
     report.add_argument("--doc", type=Path, default=ROOT / "docs" / "study-cifar10.md")
     report.add_argument("--write", action="store_true",
                         help="replace the generated block of --doc instead of printing")

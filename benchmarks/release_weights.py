@@ -41,7 +41,7 @@ def release(arm: str, seed: int, args: argparse.Namespace) -> dict:
     from stepnet.engine.records import load_record, unpack_bits
     from stepnet.models.pretrained import DATA_KEYS, save_weights
 
-    record_file = args.records / f"{arm}-seed{seed}.json"
+    record_file = args.records / f"{arm}-seed{seed}{args.record_suffix}.json"
     record = load_record(record_file)
     checkpoint = load_checkpoint(args.runs / arm / f"seed{seed}" / "checkpoints" / "last.pt")
     if checkpoint["epoch"] + 1 != record["final"]["epoch"]:
@@ -58,9 +58,9 @@ def release(arm: str, seed: int, args: argparse.Namespace) -> dict:
     kwargs = {k: v for k, v in spec["kwargs"].items() if k not in DATA_KEYS}
     data_kwargs = {k: v for k, v in spec["kwargs"].items() if k in DATA_KEYS}
     variant = "post" if kwargs.get("preact") is False else "pre"
-    name = f"{spec['name']}-{variant}-{arm}-cifar10-s{seed}.safetensors"
+    name = f"{spec['name']}-{variant}-{arm}-{args.tag}-s{seed}.safetensors"
     digest = save_weights(model, args.output / name, spec["name"], spec["kwargs"])
-    return {"model": spec["name"], "tag": "cifar10", "kwargs": kwargs,
+    return {"model": spec["name"], "tag": args.tag, "kwargs": kwargs,
             "data_kwargs": data_kwargs, "file": name, "sha256": digest,
             "record": (str(record_file.resolve().relative_to(ROOT.resolve()))
                        if record_file.resolve().is_relative_to(ROOT.resolve())
@@ -79,6 +79,9 @@ def main() -> None:
     parser.add_argument("--records", type=Path, default=RECORDS)
     parser.add_argument("--arms", nargs="+", default=["none", "se", "stepnet"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tag", default="cifar10", help="the weights' tag (pretrained=TAG)")
+    parser.add_argument("--record-suffix", default="",
+                        help="records named <arm>-seed<k><suffix>.json (the pilot's: -e40)")
     parser.add_argument("--data-dir", type=Path, default=DATA)
     parser.add_argument("--output", type=Path, default=ROOT / "src" / "stepnet" / "weights")
     args = parser.parse_args()
