@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -123,19 +121,9 @@ def train(args: argparse.Namespace) -> None:
         for arm, seed in jobs:
             print(train_run(arm, seed, args), flush=True)
         return
-    from stepnet.engine.distributed import die_with_parent
+    from stepnet.engine.distributed import run_side_by_side
 
-    context = multiprocessing.get_context("spawn")
-    failed = []
-    with ProcessPoolExecutor(args.parallel, mp_context=context,
-                             initializer=die_with_parent) as pool:
-        futures = {pool.submit(train_run, arm, seed, args): (arm, seed) for arm, seed in jobs}
-        for future in as_completed(futures):
-            try:
-                print(future.result(), flush=True)
-            except Exception as error:  # noqa: BLE001 - reported, the others go on
-                failed.append(futures[future])
-                print(f"FAILED {futures[future]}: {type(error).__name__}: {error}", flush=True)
+    failed = run_side_by_side(train_run, jobs, args.parallel, args)
     if failed:
         raise SystemExit(f"{len(failed)} run(s) failed: {failed}; rerun (records are kept)")
 

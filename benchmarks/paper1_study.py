@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from stepnet.engine.distributed import die_with_parent, run_dying_with_parent
+from stepnet.engine.distributed import run_dying_with_parent, run_side_by_side
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data" / "cifar10-jpeg"
@@ -200,18 +198,7 @@ def main() -> None:
         for variant, seed in jobs:
             print(train_with_torchrun(variant, seed, args), flush=True)
     else:
-        context = multiprocessing.get_context("spawn")
-        failed = []
-        with ProcessPoolExecutor(args.workers, mp_context=context,
-                                 initializer=die_with_parent) as pool:
-            futures = {pool.submit(train_in_process, v, s, args): (v, s) for v, s in jobs}
-            for future in as_completed(futures):
-                try:
-                    print(future.result(), flush=True)
-                except Exception as error:  # noqa: BLE001 - reported, the others go on
-                    failed.append(futures[future])
-                    print(f"FAILED {futures[future][0]} seed {futures[future][1]}: "
-                          f"{type(error).__name__}: {error}", flush=True)
+        failed = run_side_by_side(train_in_process, jobs, args.workers, args)
         if failed:
             raise SystemExit(f"{len(failed)} run(s) failed: {failed}; fix and rerun (finished "
                              f"runs are skipped)")

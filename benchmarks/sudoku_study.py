@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import statistics
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +39,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from stepnet.atomic import atomic_write  # noqa: E402
-from stepnet.engine.distributed import die_with_parent  # noqa: E402
+from stepnet.engine.distributed import run_side_by_side  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -291,18 +289,12 @@ def main() -> None:
     if args.table_only:
         print(write_results(rows, args))
         return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max(1, args.workers), mp_context=context,
-                             initializer=die_with_parent) as pool:
-        futures = {pool.submit(run_one, v, s, args): (v, s) for v, s in jobs}
-        for future in as_completed(futures):
-            try:
-                rows.append(future.result())
-                print(f"{rows[-1]['variant']} seed {rows[-1]['seed']}: done", flush=True)
-                write_results(rows, args)
-            except Exception as error:  # noqa: BLE001 - reported, the others go on
-                failed.append(futures[future])
-                print(f"FAILED {futures[future]}: {type(error).__name__}: {error}", flush=True)
+    def recorded(row: dict[str, Any]) -> None:
+        rows.append(row)
+        print(f"{row['variant']} seed {row['seed']}: done", flush=True)
+        write_results(rows, args)
+
+    failed += run_side_by_side(run_one, jobs, args.workers, args, on_result=recorded)
     print(write_results(rows, args))
     print(f"wrote {args.output}, {args.figure} and {args.figure.with_suffix('.md')}")
     if failed:

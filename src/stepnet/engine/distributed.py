@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -122,6 +123,35 @@ def die_with_parent() -> None:
     set_signal = _parent_death_signal()
     if set_signal is not None:
         set_signal()
+
+
+def run_side_by_side(fn: Callable[..., Any], jobs: Sequence[tuple[Any, ...]], workers: int,
+                     *args: Any, on_result: Callable[[Any], None] | None = None
+                     ) -> list[tuple[Any, ...]]:
+    """``fn(*job, *args)`` for every job in ``workers`` spawned processes that die with this
+    one (:func:`die_with_parent`). Each result goes to ``on_result`` (default: printed) as it
+    finishes; a job that raises is reported in one line and the others go on. Returns the
+    failed jobs."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    failed = []
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max(1, workers), mp_context=context,
+                             initializer=die_with_parent) as pool:
+        futures = {pool.submit(fn, *job, *args): job for job in jobs}
+        for future in as_completed(futures):
+            try:
+                result = future.result()
+            except Exception as error:  # noqa: BLE001 - reported, the others go on
+                failed.append(futures[future])
+                print(f"FAILED {futures[future]}: {type(error).__name__}: {error}", flush=True)
+                continue
+            if on_result is None:
+                print(result, flush=True)
+            else:
+                on_result(result)
+    return failed
 
 
 def run_dying_with_parent(command: Sequence[str]) -> None:

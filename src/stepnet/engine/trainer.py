@@ -490,8 +490,9 @@ class Trainer:
 
     def _repair_best(self, last: dict[str, Any]) -> None:
         """If ``last.pt`` was written as the best epoch and the run stopped before ``best.pt``
-        followed, copy it now; a ``best.pt`` of an epoch the checkpoint does not hold (from an
-        earlier attempt that went further) is removed."""
+        followed, copy it now; without a selected epoch any ``best.pt`` is removed; a
+        ``best.pt`` of another epoch than the one ``last.pt`` names is refused (the directory
+        was changed by hand)."""
         best_path = self.run_dir / "checkpoints" / "best.pt"
         if self.best_epoch is None:
             best_path.unlink(missing_ok=True)
