@@ -61,9 +61,13 @@ def test_timm_train_arguments_and_the_classifier_methods(name):
     """timm's train.py argument set builds the model; num_classes=0 and reset_classifier(0)
     give the pooled features that forward_head(pre_logits=True) gives."""
     torch.manual_seed(0)
+    x = small_input(name)
+    # timm's train.py passes these three; with stochastic depth a training step runs
+    trained = timm.create_model(f"stepnet_{name}", drop_rate=0.1, drop_path_rate=0.1,
+                                global_pool=None, attention="se")
+    trained(x).sum().backward()
     model = timm.create_model(f"stepnet_{name}", drop_rate=0.0, drop_path_rate=0.0,
                               attention="se").eval()
-    x = small_input(name)
     with torch.no_grad():
         logits = model(x)
         features = model.forward_features(x)
@@ -98,10 +102,60 @@ def test_drop_rate_is_dropout_before_the_classifier(name):
 def test_unsupported_head_settings_are_refused_plainly():
     with pytest.raises(ValueError, match="pool by average"):
         stepnet.create_model("resnet20", global_pool="max")
-    with pytest.raises(ValueError, match="stochastic depth is not implemented"):
-        stepnet.create_model("resnet20", drop_path_rate=0.1)
+    with pytest.raises(ValueError, match=r"drop_path_rate must be in \[0, 1\), got 1.5"):
+        stepnet.create_model("resnet20", drop_path_rate=1.5)
     with pytest.raises(ValueError, match="'token' or 'avg'|reads the cls token"):
         stepnet.create_model("vit_cifar_tiny", global_pool="max")
+
+
+def test_drop_path_rates_follow_timms_linear_rule():
+    ours = stepnet.create_model("resnet18", drop_path_rate=0.2)
+    theirs = timm.create_model("resnet18", drop_path_rate=0.2)
+    timm_rates = [0.0 if b.drop_path is None else b.drop_path.drop_prob
+                  for stage in (theirs.layer1, theirs.layer2, theirs.layer3, theirs.layer4)
+                  for b in stage]
+    assert [b.drop_path_rate for b in ours.residual_blocks()] == pytest.approx(timm_rates)
+    assert timm_rates[-1] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("attention", ["none", "se", "stepnet"])
+@pytest.mark.parametrize("block", ["basic", "bottleneck"])
+@pytest.mark.parametrize("preact", [True, False])
+def test_drop_path_is_timms_drop_path_of_the_update(attention, block, preact):
+    """In training a block with stochastic depth gives shortcut + timm's DropPath(fx * h)
+    (post-activation: then the ReLU), values and gradients; in evaluation the plain block."""
+    import copy
+
+    from timm.layers import DropPath
+
+    torch.manual_seed(0)
+    model = stepnet.create_model("cifar_resnet", depth=20 if block == "basic" else 29,
+                                 block=block, preact=preact, attention=attention,
+                                 drop_path_rate=0.6).double()
+    ours = model.residual_blocks()[-1]
+    reference = copy.deepcopy(ours)
+    rate = ours.drop_path_rate
+    x = torch.randn(8, ours.out_planes, 8, 8, dtype=torch.float64, requires_grad=True)
+    ours.train(), reference.train()
+    torch.manual_seed(3)
+    y = ours(x)
+    shortcut, fx = reference.branches(x)
+    h = torch.ones(()) if attention == "none" else reference.attention(shortcut, fx)
+    torch.manual_seed(3)
+    update = DropPath(rate)(fx * h)
+    expected = shortcut + update
+    expected = expected.relu() if not preact else expected
+    kept = update.flatten(1).abs().sum(1) > 0
+    assert 0 < kept.sum() < len(kept)           # some samples dropped, some kept
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(y)
+    (ours_grad,) = torch.autograd.grad(y, x, grad)
+    (expected_grad,) = torch.autograd.grad(expected, x, grad)
+    torch.testing.assert_close(ours_grad, expected_grad, rtol=1e-12, atol=1e-12)
+    ours.eval(), reference.eval()
+    reference.drop_path_rate = 0.0
+    with torch.no_grad():
+        assert torch.equal(ours(x), reference(x))
 
 
 def traceable_cases():

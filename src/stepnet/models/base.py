@@ -26,24 +26,27 @@ class ResidualNetwork(nn.Module):
         """The residual blocks in forward order."""
         return [m for m in self.modules() if isinstance(m, ResidualBlock)]
 
-    def _finish_blocks(self, stages: list[nn.Sequential]) -> None:
+    def _finish_blocks(self, stages: list[nn.Sequential], drop_path_rate: float = 0.0) -> None:
+        """Number the blocks in forward order, record each one's stage, and give block i of n
+        the stochastic-depth rate ``drop_path_rate * i / (n - 1)`` (timm's linear rule)."""
+        if not 0 <= drop_path_rate < 1:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+        count = sum(len(stage) for stage in stages)
         index = 0
         for stage_id, stage in enumerate(stages):
             for block in stage:
                 block.stage, block.index = stage_id, index
+                block.drop_path_rate = drop_path_rate * index / max(count - 1, 1)
                 index += 1
 
     # -- the classifier head, as timm's models have it -----------------------------------------
     def _make_head(self, features: int, num_classes: int, drop_rate: float = 0.0,
-                   drop_path_rate: float = 0.0, global_pool: str | None = "avg") -> None:
+                   global_pool: str | None = "avg") -> None:
         """Global average pooling, dropout (``drop_rate``) and ``fc`` (an identity when
         ``num_classes`` is 0, so the model returns its pooled features [B, num_features])."""
         if global_pool not in (None, "avg"):
             raise ValueError(f"global_pool {global_pool!r}: stepnet's ResNets pool by average "
                              f"('avg')")
-        if drop_path_rate:
-            raise ValueError(f"drop_path_rate {drop_path_rate}: stochastic depth is not "
-                             f"implemented for stepnet's ResNets yet (0 is accepted)")
         if not 0 <= drop_rate < 1:
             raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
         self.num_features, self.drop_rate = features, float(drop_rate)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from torch import Tensor, nn
+from torchvision.ops import stochastic_depth
 
 from ..attention import PooledStepSize, StepSize
 from .layers import EulerStep, conv_euler_step, step_folds_into_conv
@@ -36,6 +37,9 @@ class ResidualBlock(nn.Module):
 
     expansion = 1
     post_activation = False
+    # stochastic depth (timm's drop_path): in training each sample's update fx * h is dropped
+    # with this probability, and kept ones scaled by 1 / (1 - rate); set by the network
+    drop_path_rate = 0.0
 
     def __init__(self, in_planes: int, planes: int, stride: int, attention: StepSize) -> None:
         super().__init__()
@@ -52,9 +56,20 @@ class ResidualBlock(nn.Module):
         [B, C_out, H', W']."""
         raise NotImplementedError
 
+    def drops_path(self) -> bool:
+        """Whether this forward drops whole updates (training with ``drop_path_rate`` > 0)."""
+        return self.training and self.drop_path_rate > 0
+
     def step_size(self, shortcut: Tensor, fx: Tensor) -> Tensor | None:
-        """The attention module's h, or None when it is identically 1."""
-        return None if self.attention.is_identity else self.attention(shortcut, fx)
+        """The attention module's h, or None when it is identically 1. With stochastic depth
+        (:meth:`drops_path`) h times each sample's keep-mask [B, 1, 1, 1] (0, or
+        1 / (1 - rate)): ``x + fx * (h * mask)`` is timm's ``x + drop_path(fx * h)``."""
+        h = None if self.attention.is_identity else self.attention(shortcut, fx)
+        if not self.drops_path():
+            return h
+        ones = fx.new_ones((fx.shape[0],) + (1,) * (fx.dim() - 1))
+        mask = stochastic_depth(ones, self.drop_path_rate, "row", training=True)
+        return mask if h is None else h * mask
 
     def euler_step(self, x: Tensor, fx: Tensor) -> Tensor:
         """``x + fx * h`` with h from the attention module (skipped when h = 1), then the ReLU in
@@ -71,7 +86,8 @@ class ResidualBlock(nn.Module):
         into the step (:func:`~stepnet.models.norm_step.norm_euler_step`:
         ``norm(z)`` is never formed nor kept for backward); the same value to float
         rounding."""
-        if norm_step_folds(self.step, self.attention, norm, shortcut, z):
+        if not self.drops_path() and norm_step_folds(self.step, self.attention, norm,
+                                                     shortcut, z):
             return norm_euler_step(self.step, shortcut, z, norm, self.attention)
         return self.euler_step(shortcut, norm(z))
 
@@ -204,7 +220,8 @@ class PreActBottleneck(ResidualBlock):
         (:func:`~stepnet.models.layers.conv_euler_step`: ``fx`` is never formed nor kept for
         backward); the same value to float rounding as ``step(shortcut, fx, h)``."""
         shortcut, a = self.shortcut_and_last_input(x)
-        if step_folds_into_conv(self.step, self.attention, self.conv3, shortcut, a):
+        if not self.drops_path() and step_folds_into_conv(self.step, self.attention,
+                                                          self.conv3, shortcut, a):
             self.step.sums = None
             return conv_euler_step(shortcut, a, self.conv3, self.attention)
         return self.euler_step(shortcut, self.conv3(a))

@@ -80,12 +80,12 @@ class CifarResNet(ResidualNetwork):
         self.layer1, self.layer2, self.layer3 = stages
         self.final_bn = nn.BatchNorm2d(in_planes) if preact else None
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self._make_head(in_planes, num_classes, drop_rate, drop_path_rate, global_pool)
+        self._make_head(in_planes, num_classes, drop_rate, global_pool)
         # timm's description of the stage outputs: channels, stride from the input, module
         self.feature_info = [
             {"num_chs": width * block_cls.expansion, "reduction": 2 ** stage_id,
              "module": f"layer{stage_id + 1}"} for stage_id, width in enumerate(widths)]
-        self._finish_blocks(stages)
+        self._finish_blocks(stages, drop_path_rate)
         self._init_backbone(lambda conv: nn.init.normal_(
             conv.weight, 0.0, math.sqrt(2.0 / (conv.kernel_size[0] * conv.kernel_size[1]
                                                * conv.out_channels))))

@@ -72,12 +72,12 @@ class ResNet(ResidualNetwork):
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.inplanes = in_planes   # torchvision's name, read by its detection helpers
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self._make_head(in_planes, num_classes, drop_rate, drop_path_rate, global_pool)
+        self._make_head(in_planes, num_classes, drop_rate, global_pool)
         # timm's description of the stem and stage outputs: channels, stride, module
         self.feature_info = [{"num_chs": 64, "reduction": 2, "module": "relu"}] + [
             {"num_chs": planes * block.expansion, "reduction": 4 * 2 ** i,
              "module": f"layer{i + 1}"} for i, planes in enumerate((64, 128, 256, 512))]
-        self._finish_blocks(stages)
+        self._finish_blocks(stages, drop_path_rate)
         if norm_layer is not None and is_frozen_norm(norm_layer):
             freeze_batch_norms(self)
         self._init_backbone(lambda conv: nn.init.kaiming_normal_(
