@@ -39,6 +39,29 @@ def test_timm_state_dict_loads_unchanged_and_logits_are_identical(config):
     assert ours.no_weight_decay() == {"pos_embed", "cls_token"}
 
 
+def test_stochastic_depth_in_training_is_timms():
+    """With drop_path_rate, a training forward draws timm's per-sample masks in timm's order:
+    our logits and gradients equal timm's ViT under one seed (some updates dropped)."""
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    settings = dict(img_size=32, patch_size=4, embed_dim=96, depth=4, num_heads=4,
+                    mlp_ratio=2.0, num_classes=10, drop_path_rate=0.5)
+    timm_model = TimmViT(**settings).double().train()
+    ours = create_model("vit_cifar_tiny", drop_path_rate=0.5).double().train()
+    ours.load_state_dict(timm_model.state_dict(), strict=True)
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    outputs = []
+    for model in (ours, timm_model):
+        torch.manual_seed(5)
+        logits = model(x)
+        logits.square().sum().backward()
+        outputs.append((logits, model.head.weight.grad))
+    # equal to float64 rounding (timm scales fx by 1 / keep, we scale the mask)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-11, atol=1e-13)
+    torch.manual_seed(5)
+    assert not torch.allclose(ours.eval()(x), outputs[0][0])   # the masks dropped something
+
+
 def test_cifar_vit_configurations():
     vit = create_model("vit_cifar")
     assert (vit.embed_dim, len(vit.blocks), vit.blocks[0].attn.heads, vit.num_patches) == \

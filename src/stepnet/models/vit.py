@@ -31,7 +31,6 @@ import torch
 from torch import Tensor, nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch.nn import functional as F
-from torchvision.ops import StochasticDepth
 
 from ..attention import StepSize, get_attention_class, list_attention
 from ..attention.base import traced_as_tokens
@@ -88,7 +87,9 @@ class Mlp(nn.Module):
 
 
 class TokenResidual(ResidualBlock):
-    """One residual of a transformer block as an Euler step: ``x + drop_path(f(norm(x))) * h``.
+    """One residual of a transformer block as an Euler step: ``x + f(norm(x)) * h``, with
+    stochastic depth (``drop_path``, in training) dropping each sample's whole update
+    ``f * h`` as timm's ``drop_path`` does (:meth:`ResidualBlock.step_size`).
 
     ``norm`` and ``mixer`` belong to the enclosing block (timm's names: ``norm1``/``attn``,
     ``norm2``/``mlp``) and are referenced here, not registered, so the state dict keeps timm's
@@ -99,11 +100,11 @@ class TokenResidual(ResidualBlock):
                  drop_path: float = 0.0) -> None:
         super().__init__(dim, dim, 1, attention)
         self._branch = (norm, mixer)   # a tuple: not registered as submodules
-        self.drop_path = StochasticDepth(drop_path, "row") if drop_path > 0 else nn.Identity()
+        self.drop_path_rate = drop_path
 
     def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
         norm, mixer = self._branch
-        return x, self.drop_path(mixer(norm(x)))
+        return x, mixer(norm(x))
 
 
 class Block(nn.Module):
@@ -174,7 +175,8 @@ class VisionTransformer(ResidualNetwork):
         make_attention = AttentionFactory(attention, depth, attention_blocks, attention_options)
         gate_attn = step_branches in ("attn", "both", "mixer")
         gate_mlp = step_branches in ("mlp", "both")
-        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        # timm's ViT rule, rates as float32 steps (torch.linspace), so masks scale as timm's
+        rates = torch.linspace(0, drop_path_rate, depth).tolist()
         blocks = []
         for i in range(depth):
             attn_step = make_attention(i if gate_attn else -1, embed_dim, 0)
