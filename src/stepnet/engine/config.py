@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .trackers import TRACKERS
+
 TASKS = ("classification", "sudoku", "detection")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("multistep", "cosine", "constant")
@@ -215,17 +217,22 @@ class TrainConfig:
     log_interval: int = option(50, "iterations between reads of the running loss (the only "
                                "host synchronisations of a training epoch)", group="run",
                                bookkeeping=True)
-    tensorboard: bool = option(False, "also log to <output>/tensorboard", group="run",
-                               bookkeeping=True)
+    trackers: list[str] = option([], "also log each epoch's metrics to these experiment "
+                                 "trackers (each when installed): tensorboard "
+                                 "(<output>/tensorboard), mlflow (MLFLOW_TRACKING_URI, else "
+                                 "<output>/mlflow.db), wandb (WANDB_PROJECT, WANDB_MODE)",
+                                 group="run", choices=TRACKERS, bookkeeping=True)
     output: str = option("runs/default", "run directory", group="run", bookkeeping=True)
 
     def validate(self) -> None:
         """Raise ``ValueError`` on values no run can use, naming the flag."""
         for name, spec in FIELDS.items():
             choices = spec.metadata["choices"]
-            if choices and getattr(self, name) not in choices:
-                raise ValueError(f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; "
-                                 f"valid: {', '.join(choices)}")
+            values = getattr(self, name)
+            for value in values if isinstance(values, list) else [values]:
+                if choices and value not in choices:
+                    raise ValueError(f"unknown {name.replace('_', '-')} {value!r}; "
+                                     f"valid: {', '.join(choices)}")
         for name in ("epochs", "batch_size", "grad_accum_steps", "eval_batch_size",
                      "log_interval", "dim", "heads",
                      "loops", "train_puzzles", "test_puzzles", "min_size", "max_size"):
@@ -299,19 +306,24 @@ class TrainConfig:
         """A config from saved values. ``strict``: an unknown key is an error naming it;
         otherwise unknown keys (older or newer versions) are ignored. Values of older versions
         are upgraded (``amp`` true/false)."""
+        values = _upgrade(values)
         unknown = sorted(set(values) - set(FIELDS))
         if unknown and strict:
             raise ValueError(f"{source} has unknown key{'s' if len(unknown) > 1 else ''} "
                              f"{', '.join(map(repr, unknown))}; valid keys: "
                              f"{', '.join(FIELDS)}")
-        return cls(**_upgrade({k: v for k, v in values.items() if k in FIELDS}))
+        return cls(**{k: v for k, v in values.items() if k in FIELDS})
 
 
 def _upgrade(values: dict[str, Any]) -> dict[str, Any]:
-    """Saved values of older versions in today's form (``amp`` was a boolean)."""
+    """Saved values of older versions in today's form (``amp`` was a boolean; ``tensorboard:
+    true`` is ``trackers: ["tensorboard"]``)."""
     values = dict(values)
     if isinstance(values.get("amp"), bool):
         values["amp"] = "auto" if values["amp"] else "off"
+    if "tensorboard" in values:
+        if values.pop("tensorboard") is True and "tensorboard" not in values.get("trackers", []):
+            values["trackers"] = list(values.get("trackers", [])) + ["tensorboard"]
     return values
 
 
@@ -449,7 +461,8 @@ def add_config_arguments(parser: argparse.ArgumentParser,
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is list:
-            kwargs.update(nargs="+", metavar="N")
+            kwargs.update(nargs="+", metavar="{" + ",".join(meta["choices"]) + "}"
+                          if meta["choices"] else "N")
         elif meta["choices"]:
             kwargs["metavar"] = "{" + ",".join(meta["choices"]) + "}"
         else:

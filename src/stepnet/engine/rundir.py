@@ -22,8 +22,9 @@ from pathlib import Path
 from types import TracebackType
 
 LOCK_NAME = ".stepnet.lock"
-RUN_FILES = ("config.json", "metrics.jsonl", "result.json", "report.md", "record.json")
-RUN_FOLDERS = ("checkpoints", "stiffness", "tensorboard")
+RUN_FILES = ("config.json", "metrics.jsonl", "result.json", "report.md", "record.json",
+             "trackers.json", "mlflow.db")
+RUN_FOLDERS = ("checkpoints", "stiffness", "tensorboard", "mlartifacts", "wandb")
 TEMPORARY_SUFFIX = ".tmp"   # atomic_write's temporary files: .<name>.<random>.tmp
 
 # Locks this process holds, by resolved folder: [file descriptor, depth]. A process that

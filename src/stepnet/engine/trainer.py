@@ -46,6 +46,7 @@ from .distributed import (DistributedContext, ShardSampler, convert_sync_batchno
                           resolve_device)
 from .records import build_record, write_record
 from .rundir import RunLock
+from .trackers import Tracker, open_trackers
 from .tasks import Task, create_task, move_to, reduce_sums, task_class
 
 
@@ -222,7 +223,6 @@ class Trainer:
         self.best_score: tuple[float, ...] | None = None
         self.best_epoch: int | None = None   # 0-based, chosen on the validation split
         self.history: list[dict[str, float]] = []   # every finished epoch's metrics
-        self.writer = self._tensorboard() if config.tensorboard and self.ctx.is_main else None
 
     def _amp_dtype(self) -> torch.dtype | None:
         mode, kind = self.config.amp, self.device.type
@@ -510,23 +510,26 @@ class Trainer:
                              f"{self.best_epoch + 1}: the run directory was changed by hand "
                              f"or by an older stepnet; restart the run")
 
-    def _tensorboard(self):  # noqa: ANN202
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ValueError("--tensorboard needs the tensorboard package: "
-                             "pip install tensorboard") from None
-        return SummaryWriter(str(self.run_dir / "tensorboard"))
-
     # -- the loop -----------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
         """Train from ``start_epoch`` to ``epochs``; returns the last epoch's metrics. The main
         process holds the run directory's lock throughout."""
         lock = RunLock(self.run_dir) if self.ctx.is_main else nullcontext()
         with lock:
-            return self._fit()
+            trackers = (open_trackers(self.config.trackers, self.run_dir,
+                                      self.config.to_dict(), fresh=self.start_epoch == 0)
+                        if self.ctx.is_main else [])
+            try:
+                metrics = self._fit(trackers)
+            except BaseException:
+                for tracker in trackers:
+                    tracker.close(failed=True)
+                raise
+            for tracker in trackers:
+                tracker.close()
+            return metrics
 
-    def _fit(self) -> dict[str, float]:
+    def _fit(self, trackers: list[Tracker]) -> dict[str, float]:
         if self.ctx.is_main:
             self.config.save(self.run_dir / "config.json")
             if self.start_epoch == 0:
@@ -551,9 +554,8 @@ class Trainer:
                 if improved:
                     save_checkpoint(self.run_dir / "checkpoints" / "best.pt", state)
                 self._write_metrics()
-                if self.writer is not None:
-                    for key, value in metrics.items():
-                        self.writer.add_scalar(key, value, epoch + 1)
+                for tracker in trackers:
+                    tracker.log(metrics, epoch + 1)
                 if self.progress:
                     tqdm.write(f"epoch {epoch + 1}: " + "  ".join(
                         f"{k} {v:.4g}" for k, v in metrics.items()
