@@ -67,3 +67,26 @@ def test_stiffness_recorder_on_cuda():
     on_gpu = record_trajectories(model, batches, device="cuda", progress=False)
     torch.testing.assert_close(on_gpu.nsi.cpu(), on_cpu.nsi, rtol=1e-4, atol=1e-5,
                                equal_nan=True)
+
+
+def test_sync_bn_syncs_the_backbone_and_keeps_descriptor_norms_per_process(tmp_path):
+    """Two processes (gloo, one device), half a batch each: the backbone's batch norm takes
+    the statistics of the whole batch, the step-size module's descriptor norm its own half's."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc-per-node=2", "-m", "tests.syncbn_worker", str(tmp_path)],
+                   check=True, env=env, timeout=300)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert ranks[0]["types"] == ["SyncBatchNorm", "DescriptorBatchNorm1d"]
+    momentum = 0.1   # running means start at 0: one update is momentum * the batch mean
+    whole = torch.cat([r["backbone_input"] for r in ranks]).mean((0, 2, 3))
+    for r in ranks:
+        torch.testing.assert_close(r["backbone_mean"], momentum * whole)
+        torch.testing.assert_close(r["descriptor_mean"],
+                                   momentum * r["descriptor_input"].mean(0))
+    assert not torch.allclose(ranks[0]["descriptor_mean"], ranks[1]["descriptor_mean"])
