@@ -108,6 +108,26 @@ def test_unsupported_head_settings_are_refused_plainly():
         stepnet.create_model("vit_cifar_tiny", global_pool="max")
 
 
+@pytest.mark.parametrize("name", [n[len("stepnet_"):] for n in timm.list_models("stepnet_*")])
+def test_timms_train_arguments_build_every_model(name):
+    """timm's train.py passes drop_rate, drop_path_rate and global_pool: every image
+    classifier takes them (stochastic depth reaching the rate at the last block); a detector
+    takes drop_path_rate for its body and refuses the classifier's options by name; the Sudoku
+    model, no image model, refuses them listing its options."""
+    timm_args = {"drop_rate": 0.1, "drop_path_rate": 0.1, "global_pool": None}
+    if name == "sudoku":
+        with pytest.raises(ValueError, match="does not take the option 'drop_rate'"):
+            timm.create_model(f"stepnet_{name}", **timm_args)
+        return
+    if name.startswith("fasterrcnn"):
+        with pytest.raises(ValueError, match="fasterrcnn does not take 'drop_rate'"):
+            timm.create_model(f"stepnet_{name}", **timm_args)
+        timm_args = {"drop_path_rate": 0.1}
+    model = timm.create_model(f"stepnet_{name}", **timm_args)
+    rates = [b.drop_path_rate for b in model.residual_blocks()]
+    assert rates[0] == 0 and rates[-1] == pytest.approx(0.1)
+
+
 def test_drop_path_rates_follow_timms_linear_rule():
     ours = stepnet.create_model("resnet18", drop_path_rate=0.2)
     theirs = timm.create_model("resnet18", drop_path_rate=0.2)

@@ -13,10 +13,12 @@ keeps ``BatchNorm2d`` and trains all 5. Both can be set (``frozen_norm``, ``trai
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops import FrozenBatchNorm2d
@@ -25,6 +27,15 @@ from .blocks import ResidualBlock
 from .registry import create_model, register_model
 
 DETECTION_BACKBONES = ("resnet18", "resnet50", "resnet101")
+
+
+# FasterRCNN's own keywords and its transform's (it passes unknown ones on and drops them)
+FASTER_RCNN_OPTIONS = tuple(
+    name for cls in (FasterRCNN, GeneralizedRCNNTransform)
+    for name, p in inspect.signature(cls.__init__).parameters.items()
+    if p.kind is p.POSITIONAL_OR_KEYWORD and name not in (
+        "self", "backbone", "num_classes", "min_size", "max_size", "image_mean", "image_std")
+) + ("image_mean", "image_std")
 
 
 class StepFasterRCNN(FasterRCNN):
@@ -63,15 +74,22 @@ def fasterrcnn(backbone: str = "resnet50", num_classes: int = 91, attention: str
                attention_options: dict[str, Any] | None = None,
                attention_blocks: list[int] | None = None, trainable_layers: int | None = None,
                frozen_norm: bool | None = None, backbone_checkpoint: str | None = None,
-               min_size: int = 800, max_size: int = 1333, **kwargs: Any) -> StepFasterRCNN:
+               min_size: int = 800, max_size: int = 1333, drop_path_rate: float = 0.0,
+               **kwargs: Any) -> StepFasterRCNN:
     """Faster R-CNN + FPN on ``backbone`` (``resnet18``, ``resnet50``, ``resnet101``).
 
     ``num_classes`` counts the background (91 for COCO's ids 1-90); ``min_size`` /
-    ``max_size`` are the resize bounds; other keywords go to torchvision's ``FasterRCNN``.
+    ``max_size`` are the resize bounds; ``drop_path_rate`` is the body's stochastic depth;
+    other keywords go to torchvision's ``FasterRCNN`` (one it does not take is refused: it
+    would ignore it silently).
     """
     if backbone not in DETECTION_BACKBONES:
         raise ValueError(f"unknown detection backbone {backbone!r}; valid: "
                          f"{', '.join(DETECTION_BACKBONES)}")
+    unknown = sorted(set(kwargs) - set(FASTER_RCNN_OPTIONS))
+    if unknown:
+        raise ValueError(f"fasterrcnn does not take {', '.join(map(repr, unknown))}; "
+                         f"torchvision's FasterRCNN takes {', '.join(FASTER_RCNN_OPTIONS)}")
     trained = backbone_checkpoint is not None
     frozen = trained if frozen_norm is None else frozen_norm
     layers = (3 if trained else 5) if trainable_layers is None else trainable_layers
@@ -79,7 +97,8 @@ def fasterrcnn(backbone: str = "resnet50", num_classes: int = 91, attention: str
         raise ValueError(f"trainable_layers must be in 0..5, got {layers}")
     body = create_model(backbone, attention=attention, attention_options=attention_options,
                         attention_blocks=attention_blocks,
-                        norm_layer=FrozenBatchNorm2d if frozen else nn.BatchNorm2d)
+                        norm_layer=FrozenBatchNorm2d if frozen else nn.BatchNorm2d,
+                        drop_path_rate=drop_path_rate)
     if trained:
         load_backbone_checkpoint(body, backbone_checkpoint)
     features = resnet_fpn(body, layers)
