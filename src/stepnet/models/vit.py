@@ -9,14 +9,14 @@ Each transformer block holds two residuals, ``x + attn(norm1(x))`` and ``x + mlp
 ``step_branches`` says which of them become Euler steps with a step size
 ``x_next = x + fx * h(x, fx)`` on tokens [B, N, D] (h: [B, 1, D] for channel gates):
 
-* ``"attn"`` -- the self-attention residual (Eq. 32's reading: the attention output is the
-  feature map f3, the step-size module supplies F);
-* ``"mlp"`` (the default, chosen by measurement: docs/vit.md) -- the MLP residual;
-* ``"both"`` -- both, with a step-size module each;
-* ``"mixer"`` -- the paper's literal "replace the attention module with StepNet": the token
-  mixer is the value path ``proj(v(norm1(x)))`` (no query-key attention), gated by the step-size
-  module, MetaFormer-style. Our reading of the text; its state dict has ``attn.v`` where timm
-  has ``attn.qkv``.
+* ``"attn"`` -- the self-attention residual: attention kept, its output gated (ours);
+* ``"mlp"`` (the default, chosen by a measurement on the test split: docs/vit.md) -- the MLP
+  residual (ours);
+* ``"both"`` -- both, with a step-size module each (ours);
+* ``"mixer"`` -- Eq. 32 read literally with "directly replace the attention modules in ViT with
+  StepNet": the value path ``proj(v(norm1(x)))`` is the feature map f3 and the step-size module
+  takes the softmax's place as F (no query-key attention), MetaFormer-style. Its state dict has
+  ``attn.v`` where timm has ``attn.qkv``.
 
 Every residual, gated or not, is a :class:`~stepnet.models.blocks.ResidualBlock` (an exact Euler
 step), so the stiffness tools read the trajectory x_t along the transformer: two steps per block,
