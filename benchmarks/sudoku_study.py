@@ -102,7 +102,8 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
 
 def train_and_analyse(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
-    from stepnet.dynamics.task import analyze_sudoku, load_sudoku_model
+    from stepnet.dynamics.task import analyze_sudoku
+    from stepnet.engine.tasks.sudoku import load_sudoku_model, run_test_split
     from stepnet.engine import NonFiniteLossError, Trainer, read_metrics, resolve_config
 
     run = args.runs / folder(variant) / f"seed{seed}"
@@ -133,7 +134,8 @@ def train_and_analyse(variant: str, seed: int, args: argparse.Namespace) -> dict
         analysis = json.loads(cache.read_text())
     else:
         model, saved = load_sudoku_model(run / "checkpoints" / "last.pt")
-        analysis = analyze_sudoku(model, saved, boards=args.boards, k=args.k, progress=False,
+        analysis = analyze_sudoku(model, *run_test_split(saved), boards=args.boards, k=args.k,
+                                  progress=False,
                                   votes=args.votes, vote_puzzles=args.vote_puzzles,
                                   contribution_boards=0, max_loops=max(args.eval_loops))
         cache.write_text(json.dumps(analysis))

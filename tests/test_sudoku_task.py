@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from stepnet.dynamics.sudoku import generate
-from stepnet.dynamics.task import SudokuModel, evaluate, load_sudoku_model
+from stepnet.dynamics.task import SudokuModel, evaluate
+from stepnet.engine.tasks.sudoku import load_sudoku_model
 from stepnet.engine import Trainer, load_checkpoint, resolve_config
 from stepnet.engine.checkpoint import model_from_checkpoint
 from stepnet.engine.tasks import create_task

@@ -5,7 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..dynamics.task import analyze_sudoku, load_sudoku_model
+from ..dynamics.task import analyze_sudoku
+from ..engine.tasks.sudoku import load_sudoku_model, run_test_split
 from ..engine.checkpoint import run_directory
 from .train import add_train_arguments, run_train
 
@@ -22,7 +23,8 @@ def run_analyze(args: argparse.Namespace) -> int:
     except FileNotFoundError as error:
         raise ValueError(str(error)) from None
     output = Path(args.output) if args.output else run_directory(args.run_dir) / "analysis"
-    result = analyze_sudoku(model, config, boards=args.boards, max_loops=args.max_loops,
+    result = analyze_sudoku(model, *run_test_split(config), boards=args.boards,
+                            max_loops=args.max_loops,
                             k=args.k, output=output, progress=not args.quiet, votes=args.votes,
                             vote_puzzles=args.vote_puzzles,
                             contribution_boards=args.contribution_boards)

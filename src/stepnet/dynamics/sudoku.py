@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import Tensor
 
 MIN_GIVENS = 17  # no 9x9 Sudoku with fewer givens has a unique solution (McGuire et al., 2012)
 
@@ -226,3 +228,12 @@ def cell_accuracy(predictions: np.ndarray, puzzles: np.ndarray, solutions: np.nd
     predictions, puzzles, solutions = (np.asarray(a) for a in (predictions, puzzles, solutions))
     blank = puzzles == 0
     return float((predictions == solutions)[blank].mean())
+
+
+def sudoku_counts(logits: Tensor, puzzles: Tensor, solutions: Tensor) -> dict[str, Tensor]:
+    """Device scalars of a batch: blank cells, blanks predicted right, boards with every blank
+    right. logits [B, 81, 9], puzzles / solutions [B, 81] (0 = blank, digits 1..9)."""
+    blank = puzzles == 0
+    right = (logits.argmax(-1) + 1) == solutions
+    return {"blanks": blank.sum(), "right": (right & blank).sum(),
+            "solved": (right | ~blank).all(dim=1).sum()}

@@ -1,6 +1,7 @@
-"""Sudoku with looped self-attention: the model, evaluation at any loop count, and the dynamics
-analysis of a trained model. Training runs through the engine's ``sudoku`` task
-(``stepnet train --task sudoku`` or ``stepnet dynamics train``)."""
+"""Sudoku with looped self-attention: the model, its accuracy at any loop count, and the
+dynamics analysis of a trained model. Training, checkpoints and the run's data splits belong to
+the engine's ``sudoku`` task (:mod:`stepnet.engine.tasks.sudoku`: ``stepnet train --task
+sudoku`` or ``stepnet dynamics train``)."""
 from __future__ import annotations
 
 import json
@@ -124,7 +125,7 @@ def evaluate(model: SudokuModel, puzzles: np.ndarray, solutions: np.ndarray, loo
              batch_size: int = 256, device: torch.device | str = "cpu") -> dict[str, float]:
     """Board accuracy (every blank right) and cell accuracy (share of blanks right) of the
     argmax prediction after ``loops`` loops: ``{"board": ..., "cell": ...}``."""
-    from ..engine.tasks import sudoku_counts
+    from .sudoku import sudoku_counts
 
     model.eval()
     totals = {"blanks": 0, "right": 0, "solved": 0}
@@ -135,16 +136,6 @@ def evaluate(model: SudokuModel, puzzles: np.ndarray, solutions: np.ndarray, loo
             totals[key] += int(value)
     return {"board": totals["solved"] / max(len(puzzles), 1),
             "cell": totals["right"] / max(totals["blanks"], 1)}
-
-
-def load_sudoku_model(path: str | Path) -> tuple[SudokuModel, dict[str, Any]]:
-    """The model and training config of a Sudoku checkpoint (a run folder, its
-    ``checkpoints/*.pt``, or the ``model.pt`` of earlier versions)."""
-    from ..engine.checkpoint import config_of_checkpoint, load_checkpoint, model_from_checkpoint
-
-    checkpoint = load_checkpoint(path)
-    model = model_from_checkpoint(checkpoint, task="sudoku")
-    return model.eval(), config_of_checkpoint(checkpoint).to_dict()
 
 
 def imaginary_statistics(eigenvalues: list[list[list[float]]], tolerance: float = 1e-6
@@ -163,11 +154,14 @@ def imaginary_statistics(eigenvalues: list[list[list[float]]], tolerance: float 
             "mean_abs_angle": float(np.abs(np.angle(values)).mean())}
 
 
-def analyze_sudoku(model: SudokuModel, config: dict[str, Any], boards: int = 32,
+def analyze_sudoku(model: SudokuModel, puzzles: np.ndarray, solutions: np.ndarray,
+                   boards: int = 32,
                    max_loops: int = 64, k: int = 8, output: str | Path | None = None,
                    progress: bool = True, votes: int = 8, vote_puzzles: int = 200,
                    contribution_boards: int = 2, seed: int = 0) -> dict[str, Any]:
-    """Dynamics of a trained Sudoku model on ``boards`` puzzles of its run's test split: the k
+    """Dynamics of a trained Sudoku model on the first ``boards`` of ``puzzles`` [n, 81], with
+    their ``solutions`` (a run's test split: :func:`stepnet.engine.tasks.sudoku.run_test_split`):
+    the k
     largest finite-horizon Lyapunov exponents over the training horizon (matrix-free), the k
     largest-modulus eigenvalues of the one-step Jacobian at the final state with their
     imaginary-part statistics, the contribution index at the final state (first
@@ -178,14 +172,6 @@ def analyze_sudoku(model: SudokuModel, config: dict[str, Any], boards: int = 32,
     from ..stiffness.figures import plot_eigenvalues, save_figure
     from .lyapunov import jacobian_eigenvalues, lyapunov_exponents
     from .monitoring import contribution_index, energy_voting
-
-    from ..engine.config import TrainConfig
-    from ..engine.tasks.sudoku import SudokuTask
-
-    # the run's own test split: generated with its givens and seed, or SATNet's last boards
-    # (the out-of-distribution file is not needed for it, so a moved one does not stop us)
-    split = TrainConfig.from_dict({**config, "ood": None}, strict=False)
-    puzzles, solutions = SudokuTask(split).puzzles("test")
     boards = min(boards, len(puzzles))
     generator = torch.Generator().manual_seed(seed)
     result: dict[str, Any] = {"boards": boards, "loops": model.loops, "exponents": [],

@@ -11,19 +11,11 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 from tqdm.auto import tqdm
 
+from ...dynamics.sudoku import sudoku_counts
 from .base import Losses, Task, move_to, reduce_sums, unwrap_model
 
 SUDOKU_DATASETS = ("sudoku", "satnet")
 OOD_SOURCES = ("rrn",)
-
-
-def sudoku_counts(logits: Tensor, puzzles: Tensor, solutions: Tensor) -> dict[str, Tensor]:
-    """Device scalars of a batch: blank cells, blanks predicted right, boards with every blank
-    right. logits [B, 81, 9], puzzles / solutions [B, 81] (0 = blank, digits 1..9)."""
-    blank = puzzles == 0
-    right = (logits.argmax(-1) + 1) == solutions
-    return {"blanks": blank.sum(), "right": (right & blank).sum(),
-            "solved": (right | ~blank).all(dim=1).sum()}
 
 
 class SudokuTask(Task):
@@ -204,7 +196,7 @@ class SudokuTask(Task):
     def final_results(self, model: nn.Module, progress: bool = False) -> dict[str, Any]:
         """Board and cell accuracy at every ``eval_loops`` count, in distribution (``test``)
         and on harder puzzles (``hard``): ``{"accuracy": {split: {loops: {board, cell}}}}``."""
-        from ...dynamics.task import evaluate
+        from ...dynamics.task import evaluate  # the model's module (lazy: registers models)
 
         model = unwrap_model(model)
         device = next(model.parameters()).device
@@ -214,3 +206,24 @@ class SudokuTask(Task):
             accuracy[split] = {str(t): evaluate(model, puzzles, solutions, t, device=device)
                                for t in self.config.eval_loops}
         return {"accuracy": accuracy}
+
+
+def load_sudoku_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The model (a :class:`~stepnet.dynamics.task.SudokuModel`, in eval mode) and training
+    config of a Sudoku checkpoint (a run folder, its ``checkpoints/*.pt``, or the ``model.pt``
+    of earlier versions)."""
+    from ..checkpoint import config_of_checkpoint, load_checkpoint, model_from_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    model = model_from_checkpoint(checkpoint, task="sudoku")
+    return model.eval(), config_of_checkpoint(checkpoint).to_dict()
+
+
+def run_test_split(config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """A Sudoku run's own test split (puzzles, solutions) [n, 81] from its saved ``config``:
+    generated with its givens and seed, or SATNet's last boards (the out-of-distribution file
+    is not needed for it, so a moved one does not stop the analysis)."""
+    from ..config import TrainConfig
+
+    return SudokuTask(TrainConfig.from_dict({**config, "ood": None}, strict=False)
+                      ).puzzles("test")
