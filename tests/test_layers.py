@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1] / "src" / "stepnet"
 # lower numbers may be imported by higher ones, never the reverse
 LAYERS = {"atomic": 0, "checkpoint_file": 0, "linalg": 0, "stats": 0, "data": 0, "kernels": 0, "weights": 0,
@@ -75,3 +77,33 @@ def test_the_check_sees_a_planted_upward_import(tmp_path):
     (root / "data" / "planted.py").write_text("def f():\n    from ..cli import main\n")
     (root / "cli" / "ok.py").write_text("import stepnet.data\n")
     assert set(arrows(root)) == {("data", "cli"), ("cli", "data")}
+
+
+TASK_NAMES = {"classification", "sudoku", "detection"}
+TASK_NEUTRAL = ["engine/trainer.py", "engine/checkpoint.py", "engine/records.py",
+                "checkpoint_file.py"]
+
+
+def compared_task_names(path: Path) -> list[int]:
+    """Lines of ``path`` that compare something with a task's name (``== "sudoku"``, ``in
+    ("detection", ...)``): each task's differences belong to its class in engine/tasks/."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Compare):
+            for side in (node.left, *node.comparators):
+                values = [side] + (list(side.elts) if isinstance(side, (ast.Tuple, ast.List,
+                                                                         ast.Set)) else [])
+                if any(isinstance(v, ast.Constant) and v.value in TASK_NAMES for v in values):
+                    lines.append(node.lineno)
+    return lines
+
+
+@pytest.mark.parametrize("module", TASK_NEUTRAL)
+def test_the_trainer_and_checkpoints_never_test_a_tasks_name(module):
+    assert compared_task_names(ROOT / module) == []
+
+
+def test_the_task_name_check_sees_a_planted_comparison(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text("def f(config):\n    return config.task in ('sudoku', 'x')\n")
+    assert compared_task_names(planted) == [2]

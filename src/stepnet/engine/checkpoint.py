@@ -25,27 +25,25 @@ from .config import TrainConfig
 def config_of_checkpoint(checkpoint: dict[str, Any]) -> TrainConfig:
     """The training config saved in a checkpoint, in today's form (older checkpoints kept the
     data under ``config["data"]`` and Sudoku's givens as ``train_givens``, and had no task)."""
-    from .tasks import task_of_checkpoint
+    from .tasks import task_class, task_of_checkpoint
 
     values = dict(checkpoint.get("config") or {})
     values.update(values.pop("data", None) or {})
     if "train_givens" in values:
         values["givens"] = list(values.pop("train_givens"))
     values["task"] = task_of_checkpoint(checkpoint)
-    if values["task"] == "sudoku":
-        values.setdefault("model", "sudoku")
-        values.setdefault("dataset", "sudoku")
-    return TrainConfig.from_dict(values, strict=False)
+    return TrainConfig.from_dict(task_class(values["task"]).upgrade_config(values),
+                                 strict=False)
 
 
 def upgrade_spec(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint's ``create_model`` call, with the defaults of older versions filled in
-    (Sudoku checkpoints without ``position`` used the free position table)."""
+    by its task (:meth:`~stepnet.engine.tasks.Task.upgrade_spec`)."""
+    from .tasks import task_class, task_of_checkpoint
+
     spec = {"name": checkpoint["model"]["name"],
             "kwargs": dict(checkpoint["model"].get("kwargs", {}))}
-    if spec["name"] == "sudoku":
-        spec["kwargs"].setdefault("position", "learned")
-    return spec
+    return task_class(task_of_checkpoint(checkpoint)).upgrade_spec(spec)
 
 
 # Keywords that size a network by its number of blocks: each block brings at least one tensor,

@@ -651,8 +651,7 @@ def write_report(run_dir: str | Path) -> Path:
     with_val = all(c in rows[-1] for c in chosen)
     best = max(rows, key=lambda r: tuple(r[c] for c in chosen)) if with_val else None
     columns = [k for k in rows[-1] if k.startswith(("val_", "ema_val_", "test_", "ema_test_"))]
-    what = (f"{config['model']} + {config['attention']}" if config.get("task",
-            "classification") == "classification" else f"{config['model']} ({config['norm']})")
+    what = task.describe(config)
     text = [f"# {what} on {config['dataset']}", "",
             f"task `{config.get('task', 'classification')}`, recipe `{config['recipe']}`, "
             f"seed {config['seed']}, {config['epochs']} epochs, batch {config['batch_size']}, "

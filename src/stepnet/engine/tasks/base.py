@@ -71,6 +71,24 @@ class Task:
     def build_model(spec: dict[str, Any]) -> nn.Module:
         return create_model(spec["name"], **spec.get("kwargs", {}))
 
+    # -- what older versions saved, and how a run is named -------------------------------------
+    @staticmethod
+    def upgrade_config(values: dict[str, Any]) -> dict[str, Any]:
+        """A saved config of this task in today's form (fields older versions left out);
+        ``values`` is changed and returned."""
+        return values
+
+    @staticmethod
+    def upgrade_spec(spec: dict[str, Any]) -> dict[str, Any]:
+        """A saved ``create_model`` call of this task with older versions' defaults filled in;
+        ``spec`` is changed and returned."""
+        return spec
+
+    @staticmethod
+    def describe(config: dict[str, Any]) -> str:
+        """A run's title in reports: what was trained."""
+        return f"{config['model']} + {config['attention']}"
+
     # -- training -----------------------------------------------------------------------------
     def losses(self, model: nn.Module, batch: Any) -> tuple[Losses, dict[str, Tensor]]:
         """(loss or named losses, running statistics of the batch as device tensors summed over

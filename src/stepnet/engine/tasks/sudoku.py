@@ -30,6 +30,23 @@ class SudokuTask(Task):
     name = "sudoku"
     select_metrics = ("test_board", "test_cell")
 
+    @staticmethod
+    def upgrade_config(values: dict[str, Any]) -> dict[str, Any]:
+        """Sudoku configs of the first versions named neither model nor dataset."""
+        values.setdefault("model", "sudoku")
+        values.setdefault("dataset", "sudoku")
+        return values
+
+    @staticmethod
+    def upgrade_spec(spec: dict[str, Any]) -> dict[str, Any]:
+        """Sudoku models saved without ``position`` used the free position table."""
+        spec["kwargs"].setdefault("position", "learned")
+        return spec
+
+    @staticmethod
+    def describe(config: dict[str, Any]) -> str:
+        return f"{config['model']} ({config['norm']})"
+
     def __init__(self, config) -> None:  # noqa: ANN001
         super().__init__(config)
         if config.dataset not in SUDOKU_DATASETS:
