@@ -40,21 +40,12 @@ import torch  # noqa: E402
 
 from stepnet.atomic import atomic_write  # noqa: E402
 from stepnet.engine.distributed import run_side_by_side  # noqa: E402
+from stepnet.studies import (SUDOKU_VARIANTS, replace_generated_block,  # noqa: E402
+                             sudoku_study_markdown)
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS: dict[str, dict[str, Any]] = {
-    "post, layernorm": dict(itrsa_preset="paper2", norm="layernorm"),
-    "post, rmsnorm (paper2)": dict(itrsa_preset="paper2", norm="rmsnorm"),
-    "pre, layernorm": dict(itrsa_preset="paper2", norm="layernorm", placement="pre"),
-    "pre, layernorm (akorn)": dict(itrsa_preset="akorn", norm="layernorm"),
-    "no norm": dict(itrsa_preset="paper2", placement="none", norm="none"),
-    "post, layernorm + spectral reg.": dict(itrsa_preset="paper2", norm="layernorm",
-                                            spectral_weight=1e-4),
-    "pre, layernorm + spectral reg.": dict(itrsa_preset="paper2", norm="layernorm",
-                                           placement="pre", spectral_weight=1e-4),
-    "energy core": dict(core="energy"),
-    "AKOrN": dict(core="akorn"),
-}
+VARIANTS = SUDOKU_VARIANTS
+DOC = ROOT / "docs" / "dynamics.md"
 
 
 def folder(variant: str) -> str:
@@ -148,60 +139,9 @@ def train_and_analyse(variant: str, seed: int, args: argparse.Namespace) -> dict
             "seconds": sum(h["seconds"] for h in history)}
 
 
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-
-
 def table(rows: list[dict[str, Any]], loops: list[int]) -> str:
-    """Markdown, mean ± std over seeds per variant: accuracy (in distribution and hard, at
-    every test-time loop count), then the dynamics (largest exponent, eigenvalue oscillation,
-    energy voting against the single run on the same puzzles, training minutes)."""
-    accuracy = (["variant", "seeds"] + [f"board T={t}" for t in loops] + [f"cell T={loops[0]}"]
-                + [f"hard board T={t}" for t in loops])
-    dynamics = ["variant", "max exponent", "complex share", "mean \\|arg λ\\| (rad)",
-                "energy voting", "single run", "train min"]
-    first = ["| " + " | ".join(accuracy) + " |", "|" + "---|" * len(accuracy)]
-    second = ["| " + " | ".join(dynamics) + " |", "|" + "---|" * len(dynamics)]
-    for variant in VARIANTS:
-        mine = [r for r in rows if r["variant"] == variant and "diverged" not in r]
-        diverged = sum(1 for r in rows if r["variant"] == variant and "diverged" in r)
-        if not mine and not diverged:
-            continue
-        name = variant + (f" ({diverged} diverged)" if diverged else "")
-        at = lambda split, t, metric: mean_std(  # noqa: E731
-            [r["accuracy"][split][str(t)][metric] for r in mine])
-        cells = [name, str(len(mine))] + [at("test", t, "board") for t in loops]
-        cells += [at("test", loops[0], "cell")] + [at("hard", t, "board") for t in loops]
-        first.append("| " + " | ".join(cells) + " |")
-        voted = [r["energy_voting"] for r in mine if r.get("energy_voting")]
-        cells = [name, mean_std([r["max_exponent"] for r in mine]),
-                 mean_std([r["imaginary"]["complex_share"] for r in mine]),
-                 mean_std([r["imaginary"]["mean_abs_angle"] for r in mine]),
-                 mean_std([v["board"] for v in voted]),
-                 mean_std([v["single_run_board"] for v in voted]),
-                 f"{statistics.mean(r['seconds'] for r in mine) / 60:.0f}" if mine else "–"]
-        second.append("| " + " | ".join(cells) + " |")
-    return "\n".join(first) + "\n\n" + "\n".join(second) + "\n\n" + correlation(rows, loops)
-
-
-def correlation(rows: list[dict[str, Any]], loops: list[int]) -> str:
-    """Spearman rank correlation of the largest exponent with accuracy over every run."""
-    from scipy.stats import spearmanr
-
-    done = [r for r in rows if "diverged" not in r]
-    if len(done) < 3:
-        return "(fewer than 3 runs: no rank correlation)"
-    parts = []
-    for metric in ("board", "cell"):
-        rho, p = spearmanr([r["max_exponent"] for r in done],
-                           [r["accuracy"]["test"][str(loops[0])][metric] for r in done])
-        parts.append(f"{metric} accuracy at T={loops[0]}: ρ = {rho:+.2f} (p = {p:.2g})")
-    return (f"Spearman rank correlation of the largest exponent with, over {len(done)} runs, "
-            + "; ".join(parts) + ".")
+    """The results block of docs/dynamics.md (:func:`stepnet.studies.sudoku_study_markdown`)."""
+    return sudoku_study_markdown(rows, loops)
 
 
 def plot(rows: list[dict[str, Any]], loops: list[int], path: Path) -> None:
@@ -267,6 +207,9 @@ def main() -> None:
     parser.add_argument("--vote-puzzles", type=int, default=200)
     parser.add_argument("--table-only", action="store_true",
                         help="rewrite the table, JSON and figure from the records; train nothing")
+    parser.add_argument("--write", action="store_true",
+                        help="with --table-only: also rewrite the generated block of "
+                             "docs/dynamics.md")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "sudoku_study")
@@ -289,7 +232,10 @@ def main() -> None:
                 rows.append(row)
     print(f"{len(rows)} run(s) recorded already, {len(jobs)} to do", flush=True)
     if args.table_only:
-        print(write_results(rows, args))
+        text = write_results(rows, args)
+        if args.write:
+            replace_generated_block(DOC, "sudoku-study", text)
+        print(text)
         return
     def recorded(row: dict[str, Any]) -> None:
         rows.append(row)

@@ -144,3 +144,60 @@ def test_the_docs_block_is_generated_from_the_committed_records(tmp_path):
     assert changed != text
     replace_generated_block(copy, "cifar10-study", changed)
     assert generated_block(copy, "cifar10-study").strip() != text.strip()
+
+
+def sudoku_rows():
+    folder = ROOT / "docs" / "figures" / "sudoku_study" / "records"
+    return [json.loads(p.read_text())["row"] for p in sorted(folder.glob("*.json"))]
+
+
+def test_the_sudoku_study_block_is_generated_from_its_records():
+    from stepnet.studies import sudoku_study_markdown
+
+    expected = sudoku_study_markdown(sudoku_rows(), [16, 32, 64])
+    assert generated_block(ROOT / "docs" / "dynamics.md", "sudoku-study").strip() == \
+        expected.strip(), ("docs/dynamics.md differs from the Sudoku study's records: run "
+                           "benchmarks/sudoku_study.py --table-only --write (see the doc)")
+
+
+def test_the_permutation_p_over_means_counts_every_pairing():
+    """The exact permutation p of Spearman's rho equals a count over all 720 pairings."""
+    import itertools
+
+    from scipy.stats import spearmanr
+
+    from stepnet.studies import _exact_permutation_p
+
+    x = np.array([0.21, 0.32, 0.26, 0.21, 0.16, 0.14])
+    y = np.array([0.46, 0.40, 0.55, 0.47, 0.0, 0.12])
+    observed = abs(spearmanr(x, y).statistic)
+    count = sum(abs(spearmanr(np.array(p), y).statistic) >= observed - 1e-12
+                for p in itertools.permutations(x))
+    assert _exact_permutation_p(x, y) == pytest.approx(count / 720)
+
+
+def test_sudoku_claims_read_intervals_and_seeds_pair_across_variants():
+    from stepnet.studies import sudoku_claims
+
+    claims = sudoku_claims(sudoku_rows(), [16, 32, 64])
+    rows = {(r["variant"], r["seed"]): r for r in sudoku_rows()}
+    pre = next(c for c in claims if c["comparison"] == "boards at T=64: pre, layernorm − no norm")
+    expected = paired_t([rows["pre, layernorm", s]["accuracy"]["test"]["64"]["board"]
+                         for s in range(3)],
+                        [rows["no norm", s]["accuracy"]["test"]["64"]["board"] for s in range(3)])
+    assert pre["mean"] == pytest.approx(expected["mean"]) and pre["seeds"] == [0, 1, 2]
+    assert pre["reading"] == ("agrees" if expected["low"] > 0 else "cannot tell")
+    from stepnet.studies import _verdict
+
+    assert _verdict(0.1, 0.3, +1) == "agrees" and _verdict(-0.3, -0.1, +1) == "disagrees"
+    assert _verdict(-0.1, 0.3, +1) == "cannot tell" and _verdict(-0.3, -0.1, -1) == "agrees"
+    assert _verdict(None, None, +1).startswith("cannot tell")
+
+
+def test_the_readme_sudoku_seed_count_is_generated_from_the_results():
+    from stepnet.studies import sudoku_recipe_seeds_markdown
+
+    results = [json.loads((ROOT / "docs" / "figures" / "sudoku_cpu" / p).read_text())
+               for p in ("result.json", "seed1/result.json")]
+    assert generated_block(ROOT / "README.md", "sudoku-cpu-seeds").strip() == \
+        sudoku_recipe_seeds_markdown(results).strip()

@@ -185,8 +185,10 @@ def cifar10_study_markdown(records: list[dict[str, Any]], resamples: int = 10_00
             f"| {mean_sd([r['analysis']['tns'] for r in runs], 4)} "
             f"| {mean_sd([r['analysis']['tns_step'] for r in runs], 4)} "
             f"| {mean_sd([r['train_seconds'] for r in runs], 0)} |")
+    epochs = sorted({r["final"]["epoch"] for r in records})
     lines += ["", "Mean ± sample standard deviation over seeds; test top-1 over the 5,000 test "
-              "images of the final (epoch-40) weights, the study's primary measure.", ""]
+              f"images of the final (epoch-{'/'.join(map(str, epochs))}) weights, the study's "
+              "primary measure.", ""]
     rows = compare_arms(records, resamples=resamples)
     lines += ["| comparison | paired seeds | Δ top-1 (points) | 95 % t interval | p (t) "
               "| Holm p | d_z | Δ / seed sd | image bootstrap Δ [95 %] | bootstrap Holm p "
@@ -243,3 +245,220 @@ def cifar10_study_markdown(records: list[dict[str, Any]], resamples: int = 10_00
             f"| {r['code'].get('commit', '?')[:10]} |")
     lines += ["", "</details>", ""]
     return "\n".join(lines)
+
+
+# -- paper 2's Sudoku study ----------------------------------------------------------------------
+# The study's variants, in table order: the engine settings each changes from the recipe.
+SUDOKU_VARIANTS: dict[str, dict[str, Any]] = {
+    "post, layernorm": dict(itrsa_preset="paper2", norm="layernorm"),
+    "post, rmsnorm (paper2)": dict(itrsa_preset="paper2", norm="rmsnorm"),
+    "pre, layernorm": dict(itrsa_preset="paper2", norm="layernorm", placement="pre"),
+    "pre, layernorm (akorn)": dict(itrsa_preset="akorn", norm="layernorm"),
+    "no norm": dict(itrsa_preset="paper2", placement="none", norm="none"),
+    "post, layernorm + spectral reg.": dict(itrsa_preset="paper2", norm="layernorm",
+                                            spectral_weight=1e-4),
+    "pre, layernorm + spectral reg.": dict(itrsa_preset="paper2", norm="layernorm",
+                                           placement="pre", spectral_weight=1e-4),
+    "energy core": dict(core="energy"),
+    "AKOrN": dict(core="akorn"),
+}
+# the ItrSA loops (no energy of their own): the ones the pseudo-energy is for
+PSEUDO_ENERGY_VARIANTS = ("post, layernorm", "post, rmsnorm (paper2)", "pre, layernorm",
+                          "pre, layernorm (akorn)", "no norm", "post, layernorm + spectral reg.",
+                          "pre, layernorm + spectral reg.")
+SOLVES = 0.5   # a seed "solves" the task when at least this share of test boards is right
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+
+
+def _by_variant(rows: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
+    """Finished (not diverged) runs by variant and seed, variants in table order."""
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    for variant in [v for v in SUDOKU_VARIANTS if any(r["variant"] == v for r in rows)]:
+        out[variant] = {r["seed"]: r for r in rows
+                        if r["variant"] == variant and "diverged" not in r}
+    return out
+
+
+def _board(row: dict[str, Any], loops: int, split: str = "test") -> float:
+    return row["accuracy"][split][str(loops)]["board"]
+
+
+def _verdict(low: float | None, high: float | None, sign: int) -> str:
+    """Agrees when the interval excludes the opposite of the claimed direction ``sign``
+    (+1: the difference is positive), disagrees when it excludes the claim, else cannot
+    tell."""
+    if low is None or high is None:
+        return "cannot tell (too few seeds)"
+    if (low > 0 if sign > 0 else high < 0):
+        return "agrees"
+    if (high < 0 if sign > 0 else low > 0):
+        return "disagrees"
+    return "cannot tell"
+
+
+def sudoku_claims(rows: list[dict[str, Any]], loops: list[int]) -> list[dict[str, Any]]:
+    """Paper 2's claims checked on the study's runs, each a paired comparison over the seeds
+    two variants share (a seed draws the same puzzles in every variant): the claim, the
+    comparison, the mean difference with its 95 % t interval, and the reading (``agrees``
+    only where the interval excludes the opposite)."""
+    runs = _by_variant(rows)
+    trained, beyond = loops[0], loops[-1]
+    claims: list[dict[str, Any]] = []
+
+    def compare(claim: str, label: str, a: str, b: str, value: Any, sign: int) -> None:
+        if a not in runs or b not in runs:
+            return
+        seeds = sorted(set(runs[a]) & set(runs[b]))
+        if not seeds:
+            return
+        diff = paired_t([value(runs[a][s]) for s in seeds], [value(runs[b][s]) for s in seeds])
+        claims.append({"claim": claim, "comparison": label, "seeds": seeds, **diff,
+                       "reading": _verdict(diff["low"], diff["high"], sign)})
+
+    for norm in ("post, layernorm", "pre, layernorm"):
+        compare("normalisation brings the dynamics close to a critical state (top exponent "
+                "nearer 0)", f"\\|λ₁\\|: {norm} − no norm", norm, "no norm",
+                lambda r: abs(r["max_exponent"]), -1)
+    for norm in ("post, layernorm", "pre, layernorm"):
+        for t in (trained, beyond):
+            compare("normalisation improves inference", f"boards at T={t}: {norm} − no norm",
+                    norm, "no norm", lambda r, t=t: _board(r, t), +1)
+    for base in ("post, layernorm", "pre, layernorm"):
+        reg = f"{base} + spectral reg."
+        for t in (trained, beyond):
+            compare("the Jacobian regulariser improves training",
+                    f"boards at T={t}: {reg} − {base}", reg, base,
+                    lambda r, t=t: _board(r, t), +1)
+    voting = [r for v in PSEUDO_ENERGY_VARIANTS if v in runs for r in runs[v].values()
+              if r.get("energy_voting")]
+    if voting:
+        diff = paired_t([r["energy_voting"]["board"] for r in voting],
+                        [r["energy_voting"]["single_run_board"] for r in voting])
+        claims.append({"claim": "the pseudo-energy monitors inference (the lowest-energy of "
+                                "several starts is the better answer)",
+                       "comparison": f"boards: energy voting − one run (ItrSA runs, "
+                                     f"{voting[0]['energy_voting']['votes']} starts)",
+                       "seeds": [r["seed"] for r in voting], **diff,
+                       "reading": _verdict(diff["low"], diff["high"], +1)})
+    return claims
+
+
+def _exact_permutation_p(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Two-sided p of Spearman's rho between ``x`` and ``y`` by every pairing (exact up to 8
+    points)."""
+    from scipy import stats as scipy_stats
+
+    if len(x) < 3:
+        return None
+    result = scipy_stats.permutation_test(
+        (x,), lambda a: scipy_stats.spearmanr(a, y).statistic, permutation_type="pairings",
+        n_resamples=np.inf if len(x) <= 8 else 20_000, alternative="two-sided", random_state=0)
+    return float(result.pvalue)
+
+
+def sudoku_correlations(rows: list[dict[str, Any]], loops: list[int]) -> list[str]:
+    """Exponent against accuracy: over every run (which counts seeds of one variant, often
+    near-duplicates, as independent), and over the variant means, with a seed-bootstrap
+    interval (seeds paired across variants) and an exact permutation p over the means."""
+    from scipy import stats as scipy_stats
+
+    runs = _by_variant(rows)
+    done = [r for seeds in runs.values() for r in seeds.values()]
+    if len(done) < 3:
+        return ["(fewer than 3 runs: no rank correlation)"]
+    t = loops[0]
+    lines = []
+    for metric in ("board", "cell"):
+        rho, p = scipy_stats.spearmanr([r["max_exponent"] for r in done],
+                                       [r["accuracy"]["test"][str(t)][metric] for r in done])
+        lines.append(f"Over every run ({len(done)}; seeds of one variant counted as independent, "
+                     f"which they are not): Spearman ρ of the largest exponent with {metric} "
+                     f"accuracy at T={t} = {rho:+.2f} (p = {p:.2g}).")
+    common = sorted(set.intersection(*(set(s) for s in runs.values())))
+    if len(runs) >= 3 and common:
+        for metric in ("board", "cell"):
+            x = np.array([[runs[v][s]["max_exponent"] for s in common] for v in runs])
+            y = np.array([[runs[v][s]["accuracy"]["test"][str(t)][metric] for s in common]
+                          for v in runs])
+            rho = spearman_of_means(x, y)
+            interval = (f"[{rho['low']:+.2f}, {rho['high']:+.2f}]" if rho["low"] is not None
+                        else "no interval")
+            p = _exact_permutation_p(x.mean(1), y.mean(1))
+            lines.append(f"Over the {len(runs)} variant means ({len(common)} seeds each): ρ of "
+                         f"the largest exponent with {metric} accuracy at T={t} = "
+                         f"{_fmt(rho['rho'], signed=True)}, seed-bootstrap 95 % {interval}, "
+                         f"exact permutation p = {_p(p)}.")
+    return lines
+
+
+def sudoku_study_markdown(rows: list[dict[str, Any]], loops: list[int]) -> str:
+    """The Sudoku study's results block: accuracy and dynamics per variant (mean ± sd over
+    seeds), how many seeds solve the task, every run, the correlations and paper 2's claims."""
+    runs = _by_variant(rows)
+    accuracy = (["variant", "seeds"] + [f"board T={t}" for t in loops] + [f"cell T={loops[0]}"]
+                + [f"hard board T={t}" for t in loops]
+                + [f"seeds with ≥ {SOLVES:.0%} boards at T={loops[0]}"])
+    dynamics = ["variant", "max exponent", "complex share", "mean \\|arg λ\\| (rad)",
+                "energy voting", "single run", "train min"]
+    first = ["| " + " | ".join(accuracy) + " |", "|" + "---|" * len(accuracy)]
+    second = ["| " + " | ".join(dynamics) + " |", "|" + "---|" * len(dynamics)]
+    for variant, seeds in runs.items():
+        mine = list(seeds.values())
+        diverged = sum(1 for r in rows if r["variant"] == variant and "diverged" in r)
+        name = variant + (f" ({diverged} diverged)" if diverged else "")
+        at = lambda split, t, metric: _mean_std(  # noqa: E731
+            [r["accuracy"][split][str(t)][metric] for r in mine])
+        solved = sum(_board(r, loops[0]) >= SOLVES for r in mine)
+        cells = [name, str(len(mine))] + [at("test", t, "board") for t in loops]
+        cells += [at("test", loops[0], "cell")] + [at("hard", t, "board") for t in loops]
+        cells += [f"{solved} of {len(mine) + diverged}"]
+        first.append("| " + " | ".join(cells) + " |")
+        voted = [r["energy_voting"] for r in mine if r.get("energy_voting")]
+        cells = [name, _mean_std([r["max_exponent"] for r in mine]),
+                 _mean_std([r["imaginary"]["complex_share"] for r in mine]),
+                 _mean_std([r["imaginary"]["mean_abs_angle"] for r in mine]),
+                 _mean_std([v["board"] for v in voted]),
+                 _mean_std([v["single_run_board"] for v in voted]),
+                 f"{np.mean([r['seconds'] for r in mine]) / 60:.0f}" if mine else "–"]
+        second.append("| " + " | ".join(cells) + " |")
+    every = ["| run | boards " + " / ".join(map(str, loops)) + " | cells " + str(loops[0])
+             + " | exponent | mean \\|arg λ\\| | voting / single run |",
+             "|---|---|---|---|---|---|"]
+    for variant, seeds in runs.items():
+        for seed, r in sorted(seeds.items()):
+            vote = r.get("energy_voting") or {}
+            every.append(
+                f"| {variant}, seed {seed} | "
+                + " / ".join(f"{_board(r, t):.3f}" for t in loops)
+                + f" | {r['accuracy']['test'][str(loops[0])]['cell']:.3f} "
+                f"| {r['max_exponent']:+.3f} | {r['imaginary']['mean_abs_angle']:.2f} "
+                f"| {vote.get('board', float('nan')):.3f} / "
+                f"{vote.get('single_run_board', float('nan')):.3f} |")
+    claims = ["| paper 2's claim | comparison (paired seeds) | seeds | mean difference "
+              "| 95 % t interval | reading |", "|---|---|---:|---:|---|---|"]
+    for c in sudoku_claims(rows, loops):
+        interval = (f"[{c['low']:+.3f}, {c['high']:+.3f}]" if c["low"] is not None else "–")
+        claims.append(f"| {c['claim']} | {c['comparison']} | {len(c['seeds'])} "
+                      f"| {c['mean']:+.3f} | {interval} | {c['reading']} |")
+    return "\n".join(
+        first + [""] + second + ["", "Mean ± sample standard deviation over seeds. Every run:",
+                                 ""] + every + [""] + sudoku_correlations(rows, loops)
+        + ["", "Paper 2's claims on these runs (`agrees` only where the 95 % interval excludes "
+               "the opposite):", ""] + claims) + "\n"
+
+
+def sudoku_recipe_seeds_markdown(results: list[dict[str, Any]]) -> str:
+    """How many seeds of the ``sudoku-cpu`` recipe solve the task: from each seed's committed
+    ``result.json`` (the final epoch's metrics, nothing selected)."""
+    boards = [r["metrics"]["test_board"] for r in results]
+    solved = sum(b >= SOLVES for b in boards)
+    shares = " and ".join(f"{b:.1%}" for b in boards)
+    return (f"{solved} of {len(boards)} seeds solve at least {SOLVES:.0%} of the test boards at "
+            f"the final epoch ({shares}; `docs/figures/sudoku_cpu/`).\n")
