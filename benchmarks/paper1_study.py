@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from stepnet.engine.distributed import run_dying_with_parent, run_side_by_side
+from stepnet.studies import replace_generated_block
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data" / "cifar10-jpeg"
@@ -131,11 +132,10 @@ def train_with_torchrun(variant: str, seed: int, args: argparse.Namespace) -> st
     return f"{variant} seed {seed}: trained"
 
 
-def paper_tables(result: dict[str, Any], minutes: float) -> str:
-    """Table 1 and Table 4 in the paper's form, ours beside the paper's, with TNS per variant;
-    Markdown."""
-    from stepnet.engine import read_metrics
-
+def paper_tables(result: dict[str, Any]) -> str:
+    """Table 1 and Table 4 in the paper's form, ours beside the paper's, with TNS per variant,
+    and the TNS-accuracy rank correlations; Markdown, from ``stepnet compare``'s summary
+    (``compare.json``, committed) alone."""
     groups = {g["group"]: g for g in result["groups"]}
     base = groups.get("none", {}).get("accuracy")
     def row(variant: str) -> str:
@@ -151,13 +151,19 @@ def paper_tables(result: dict[str, Any], minutes: float) -> str:
 
     header = ("| model | n | top-1 (%) | Δ vs ResNet | TNS Δ=1 / Δ=h "
               "| paper top-1 (ResNet-164) |\n|---|---:|---:|---:|---:|---:|")
-    seconds = sum(r["seconds"] for run in result["runs"] for r in read_metrics(run["run"]))
+    correlations = ["| TNS vs top-1 | over | n | Kendall τ (p) | Spearman ρ (p) |",
+                    "|---|---|---:|---:|---:|"]
+    for step, label in (("1", "Δ=1"), ("h", "Δ=h")):
+        for over in ("runs", "groups"):
+            c = result["correlation"][step][f"over_{over}"]
+            correlations.append(
+                f"| {label} | {over} | {c['n']} "
+                f"| {c['kendall']['statistic']:+.3f} ({c['kendall']['pvalue']:.3g}) "
+                f"| {c['spearman']['statistic']:+.3f} ({c['spearman']['pvalue']:.3g}) |")
     return "\n".join([
-        "### Table 1 (CIFAR-10)", "", header, *(row(v) for v in TABLE1), "",
-        "### Table 4 (StepNet's inputs) and StepNet in few blocks", "", header,
-        *(row(v) for v in TABLE4), "",
-        f"Training time, all runs: {seconds / 3600:.1f} h of single-thread CPU "
-        f"({minutes:.0f} min wall clock for the last invocation)."])
+        "#### Table 1 (CIFAR-10)", "", header, *(row(v) for v in TABLE1), "",
+        "#### Table 4 (StepNet's inputs) and StepNet in few blocks", "", header,
+        *(row(v) for v in TABLE4), "", *correlations]) + "\n"
 
 
 def main() -> None:
@@ -185,10 +191,16 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None,
                         help="default: benchmarks/results/paper1_<preset>.json")
     parser.add_argument("--train-only", action="store_true", help="skip the comparison")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="rewrite the tables (and docs/reproduction.md's block, CPU preset) "
+                             "from the committed <report>/compare.json; train nothing")
     args = parser.parse_args()
     args.runs = args.runs or ROOT / "runs" / f"paper1_{args.preset}"
     args.report = args.report or ROOT / "docs" / "figures" / f"paper1_{args.preset}"
     args.output = args.output or ROOT / "benchmarks" / "results" / f"paper1_{args.preset}.json"
+    if args.tables_only:
+        write_tables(json.loads((args.report / "compare.json").read_text()), args)
+        return
     seeds = args.seeds or PRESETS[args.preset]["seeds"]
     if not args.data_dir.is_dir():
         raise SystemExit(f"no CIFAR-10 JPEG folder at {args.data_dir} (see ../shared/data)")
@@ -214,8 +226,17 @@ def main() -> None:
                           proportion_at=(0.2, 0.0),
                           labels={str(args.runs / v / f"seed{s}"): v for v, s in jobs},
                           summary_json=args.output)
-    tables = paper_tables(result, (time.time() - started) / 60)
-    (args.report / "tables.md").write_text(tables + "\n")
+    write_tables(result, args)
+    print(f"all of it: {(time.time() - started) / 60:.1f} min")
+
+
+def write_tables(result: dict[str, Any], args: argparse.Namespace) -> None:
+    """``<report>/tables.md`` and, for the CPU preset, docs/reproduction.md's generated block,
+    from ``result`` (``compare.json``)."""
+    tables = paper_tables(result)
+    (args.report / "tables.md").write_text(tables)
+    if args.preset == "cpu":
+        replace_generated_block(ROOT / "docs" / "reproduction.md", "paper1-cpu", tables)
     print(tables)
 
 

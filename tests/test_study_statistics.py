@@ -201,3 +201,22 @@ def test_the_readme_sudoku_seed_count_is_generated_from_the_results():
                for p in ("result.json", "seed1/result.json")]
     assert generated_block(ROOT / "README.md", "sudoku-cpu-seeds").strip() == \
         sudoku_recipe_seeds_markdown(results).strip()
+
+
+def test_the_paper1_cpu_tables_are_generated_from_the_committed_comparison():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("paper1_study",
+                                                  ROOT / "benchmarks" / "paper1_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    result = json.loads((ROOT / "docs" / "figures" / "paper1_cpu" / "compare.json").read_text())
+    expected = study.paper_tables(result)
+    assert generated_block(ROOT / "docs" / "reproduction.md", "paper1-cpu").strip() == \
+        expected.strip(), ("docs/reproduction.md differs from compare.json: run "
+                           "python benchmarks/paper1_study.py --tables-only")
+    # the group rows are the runs' means: recomputed here from the per-run entries
+    runs = [r for r in result["runs"] if r["group"] == "se"]
+    group = next(g for g in result["groups"] if g["group"] == "se")
+    assert group["accuracy"] == pytest.approx(statistics.mean(r["accuracy"] for r in runs))
+    assert group["tns"] == pytest.approx(statistics.mean(r["tns"] for r in runs))
