@@ -21,7 +21,6 @@ library never changes a run halfway: each record names its commit.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,6 @@ EPOCHS = 60   # fixed by the pilot (docs/study-cifar10.md): 40 epochs gave 88.48
 #              top-1, below the pre-registered 88.5 %, so the rule moved the protocol to 60
 ARMS: dict[str, dict[str, Any]] = {"none": {"attention": "none"}, "se": {"attention": "se"},
                                    "stepnet": {"attention": "stepnet"}}
-STIFFNESS_INPUTS = 1000
 
 
 def run_config(arm: str, seed: int, args: argparse.Namespace) -> Any:
@@ -56,57 +54,20 @@ def record_path(records: Path, arm: str, seed: int) -> Path:
     return records / f"{arm}-seed{seed}.json"
 
 
-def stiffness_of(run: Path, config: Any, device: str) -> dict[str, float]:
-    """TNS (Delta_t = 1 and Delta_t = h) of the run's final weights over the study's 1,000
-    class-stratified test images (the first block of each stage excluded, as the paper)."""
-    from torch.utils.data import DataLoader
-
-    from stepnet.data import build_dataset, stratified_subset
-    from stepnet.engine import model_from_checkpoint
-    from stepnet.stiffness.metrics import total_neural_stiffness
-    from stepnet.stiffness.recorder import record_trajectories
-
-    test = build_dataset(config.dataset, config.data_dir, train=False, augment=False)
-    test = stratified_subset(test, STIFFNESS_INPUTS)
-    model = model_from_checkpoint(run / "checkpoints" / "last.pt", task="classification")
-    trajectory = record_trajectories(model.to(device), DataLoader(test, batch_size=250),
-                                     device=device, exclude="first", progress=False)
-    return {"tns": float(total_neural_stiffness(trajectory.nsi_for("1"), trajectory.stage)),
-            "tns_step": float(total_neural_stiffness(trajectory.nsi_for("h"),
-                                                     trajectory.stage)),
-            "stiffness_inputs": len(test)}
-
-
 def train_run(arm: str, seed: int, args: argparse.Namespace) -> str:
     """Train (or resume, or skip) one run in this process, then write its study record."""
     import torch
 
     torch.set_num_threads(args.threads)
-    from stepnet.engine import Trainer, load_checkpoint
-    from stepnet.atomic import atomic_write
-    from stepnet.engine.records import load_record
+    from stepnet.studies import train_and_record
 
     target = record_path(args.records, arm, seed)
     if target.is_file():
         return f"{arm} seed {seed}: recorded before ({target.name})"
-    config = run_config(arm, seed, args)
-    run = Path(config.output)
     started = time.time()
-    trainer = Trainer(config, progress=False)
-    last = run / "checkpoints" / "last.pt"
-    if last.is_file():
-        trainer.resume()
-    if trainer.start_epoch < config.epochs:
-        trainer.fit()
-    elif not (run / "record.json").is_file():
-        trainer.write_results()
-    record = load_record(run)
-    record["study"] = {"name": STUDY, "arm": arm, "seed": seed}
-    record["analysis"] = stiffness_of(run, config, args.device if args.device != "auto"
-                                      else "cpu")
-    record["checkpoint_epoch"] = load_checkpoint(last, mmap=True)["epoch"] + 1
-    text = (json.dumps(record, indent=1, allow_nan=False) + "\n").encode()
-    atomic_write(target, lambda handle: handle.write(text))
+    record = train_and_record(run_config(arm, seed, args), target,
+                              {"name": STUDY, "arm": arm, "seed": seed},
+                              args.device if args.device != "auto" else "cpu")
     final = record["final"]
     return (f"{arm} seed {seed}: val {final['val_acc1']:.2f} test {final['test_acc1']:.2f} "
             f"TNS {record['analysis']['tns']:.4f} ({(time.time() - started) / 60:.1f} min)")

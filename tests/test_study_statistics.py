@@ -220,3 +220,84 @@ def test_the_paper1_cpu_tables_are_generated_from_the_committed_comparison():
     group = next(g for g in result["groups"] if g["group"] == "se")
     assert group["accuracy"] == pytest.approx(statistics.mean(r["accuracy"] for r in runs))
     assert group["tns"] == pytest.approx(statistics.mean(r["tns"] for r in runs))
+
+
+def load_benchmark(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_vit_placement_is_chosen_on_validation_and_confirmed_on_fresh_seeds():
+    """The choice reads the validation top-1 only (a placement best on test but not on
+    validation is not chosen); the confirmation pairs fresh seeds and matches paired_t and
+    McNemar computed here."""
+    from stepnet.studies import choose_on_validation, vit_study_markdown
+
+    rng = np.random.default_rng(3)
+    select = []
+    for seed in (0, 1, 2):
+        for arm, val, test in (("vit", 50, 50), ("attn", 49, 60), ("mlp", 52, 48),
+                               ("both", 51, 51), ("mixer", 30, 30)):
+            r = fake_record(arm, seed, rng.random(300) < test / 100, 0.2)
+            r["final"]["val_acc1"] = val + 0.1 * seed
+            select.append(r)
+    assert choose_on_validation(select, ["attn", "mlp", "both", "mixer"], (0, 1, 2)) == "mlp"
+    with pytest.raises(ValueError, match="no record for mlp seed 2"):
+        choose_on_validation(select[:-3], ["attn", "mlp", "both", "mixer"], (0, 1, 2))
+    confirm, plain, treated = [], [], []
+    for seed in (100, 101, 102, 103, 104):
+        base = rng.random(400) < 0.5
+        better = base | (rng.random(400) < 0.1)
+        confirm += [fake_record("vit", seed, base, 0.2), fake_record("mlp", seed, better, 0.2)]
+        plain.append(base), treated.append(better)
+    text = vit_study_markdown(select, confirm, ["vit", "attn", "mlp", "both", "mixer"],
+                              (0, 1, 2))
+    assert 'Validation chooses `step_branches="mlp"`' in text
+    expected = paired_t([100 * t.mean() for t in treated], [100 * p.mean() for p in plain])
+    assert f"| {expected['mean']:+.2f} | [{expected['low']:+.2f}, {expected['high']:+.2f}]" \
+        in text
+    first = mcnemar_exact(treated[0], plain[0])["p"]
+    assert (f"{first:.2g}" if first >= 1e-4 else f"{first:.1e}") in text
+    assert text.rstrip().endswith("better |")
+
+
+def test_the_vit_docs_block_is_generated_from_the_committed_records():
+    from stepnet.studies import load_study_records, vit_study_markdown
+
+    study = load_benchmark("vit_study")
+    folder = ROOT / "benchmarks" / "records" / "vit_study"
+    phases = {p: load_study_records(folder / p) if (folder / p).is_dir() else []
+              for p in ("select", "confirm")}
+    expected = vit_study_markdown(phases["select"], phases["confirm"], list(study.ARMS),
+                                  study.SELECT_SEEDS)
+    assert generated_block(ROOT / "docs" / "vit.md", "vit-study").strip() == expected.strip()
+
+
+@pytest.mark.slow
+def test_a_study_run_trains_and_leaves_its_record(tmp_path):
+    """One ViT study run end to end on a tiny image tree: trained with a validation split,
+    recorded with the study's names, TNS and each test image's correctness; a second call
+    skips it."""
+    import argparse
+
+    from stepnet.engine.records import unpack_bits
+    from tests.fake_datasets import write_image_folder
+
+    study = load_benchmark("vit_study")
+    data = write_image_folder(tmp_path / "data", classes=3, per_class=8)
+    args = argparse.Namespace(data_dir=data, val_split=3, train_subset=None, epochs=1,
+                              runs=tmp_path / "runs", records=tmp_path / "records",
+                              device="cpu", threads=1)
+    assert "val" in study.train_run("mlp", 0, "select", args)
+    record = json.loads((tmp_path / "records" / "select" / "mlp-seed0.json").read_text())
+    assert record["study"] == {"name": study.STUDY, "phase": "select", "arm": "mlp", "seed": 0}
+    assert record["config"]["model_options"] == {"step_branches": "mlp"}
+    assert record["config"]["val_split"] == 3 and record["final"]["val_images"] == 3
+    assert record["analysis"]["stiffness_inputs"] == 24 and record["analysis"]["tns"] >= 0
+    correct = unpack_bits(record["per_sample"]["test_correct"], 24)
+    assert 100 * correct.mean() == pytest.approx(record["final"]["test_acc1"])
+    assert "recorded before" in study.train_run("mlp", 0, "select", args)

@@ -462,3 +462,137 @@ def sudoku_recipe_seeds_markdown(results: list[dict[str, Any]]) -> str:
     shares = " and ".join(f"{b:.1%}" for b in boards)
     return (f"{solved} of {len(boards)} seeds solve at least {SOLVES:.0%} of the test boards at "
             f"the final epoch ({shares}; `docs/figures/sudoku_cpu/`).\n")
+
+
+# -- running a study's runs ----------------------------------------------------------------------
+STIFFNESS_INPUTS = 1000
+
+
+def run_stiffness(run: str | Path, config: Any, device: str = "cpu",
+                  inputs: int = STIFFNESS_INPUTS) -> dict[str, Any]:
+    """TNS (Delta_t = 1 and Delta_t = h) of a run's final weights (``checkpoints/last.pt``)
+    over ``inputs`` class-stratified test images, the first block of each stage excluded (as
+    the paper)."""
+    from torch.utils.data import DataLoader
+
+    from .data import build_dataset, stratified_subset
+    from .engine import model_from_checkpoint
+    from .stiffness.metrics import total_neural_stiffness
+    from .stiffness.recorder import record_trajectories
+
+    test = build_dataset(config.dataset, config.data_dir, train=False, augment=False)
+    test = stratified_subset(test, inputs)
+    model = model_from_checkpoint(Path(run) / "checkpoints" / "last.pt", task="classification")
+    trajectory = record_trajectories(model.to(device), DataLoader(test, batch_size=250),
+                                     device=device, exclude="first", progress=False)
+    return {"tns": float(total_neural_stiffness(trajectory.nsi_for("1"), trajectory.stage)),
+            "tns_step": float(total_neural_stiffness(trajectory.nsi_for("h"),
+                                                     trajectory.stage)),
+            "stiffness_inputs": len(test)}
+
+
+def train_and_record(config: Any, target: str | Path, study: dict[str, Any],
+                     device: str = "cpu") -> dict[str, Any]:
+    """Train (or resume) the run of ``config``, then write its study record to ``target``
+    (atomically): the engine's run record, ``study`` (name, arm, seed, ...), the final
+    weights' TNS (``analysis``) and the checkpoint's epoch. A finished run is not trained
+    again; returns the record."""
+    import json
+
+    from .atomic import atomic_write
+    from .engine import Trainer, load_checkpoint
+    from .engine.records import load_record
+
+    run = Path(config.output)
+    trainer = Trainer(config, progress=False)
+    last = run / "checkpoints" / "last.pt"
+    if last.is_file():
+        trainer.resume()
+    if trainer.start_epoch < config.epochs:
+        trainer.fit()
+    elif not (run / "record.json").is_file():
+        trainer.write_results()
+    record = load_record(run)
+    record["study"] = dict(study)
+    record["analysis"] = run_stiffness(run, config, device)
+    record["checkpoint_epoch"] = load_checkpoint(last, mmap=True)["epoch"] + 1
+    text = (json.dumps(record, indent=1, allow_nan=False) + "\n").encode()
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(target, lambda handle: handle.write(text))
+    return record
+
+
+# -- the ViT placement study ---------------------------------------------------------------------
+def choose_on_validation(records: list[dict[str, Any]], candidates: list[str],
+                         seeds: tuple[int, ...]) -> str:
+    """The candidate arm with the highest mean final validation top-1 over ``seeds`` (every
+    one must be recorded: a choice is made once, on the whole selection phase)."""
+    found = {(r["study"]["arm"], r["study"]["seed"]): r for r in records}
+    missing = [(a, s) for a in candidates for s in seeds if (a, s) not in found]
+    if missing:
+        raise ValueError(f"the selection phase is not complete: no record for "
+                         f"{', '.join(f'{a} seed {s}' for a, s in missing)}")
+    means = {a: float(np.mean([found[a, s]["final"]["val_acc1"] for s in seeds]))
+             for a in candidates}
+    return max(candidates, key=lambda a: (means[a], -candidates.index(a)))
+
+
+def vit_study_markdown(select: list[dict[str, Any]], confirm: list[dict[str, Any]],
+                       arms: list[str], seeds: tuple[int, ...]) -> str:
+    """The ViT study's block: the selection phase per arm (validation and test top-1, TNS),
+    the placement validation chose, and the confirmation's paired comparison on fresh seeds
+    (t interval over seeds, McNemar per seed) with its verdict."""
+    lines: list[str] = []
+    if not select:
+        return "No run of the study's selection phase has finished yet.\n"
+    by_arm: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in select:
+        by_arm[record["study"]["arm"]].append(record)
+
+    def mean_sd(values: list[float], digits: int = 2) -> str:
+        if len(values) == 1:
+            return f"{values[0]:.{digits}f}"
+        return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+    lines += ["Selection phase (the choice reads the validation column only):", "",
+              "| arm | seeds | validation top-1 (%) | test top-1 (%) | TNS Δ=1 | TNS Δ=h "
+              "| training s / run |", "|---|---|---:|---:|---:|---:|---:|"]
+    for arm in [a for a in arms if a in by_arm]:
+        runs = sorted(by_arm[arm], key=lambda r: r["study"]["seed"])
+        lines.append(
+            f"| {arm} | {', '.join(str(r['study']['seed']) for r in runs)} "
+            f"| {mean_sd([r['final']['val_acc1'] for r in runs])} "
+            f"| {mean_sd([r['final']['test_acc1'] for r in runs])} "
+            f"| {mean_sd([r['analysis']['tns'] for r in runs], 3)} "
+            f"| {mean_sd([r['analysis']['tns_step'] for r in runs], 3)} "
+            f"| {mean_sd([r['train_seconds'] for r in runs], 0)} |")
+    candidates = [a for a in arms if a != "vit"]
+    try:
+        chosen = choose_on_validation(select, candidates, seeds)
+    except ValueError as error:
+        return "\n".join(lines + ["", f"No choice yet: {error}.", ""])
+    lines += ["", f"Validation chooses `step_branches=\"{chosen}\"`.", ""]
+    pairs = {(r["study"]["arm"], r["study"]["seed"]): r for r in confirm}
+    common = sorted(s for (a, s) in pairs if a == chosen and ("vit", s) in pairs)
+    if not common:
+        return "\n".join(lines + ["The confirmation on fresh seeds has not finished a pair "
+                                  "yet.", ""])
+    treated = [pairs[chosen, s] for s in common]
+    plain = [pairs["vit", s] for s in common]
+    diff = paired_t([r["final"]["test_acc1"] for r in treated],
+                    [r["final"]["test_acc1"] for r in plain])
+    mcnemar = [mcnemar_exact(_correct(a), _correct(b))["p"] for a, b in zip(treated, plain)]
+    interval = (f"[{_fmt(diff['low'], signed=True)}, {_fmt(diff['high'], signed=True)}]"
+                if diff["low"] is not None else "–")
+    verdict = _verdict(diff["low"], diff["high"], +1).replace("agrees", "better").replace(
+        "disagrees", "worse")
+    lines += [f"Confirmation on fresh seeds (test top-1, {chosen} − plain ViT, paired):", "",
+              "| seeds | plain ViT (%) | ViT + StepNet (%) | Δ (points) | 95 % t interval "
+              "| p (t) | McNemar p per seed | verdict |",
+              "|---|---:|---:|---:|---|---:|---|---|",
+              f"| {', '.join(map(str, common))} "
+              f"| {mean_sd([r['final']['test_acc1'] for r in plain])} "
+              f"| {mean_sd([r['final']['test_acc1'] for r in treated])} "
+              f"| {_fmt(diff['mean'], signed=True)} | {interval} | {_p(diff['p'])} "
+              f"| {', '.join(_p(p) for p in mcnemar)} | {verdict} |", ""]
+    return "\n".join(lines)
