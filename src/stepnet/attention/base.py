@@ -21,7 +21,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 from torch.autograd import forward_ad
-from torch.fx._symbolic_trace import is_fx_symbolic_tracing
+
+from ..torch_internals import is_fx_symbolic_tracing
 
 
 class StepSize(nn.Module):

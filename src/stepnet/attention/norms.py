@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch.nn import functional as F
+
+from ..torch_internals import is_fx_symbolic_tracing
 
 
 class DescriptorBatchNorm1d(nn.BatchNorm1d):

@@ -57,6 +57,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..torch_internals import is_functorch_wrapped
+
 __all__ = ["AdaptorSaved", "EulerStepResult", "adaptor_applies", "adaptor_backward",
            "adaptor_forward", "adaptor_forward_unchecked", "affine_grad_z", "affine_relu_step",
            "affine_relu_step_backward", "affine_step_applies", "aten_only", "cache_dir",
@@ -185,7 +187,7 @@ def _plain_cpu(t: Tensor) -> bool:
     tensor subclass, no functorch wrapper such as vmap's batched tensors, no fake tensor of a
     compiler)."""
     return (type(t) in _PLAIN_TYPES and t.is_cpu and t.is_contiguous()
-            and not torch._C._functorch.is_functorch_wrapped_tensor(t))
+            and not is_functorch_wrapped(t))
 
 
 def _active() -> bool:

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch.nn import functional as F
 
+from ..torch_internals import has_hooks, is_fx_symbolic_tracing
 from ..attention import IEBatchNorm2d, StepSize, create_attention, get_attention_class
 from ..attention.base import (PooledStepSize, _mean_by_sum, as_channel_gate, global_avg_pool,
                               pool_memo_enabled, pooled_dims, recall_pool, remember_pool,
@@ -269,18 +269,6 @@ def pass_on_pool(x: Tensor, fx: Tensor, h: Tensor, x_next: Tensor) -> None:
     remember_pool(x_next, torch.addcmul(p, d, h.flatten(1)))
 
 
-def _hooked(*modules: nn.Module) -> bool:
-    """True when any of ``modules`` (or every module, globally) has a forward or backward hook
-    that calling it would run."""
-    from torch.nn.modules import module as torch_module
-
-    if (torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks
-            or torch_module._global_backward_hooks or torch_module._global_backward_pre_hooks):
-        return True
-    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-               or m._backward_pre_hooks for m in modules)
-
-
 _folding_enabled = True
 
 
@@ -321,7 +309,7 @@ def step_folds_into_conv(step: EulerStep, attention: StepSize, conv: nn.Module, 
             and a.shape[1] <= a.shape[2] * a.shape[3]   # h * W [B, C, K] no larger than fx
             and x.dtype == a.dtype == conv.weight.dtype and a.dtype.is_floating_point
             and x.device == a.device == conv.weight.device
-            and not torch.is_autocast_enabled(a.device.type) and not _hooked(step, attention, conv))
+            and not torch.is_autocast_enabled(a.device.type) and not has_hooks(step, attention, conv))
 
 
 def conv_euler_step(x: Tensor, a: Tensor, conv: nn.Conv2d, attention: StepSize) -> Tensor:

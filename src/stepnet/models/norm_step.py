@@ -37,6 +37,7 @@ from ..attention.base import (FilteredPoolStepSize, MomentStepSize, PooledStepSi
                               traced_or_dual)
 from ..kernels import (affine_grad_z, affine_relu_step, affine_relu_step_backward,
                        affine_step_applies, row_moments)
+from ..torch_internals import graph_task_id, has_hooks
 from . import layers
 from .layers import EulerStep
 
@@ -56,11 +57,11 @@ class _Handoff:
         self.a: Tensor | None = None
 
     def give(self, grad_x: Tensor, a: Tensor) -> None:
-        self.task, self.grad_x, self.a = torch._C._current_graph_task_id(), grad_x, a
+        self.task, self.grad_x, self.a = graph_task_id(), grad_x, a
 
     def take(self) -> tuple[Tensor | None, Tensor | None]:
         """(grad_x, a) handed on in this backward pass, else (None, None); forgets them."""
-        mine = self.task == torch._C._current_graph_task_id()
+        mine = self.task == graph_task_id()
         found = (self.grad_x, self.a) if mine else (None, None)
         self.task, self.grad_x, self.a = -1, None, None
         return found
@@ -226,7 +227,7 @@ def norm_relu_folds(norm: nn.Module, z: Tensor, *others: nn.Module) -> bool:
             and z.dim() == 4 and z.shape[0] * z.shape[2] * z.shape[3] > 1
             and (norm.weight is None or norm.weight.dtype == z.dtype)
             and not torch.is_autocast_enabled(z.device.type)
-            and affine_step_applies(z, z) and not layers._hooked(norm, *others))
+            and affine_step_applies(z, z) and not has_hooks(norm, *others))
 
 
 def norm_relu(z: Tensor, norm: nn.BatchNorm2d, pool: bool = False) -> Tensor:

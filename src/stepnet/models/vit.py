@@ -29,11 +29,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch.nn import functional as F
 
 from ..attention import StepSize, get_attention_class, list_attention
 from ..attention.base import traced_as_tokens
+from ..torch_internals import is_fx_symbolic_tracing
 from .base import ResidualNetwork
 from .blocks import ResidualBlock
 from .layers import AttentionFactory
