@@ -78,55 +78,34 @@ def train(args: argparse.Namespace) -> None:
         raise SystemExit(f"no CIFAR-10 JPEG folder at {args.data_dir} (see ../shared/data)")
     args.records.mkdir(parents=True, exist_ok=True)
     jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]
-    if args.parallel <= 1:
-        for arm, seed in jobs:
-            print(train_run(arm, seed, args), flush=True)
-        return
-    from stepnet.engine.distributed import run_side_by_side
+    from stepnet.studies import run_study_jobs
 
-    failed = run_side_by_side(train_run, jobs, args.parallel, args)
-    if failed:
-        raise SystemExit(f"{len(failed)} run(s) failed: {failed}; rerun (records are kept)")
+    run_study_jobs(train_run, jobs, args)
 
 
 def analyze(args: argparse.Namespace) -> None:
-    from stepnet.studies import cifar10_study_markdown, load_study_records
+    from stepnet.studies import cifar10_study_markdown, load_study_records, publish
 
     records = load_study_records(args.records)
     pilots = load_study_records(args.pilots) if args.pilots.is_dir() else []
-    text = cifar10_study_markdown(records, pilots=pilots)
-    if args.write:
-        from stepnet.studies import replace_generated_block
-
-        replace_generated_block(args.doc, "cifar10-study", text)
-        print(f"wrote the generated block of {args.doc}")
-    else:
-        print(text)
+    publish(cifar10_study_markdown(records, pilots=pilots), args, "cifar10-study")
 
 
 def main(argv: list[str] | None = None) -> None:
+    from stepnet.studies import add_study_arguments
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("train", help="train (resume, skip) runs and write their records")
     run.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     run.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
-    run.add_argument("--epochs", type=int, default=EPOCHS)
-    run.add_argument("--data-dir", type=Path, default=DATA)
-    run.add_argument("--val-split", type=int, default=5000,
-                     help="the protocol's 5,000; smaller only for smoke tests on small trees")
-    run.add_argument("--runs", type=Path, default=ROOT / "runs" / "cifar10_study")
-    run.add_argument("--records", type=Path, default=RECORDS)
-    run.add_argument("--device", default="cpu")
-    run.add_argument("--parallel", type=int, default=1, help="runs trained side by side")
-    run.add_argument("--threads", type=int, default=2, help="torch threads per run")
     run.set_defaults(run=train)
     report = sub.add_parser("analyze", help="the pre-registered comparisons from the records")
-    report.add_argument("--records", type=Path, default=RECORDS)
     report.add_argument("--pilots", type=Path, default=PILOTS)
-    report.add_argument("--doc", type=Path, default=ROOT / "docs" / "study-cifar10.md")
-    report.add_argument("--write", action="store_true",
-                        help="replace the generated block of --doc instead of printing")
     report.set_defaults(run=analyze)
+    add_study_arguments(run, report, epochs=EPOCHS, data=DATA, val_split=5000,
+                        runs=ROOT / "runs" / "cifar10_study", records=RECORDS,
+                        doc=ROOT / "docs" / "study-cifar10.md", parallel=1, threads=2)
     args = parser.parse_args(argv)
     args.run(args)
 

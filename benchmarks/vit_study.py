@@ -96,48 +96,34 @@ def train(args: argparse.Namespace) -> None:
         placement = chosen_placement(args.records)
         print(f"validation chose step_branches={placement!r}", flush=True)
         jobs = [(arm, seed, "confirm") for seed in CONFIRM_SEEDS for arm in ("vit", placement)]
-    from stepnet.engine.distributed import run_side_by_side
+    from stepnet.studies import run_study_jobs
 
-    failed = run_side_by_side(train_run, jobs, args.parallel, args)
-    if failed:
-        raise SystemExit(f"{len(failed)} run(s) failed: {failed}; rerun (records are kept)")
+    run_study_jobs(train_run, jobs, args)
 
 
 def analyze(args: argparse.Namespace) -> None:
-    from stepnet.studies import load_study_records, replace_generated_block, vit_study_markdown
+    from stepnet.studies import load_study_records, publish, vit_study_markdown
 
     phases = {p: load_study_records(args.records / p) if (args.records / p).is_dir() else []
               for p in ("select", "confirm")}
-    text = vit_study_markdown(phases["select"], phases["confirm"], list(ARMS), SELECT_SEEDS)
-    if args.write:
-        replace_generated_block(args.doc, "vit-study", text)
-        print(f"wrote the generated block of {args.doc}")
-    else:
-        print(text)
+    publish(vit_study_markdown(phases["select"], phases["confirm"], list(ARMS), SELECT_SEEDS),
+            args, "vit-study")
 
 
 def main(argv: list[str] | None = None) -> None:
+    from stepnet.studies import add_study_arguments
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("train", help="train (resume, skip) one phase's runs and record them")
     run.add_argument("--phase", choices=("select", "confirm"), required=True)
-    run.add_argument("--epochs", type=int, default=EPOCHS)
     run.add_argument("--train-subset", type=int, default=TRAIN_SUBSET)
-    run.add_argument("--val-split", type=int, default=VAL_SPLIT,
-                     help="the protocol's 2,000; smaller only for smoke tests on small trees")
-    run.add_argument("--data-dir", type=Path, default=DATA)
-    run.add_argument("--runs", type=Path, default=ROOT / "runs" / "vit_study")
-    run.add_argument("--records", type=Path, default=RECORDS)
-    run.add_argument("--device", default="cpu")
-    run.add_argument("--parallel", type=int, default=2, help="runs trained side by side")
-    run.add_argument("--threads", type=int, default=1, help="torch threads per run")
     run.set_defaults(run=train)
     report = sub.add_parser("analyze", help="the tables and comparisons from the records")
-    report.add_argument("--records", type=Path, default=RECORDS)
-    report.add_argument("--doc", type=Path, default=ROOT / "docs" / "vit.md")
-    report.add_argument("--write", action="store_true",
-                        help="replace the generated block of --doc instead of printing")
     report.set_defaults(run=analyze)
+    add_study_arguments(run, report, epochs=EPOCHS, data=DATA, val_split=VAL_SPLIT,
+                        runs=ROOT / "runs" / "vit_study", records=RECORDS,
+                        doc=ROOT / "docs" / "vit.md", parallel=2, threads=1)
     args = parser.parse_args(argv)
     args.run(args)
 

@@ -596,3 +596,50 @@ def vit_study_markdown(select: list[dict[str, Any]], confirm: list[dict[str, Any
               f"| {_fmt(diff['mean'], signed=True)} | {interval} | {_p(diff['p'])} "
               f"| {', '.join(_p(p) for p in mcnemar)} | {verdict} |", ""]
     return "\n".join(lines)
+
+
+def add_study_arguments(train: Any, report: Any, *, epochs: int, data: Path, val_split: int,
+                        runs: Path, records: Path, doc: Path, parallel: int,
+                        threads: int) -> None:
+    """The options every study script's ``train`` and ``analyze`` commands share (argparse
+    sub-parsers), with this study's defaults."""
+    train.add_argument("--epochs", type=int, default=epochs)
+    train.add_argument("--data-dir", type=Path, default=data)
+    train.add_argument("--val-split", type=int, default=val_split,
+                       help=f"the protocol's {val_split:,}; smaller only for smoke tests on "
+                            f"small trees")
+    train.add_argument("--runs", type=Path, default=runs)
+    train.add_argument("--records", type=Path, default=records)
+    train.add_argument("--device", default="cpu")
+    train.add_argument("--parallel", type=int, default=parallel,
+                       help="runs trained side by side")
+    train.add_argument("--threads", type=int, default=threads, help="torch threads per run")
+    report.add_argument("--records", type=Path, default=records)
+    report.add_argument("--doc", type=Path, default=doc)
+    report.add_argument("--write", action="store_true",
+                        help="replace the generated block of --doc instead of printing")
+
+
+def run_study_jobs(fn: Any, jobs: list[tuple[Any, ...]], args: Any) -> None:
+    """``fn(*job, args)`` for every job, ``args.parallel`` side by side (in this process when
+    1); a failed job is reported and the others go on, then the script exits non-zero naming
+    the failures (finished records are kept: rerunning resumes)."""
+    if args.parallel <= 1:
+        for job in jobs:
+            print(fn(*job, args), flush=True)
+        return
+    from .engine.distributed import run_side_by_side
+
+    failed = run_side_by_side(fn, jobs, args.parallel, args)
+    if failed:
+        raise SystemExit(f"{len(failed)} run(s) failed: {failed}; rerun (records are kept)")
+
+
+def publish(text: str, args: Any, block: str) -> None:
+    """With ``args.write``, ``text`` replaces generated block ``block`` of ``args.doc``;
+    otherwise it is printed."""
+    if args.write:
+        replace_generated_block(args.doc, block, text)
+        print(f"wrote the generated block of {args.doc}")
+    else:
+        print(text)
