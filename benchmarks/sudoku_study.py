@@ -93,7 +93,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
 
 def train_and_analyse(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
-    from stepnet.dynamics.task import analyze_sudoku
+    from stepnet.dynamics.analysis import analyze_sudoku
     from stepnet.engine.tasks.sudoku import load_sudoku_model, run_test_split
     from stepnet.engine import NonFiniteLossError, Trainer, read_metrics, resolve_config
 

@@ -97,7 +97,7 @@ def test_sudoku_checkpoint_loads_everywhere(tmp_path, capsys):
 
 
 def test_sudoku_checkpoint_of_an_earlier_version_still_loads(tmp_path):
-    from stepnet.dynamics.task import SudokuModel
+    from stepnet.dynamics.sudoku_model import SudokuModel
     from stepnet.engine.tasks.sudoku import load_sudoku_model
     from stepnet.engine import save_checkpoint
 

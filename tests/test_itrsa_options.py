@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from stepnet.dynamics import ItrSA
 from stepnet.dynamics.models import ITRSA_PRESETS, itrsa_options
-from stepnet.dynamics.task import SudokuModel
+from stepnet.dynamics.sudoku_model import SudokuModel
 
 
 def reference_attention(module, x):

@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from stepnet.dynamics import MultiHeadSelfAttention
-from stepnet.dynamics.models import pseudo_energy
 from stepnet.dynamics.monitoring import contribution_index, energy_regularizer, energy_voting
 from stepnet.dynamics.sudoku import generate
-from stepnet.dynamics.task import SudokuModel
+from stepnet.dynamics.sudoku_model import SudokuModel
 
 
 def test_contribution_index_of_a_linear_map():

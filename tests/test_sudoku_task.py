@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from stepnet.dynamics.sudoku import generate
-from stepnet.dynamics.task import SudokuModel, evaluate
+from stepnet.dynamics.sudoku_model import SudokuModel, evaluate
 from stepnet.engine.tasks.sudoku import load_sudoku_model
 from stepnet.engine import Trainer, load_checkpoint, resolve_config
 from stepnet.engine.checkpoint import model_from_checkpoint
@@ -182,7 +182,7 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint_intact(tmp_path, mo
 
 
 def test_imaginary_statistics_on_fixed_eigenvalues():
-    from stepnet.dynamics.task import imaginary_statistics
+    from stepnet.dynamics.analysis import imaginary_statistics
 
     eigenvalues = [[[0.9, 0.0], [0.5, 0.5], [0.5, -0.5]], [[-0.2, 0.0]]]
     stats = imaginary_statistics(eigenvalues)

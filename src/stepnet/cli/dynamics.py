@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..dynamics.task import analyze_sudoku
+from ..dynamics.analysis import analyze_sudoku
 from ..engine.tasks.sudoku import load_sudoku_model, run_test_split
 from ..engine.checkpoint import run_directory
 from .train import add_train_arguments, run_train

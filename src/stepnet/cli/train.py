@@ -16,7 +16,7 @@ from ..engine import (RECIPES, TrainConfig, Trainer, add_config_arguments, load_
                       overrides_from_args, read_metrics, resolve_config, setup_distributed,
                       teardown_distributed)
 from ..engine.checkpoint import load_checkpoint
-from ..engine.config import BOOKKEEPING, FIELDS, RESUMABLE, flag
+from ..engine.config import FIELDS, RESUMABLE, flag
 from ..engine.records import finite_or_null
 from ..engine.rundir import RunLock, existing_run_files, is_stepnet_run, remove_run
 from ..engine.trainer import split_metric_name

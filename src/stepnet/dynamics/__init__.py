@@ -3,8 +3,9 @@ in docs/design.md: the ItrSA model with its norms, pseudo-energy and regulariser
 (:mod:`~stepnet.dynamics.models`, :mod:`~stepnet.dynamics.monitoring`), the energy-based
 attention flows on the sphere (:mod:`~stepnet.dynamics.energy`), Jacobian spectra and Lyapunov
 exponents of discrete maps (:mod:`~stepnet.dynamics.lyapunov`), the paper's anti-symmetric
-toy (:mod:`~stepnet.dynamics.toy`) and the Sudoku task
-(:mod:`~stepnet.dynamics.sudoku`, :mod:`~stepnet.dynamics.task`).
+toy (:mod:`~stepnet.dynamics.toy`), and Sudoku: boards (:mod:`~stepnet.dynamics.sudoku`), the
+model (:mod:`~stepnet.dynamics.sudoku_model`) and the analysis of a trained one
+(:mod:`~stepnet.dynamics.analysis`).
 """
 from . import sudoku
 from .energy import (RelaxedSphereAttention, SphereAttentionFlow, SymmetricSphereAttention,

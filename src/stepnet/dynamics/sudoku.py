@@ -12,10 +12,12 @@ Boards are integer arrays of 81 cells in row-major order, digits 1-9 and 0 for a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor
+
+if TYPE_CHECKING:   # torch is imported only where boards become tensors
+    from torch import Tensor
 
 MIN_GIVENS = 17  # no 9x9 Sudoku with fewer givens has a unique solution (McGuire et al., 2012)
 

@@ -8,7 +8,7 @@ from torch import nn
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 # Models registered by modules outside stepnet.models, imported on first use.
-_LAZY: dict[str, str] = {"sudoku": "stepnet.dynamics.task",
+_LAZY: dict[str, str] = {"sudoku": "stepnet.dynamics.sudoku_model",
                          **{f"fasterrcnn_{b}_fpn": "stepnet.models.detection"
                             for b in ("resnet18", "resnet50", "resnet101")}}
 

@@ -1,5 +1,5 @@
 """Sudoku with looped self-attention (Tomihari & Karakida): the model is
-:class:`stepnet.dynamics.task.SudokuModel`, puzzles are generated with unique solutions."""
+:class:`stepnet.dynamics.sudoku_model.SudokuModel`, puzzles are generated with unique solutions."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -213,7 +213,7 @@ class SudokuTask(Task):
     def final_results(self, model: nn.Module, progress: bool = False) -> dict[str, Any]:
         """Board and cell accuracy at every ``eval_loops`` count, in distribution (``test``)
         and on harder puzzles (``hard``): ``{"accuracy": {split: {loops: {board, cell}}}}``."""
-        from ...dynamics.task import evaluate  # the model's module (lazy: registers models)
+        from ...dynamics.sudoku_model import evaluate  # the model's module (lazy: registers models)
 
         model = unwrap_model(model)
         device = next(model.parameters()).device
@@ -226,7 +226,7 @@ class SudokuTask(Task):
 
 
 def load_sudoku_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The model (a :class:`~stepnet.dynamics.task.SudokuModel`, in eval mode) and training
+    """The model (a :class:`~stepnet.dynamics.sudoku_model.SudokuModel`, in eval mode) and training
     config of a Sudoku checkpoint (a run folder, its ``checkpoints/*.pt``, or the ``model.pt``
     of earlier versions)."""
     from ..checkpoint import config_of_checkpoint, load_checkpoint, model_from_checkpoint
