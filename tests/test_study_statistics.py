@@ -301,3 +301,15 @@ def test_a_study_run_trains_and_leaves_its_record(tmp_path):
     correct = unpack_bits(record["per_sample"]["test_correct"], 24)
     assert 100 * correct.mean() == pytest.approx(record["final"]["test_acc1"])
     assert "recorded before" in study.train_run("mlp", 0, "select", args)
+
+
+def test_the_sudoku_cpu_tables_are_generated_from_the_committed_runs():
+    from stepnet.studies import sudoku_cpu_markdown
+
+    folder = ROOT / "docs" / "figures" / "sudoku_cpu"
+    history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    expected = sudoku_cpu_markdown(history, json.loads((folder / "result.json").read_text()),
+                                   json.loads((folder / "seed1" / "result.json").read_text()),
+                                   json.loads((folder / "analysis.json").read_text()))
+    assert generated_block(ROOT / "docs" / "dynamics.md", "sudoku-cpu").strip() == \
+        expected.strip()

@@ -643,3 +643,65 @@ def publish(text: str, args: Any, block: str) -> None:
         print(f"wrote the generated block of {args.doc}")
     else:
         print(text)
+
+
+# -- the sudoku-cpu recipe's runs ----------------------------------------------------------------
+SUDOKU_CPU_EPOCHS = (1, 4, 6, 8, 10, 16, 20, 31, 40)
+
+
+def sudoku_cpu_markdown(history: list[dict[str, Any]], result: dict[str, Any],
+                        second: dict[str, Any], analysis: dict[str, Any]) -> str:
+    """The ``sudoku-cpu`` recipe's tables, from its committed files (docs/figures/sudoku_cpu/):
+    the training curve at ``SUDOKU_CPU_EPOCHS`` (``metrics.jsonl``), accuracy against test-time
+    loops of the final weights for both seeds (``result.json``), and the dynamics analysis
+    (``analysis.json``, with the epoch whose weights it read)."""
+    lines = ["| epoch | minutes | train loss | test cell | test board | EMA cell | EMA board |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    minutes = np.cumsum([r["seconds"] for r in history]) / 60
+    for row, elapsed in zip(history, minutes):
+        if row["epoch"] in SUDOKU_CPU_EPOCHS:
+            lines.append(f"| {row['epoch']} | {elapsed:.1f} | {row['train_loss']:.4g} "
+                         f"| {row['test_cell']:.3f} | {row['test_board']:.3g} "
+                         f"| {row['ema_test_cell']:.3f} | {row['ema_test_board']:.3g} |")
+    loops = sorted(result["accuracy"]["test"], key=int)
+    lines += ["", "Final weights (EMA, last epoch), board / cell accuracy against the loops run "
+              "at test time:", "",
+              "| seed | puzzles | " + " | ".join(loops) + " |",
+              "|---|---|" + "---|" * len(loops)]
+    for seed, run in ((0, result), (1, second)):
+        for split, label in (("test", "in distribution (31-42 givens)"),
+                             ("hard", "harder (24-30 givens)")):
+            cells = [f"{run['accuracy'][split][t]['board']:.3f} / "
+                     f"{run['accuracy'][split][t]['cell']:.3f}" for t in loops]
+            lines.append(f"| {seed} | {label} | " + " | ".join(cells) + " |")
+    top = np.array([e[0] for e in analysis["exponents"]])
+    modulus = [max(abs(complex(*v)) for v in board) for board in analysis["eigenvalues"]]
+    falling = sum(all(b <= a for a, b in zip(trace, trace[1:analysis["loops"] + 1]))
+                  for trace in analysis["energy"])
+    imaginary, voting = analysis["imaginary"], analysis["energy_voting"]
+    at = analysis["accuracy_vs_loops"]
+    few = ", ".join(f"{at[t]['board']:.3g} / {at[t]['cell']:.2f}" for t in ("1", "2", "4", "8"))
+    many = ", ".join(f"{at[t]['board']:.3f} / {at[t]['cell']:.3f}" for t in ("16", "32", "64"))
+    lines += ["", f"`stepnet dynamics analyze` of seed 0 ({analysis['boards']} test boards, "
+              f"{len(analysis['exponents'][0])} exponents and eigenvalues each):", "",
+              "| quantity | value |", "|---|---|",
+              f"| largest finite-horizon Lyapunov exponent over the {analysis['loops']} trained "
+              f"loops | {analysis['max_exponent_mean']:+.3f} ± {analysis['max_exponent_std']:.3f}"
+              f" (range {top.min():+.2f} to {top.max():+.2f}; positive on "
+              f"{int((top > 0).sum())} of {len(top)} boards) |",
+              f"| largest \\|λ\\| of the one-step Jacobian at the final state | "
+              f"{np.mean(modulus):.2f} on average ({min(modulus):.2f} to {max(modulus):.2f}) |",
+              f"| top eigenvalues: complex share, mean / max \\|Im λ\\|, mean \\|arg λ\\| | "
+              f"{imaginary['complex_share']:.0%}, {imaginary['mean_abs_imag']:.2f} / "
+              f"{imaginary['max_abs_imag']:.2f}, {imaginary['mean_abs_angle']:.2f} rad |",
+              f"| contribution index (top 2 % eigenspace of J + Jᵀ, "
+              f"{len(analysis['contribution_index'])} boards) | "
+              f"{analysis['contribution_index_mean']:.3f} |",
+              f"| board / cell accuracy at 1, 2, 4, 8 loops | {few} |",
+              f"| at 16 (trained), 32, 64 loops | {many} |",
+              f"| energy voting, {voting['votes']} initial states, {voting['puzzles']} puzzles | "
+              f"{voting['board']:.3f} of boards, against {voting['single_run_board']:.3f} for "
+              f"the single run from C |",
+              f"| pseudo-energy non-increasing along the {analysis['loops']} loops | on "
+              f"{falling} of {len(analysis['energy'])} boards |"]
+    return "\n".join(lines) + "\n"
