@@ -168,7 +168,8 @@ def test_train_from_config_file_reruns_the_run(tmp_path, capsys):
     (["--set", "learning_rate=0.1"], "--set: unknown key 'learning_rate'"),
     (["--batch-size", "many"], "--batch-size: expected int, got 'many'"),
     (["--warmup-epochs", "1", "--warmup-iters", "5"], "not both"),
-    (["--task", "sudoku", "--norm", "bn"], "unknown ItrSA norm 'bn'; valid: rmsnorm"),
+    (["--task", "sudoku", "--loop-norm", "bn"], "unknown ItrSA norm 'bn'; valid: rmsnorm"),
+    (["--recipe", "sudoku-cpu", "--norm", "sphere"], "the Sudoku loop's norm is --loop-norm"),
     (["--task", "sudoku", "--placement", "middle"], "unknown ItrSA placement 'middle'; valid: "
      "post, pre, none"),
     (["--task", "sudoku", "--mlp", "twice"], "unknown ItrSA mlp 'twice'; valid: none, inside"),
@@ -441,3 +442,21 @@ def test_sudoku_data_errors_say_what_was_expected(tmp_path, overrides, message):
 
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         create_task(config_for("sudoku", tmp_path / "r", **overrides)).puzzles("test")
+
+
+def test_old_sudoku_configs_keep_their_loop_norm():
+    """Before --loop-norm, a Sudoku run saved its loop's norm as ``norm``: such a config reads
+    with the norm in ``loop_norm``, from a file and as the base of a new run."""
+    from stepnet.engine import TrainConfig
+    from stepnet.engine.config import resolve_config
+
+    old = {k: v for k, v in resolve_config("sudoku-cpu", {}).to_dict().items()
+           if k != "loop_norm"}
+    old["norm"] = "sphere"
+    config = TrainConfig.from_dict(old)
+    assert (config.loop_norm, config.norm) == ("sphere", None)
+    again = resolve_config(None, {"epochs": 2}, base=old)
+    assert (again.loop_norm, again.norm, again.epochs) == ("sphere", None, 2)
+    classification = {**resolve_config("digits", {}).to_dict(), "norm": "iebn"}
+    del classification["loop_norm"]
+    assert TrainConfig.from_dict(classification).norm == "iebn"

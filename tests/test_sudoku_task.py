@@ -138,7 +138,7 @@ def test_dynamics_commands(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["dynamics", "train", "--dim", "16", "--heads", "2", "--loops", "3",
                  "--train-puzzles", "64", "--test-puzzles", "8", "--epochs", "1", "--quiet",
-                 "--symmetric", "--norm", "sphere", "--output", str(run)]) == 0
+                 "--symmetric", "--loop-norm", "sphere", "--output", str(run)]) == 0
     model, _ = load_sudoku_model(run)
     assert model.core.attention.symmetric and model.position_kind == "structured"
     assert main(["dynamics", "analyze", str(run), "--boards", "2", "--max-loops", "8",

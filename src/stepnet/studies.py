@@ -250,14 +250,14 @@ def cifar10_study_markdown(records: list[dict[str, Any]], resamples: int = 10_00
 # -- paper 2's Sudoku study ----------------------------------------------------------------------
 # The study's variants, in table order: the engine settings each changes from the recipe.
 SUDOKU_VARIANTS: dict[str, dict[str, Any]] = {
-    "post, layernorm": dict(itrsa_preset="paper2", norm="layernorm"),
-    "post, rmsnorm (paper2)": dict(itrsa_preset="paper2", norm="rmsnorm"),
-    "pre, layernorm": dict(itrsa_preset="paper2", norm="layernorm", placement="pre"),
-    "pre, layernorm (akorn)": dict(itrsa_preset="akorn", norm="layernorm"),
-    "no norm": dict(itrsa_preset="paper2", placement="none", norm="none"),
-    "post, layernorm + spectral reg.": dict(itrsa_preset="paper2", norm="layernorm",
+    "post, layernorm": dict(itrsa_preset="paper2", loop_norm="layernorm"),
+    "post, rmsnorm (paper2)": dict(itrsa_preset="paper2", loop_norm="rmsnorm"),
+    "pre, layernorm": dict(itrsa_preset="paper2", loop_norm="layernorm", placement="pre"),
+    "pre, layernorm (akorn)": dict(itrsa_preset="akorn", loop_norm="layernorm"),
+    "no norm": dict(itrsa_preset="paper2", placement="none", loop_norm="none"),
+    "post, layernorm + spectral reg.": dict(itrsa_preset="paper2", loop_norm="layernorm",
                                             spectral_weight=1e-4),
-    "pre, layernorm + spectral reg.": dict(itrsa_preset="paper2", norm="layernorm",
+    "pre, layernorm + spectral reg.": dict(itrsa_preset="paper2", loop_norm="layernorm",
                                            placement="pre", spectral_weight=1e-4),
     "energy core": dict(core="energy"),
     "AKOrN": dict(core="akorn"),

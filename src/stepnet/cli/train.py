@@ -21,6 +21,7 @@ from ..engine.records import finite_or_null
 from ..engine.rundir import RunLock, existing_run_files, is_stepnet_run, remove_run
 from ..engine.trainer import split_metric_name
 from ..engine.runs import find_runs, grouping_key, varying_settings
+from ..engine.tasks import task_class
 from .common import add_checkpoint_arguments, check_writable, load_checkpoint_for_task
 
 
@@ -122,9 +123,7 @@ def run_train(args: argparse.Namespace) -> int:
                 continue
         else:
             config = resolve_config(args.recipe, {**given, "output": None}, base=base)
-            name = (f"{config.model}-{config.attention}-{config.dataset}-s{config.seed}"
-                    if config.task == "classification" else
-                    f"{config.task}-{config.norm}-s{config.seed}")
+            name = task_class(config.task).run_name(config)
             output = Path(args.output) if args.output else Path("runs") / name
             config.output = str(output / f"seed{seed}" if args.seeds and len(seeds) > 1
                                 else output)

@@ -65,9 +65,9 @@ class TrainConfig:
     attention_blocks: list[int] | None = option(None, "only these block indices get the "
                                                 "step-size module (default: every block)",
                                                 group="model")
-    norm: str | None = option(None, "normalisation (default: the model's own): bn | iebn for "
-                              "ResNets; layernorm for ViTs; rmsnorm | layernorm | sphere | none "
-                              "for Sudoku's ItrSA", group="model")
+    norm: str | None = option(None, "classification: the backbone's normalisation (default: "
+                              "the model's own): bn | iebn for ResNets; layernorm for ViTs "
+                              "(Sudoku's loop norm is --loop-norm)", group="model")
     step_branches: str | None = option(None, "ViTs: which residuals get the step size: attn | "
                                        "mlp | both | mixer (default: the model's)",
                                        group="model")
@@ -168,6 +168,8 @@ class TrainConfig:
                                "+ MSA(X))), akorn = X + MSA(LN(X)) with biases and an MLP after "
                                "the loop (the AKOrN code's ItrSA)", group="sudoku",
                                choices=("paper2", "akorn"))
+    loop_norm: str | None = option(None, "sudoku: the loop's norm: rmsnorm | layernorm | "
+                                   "sphere | none (default: the preset's)", group="sudoku")
     placement: str | None = option(None, "sudoku: where the norm sits: post | pre | none "
                                    "(default: the preset's)", group="sudoku")
     mlp: str | None = option(None, "sudoku: an MLP residual: none | inside (every loop) | after "
@@ -317,8 +319,10 @@ class TrainConfig:
 
 def _upgrade(values: dict[str, Any]) -> dict[str, Any]:
     """Saved values of older versions in today's form (``amp`` was a boolean; ``tensorboard:
-    true`` is ``trackers: ["tensorboard"]``)."""
+    true`` is ``trackers: ["tensorboard"]``; a Sudoku run's loop norm was ``norm``)."""
     values = dict(values)
+    if values.get("task") == "sudoku" and "loop_norm" not in values:
+        values["loop_norm"] = values.pop("norm", None)
     if isinstance(values.get("amp"), bool):
         values["amp"] = "auto" if values["amp"] else "off"
     if "tensorboard" in values:
@@ -546,7 +550,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # The CPU recipe that solves boards (2 cores, about half an hour; docs/dynamics.md): the
     # paper2 loop (norm after the sum, input injection) with LayerNorm at D = 64, small batches.
     "sudoku-cpu": dict(task="sudoku", model="sudoku", dataset="sudoku", itrsa_preset="paper2",
-                       norm="layernorm", optimizer="adamw", lr=1e-3, weight_decay=0.0,
+                       loop_norm="layernorm", optimizer="adamw", lr=1e-3, weight_decay=0.0,
                        schedule="cosine", warmup_epochs=1.0, clip_grad_norm=1.0,
                        ema_decay=0.999, loss_cells="all", epochs=40, batch_size=16, dim=64,
                        heads=4, loops=16, train_puzzles=9000, test_puzzles=1000,
@@ -576,7 +580,7 @@ def resolve_config(recipe: str | None, overrides: dict[str, Any],
         raise ValueError(f"unknown setting{'s' if len(unknown) > 1 else ''} "
                          f"{', '.join(unknown)}; valid: {', '.join(FIELDS)}")
     if base is not None:
-        values = dict(base)
+        values = _upgrade(base)   # a saved config of an older version, in today's form
     else:
         if recipe is None:
             task = given.get("task", "classification")
@@ -593,7 +597,8 @@ def resolve_config(recipe: str | None, overrides: dict[str, Any],
     for key, value in entries.items():
         head, sub = key.split(".", 1)
         values[head] = {**(values.get(head) or {}), sub: value}
-    values = _upgrade(values)
+    if isinstance(values.get("amp"), bool):
+        values["amp"] = "auto" if values["amp"] else "off"
     for name, value in list(values.items()):
         if name in FIELDS:
             values[name] = check_value(name, value, "config")

@@ -89,6 +89,11 @@ class Task:
         """A run's title in reports: what was trained."""
         return f"{config['model']} + {config['attention']}"
 
+    @staticmethod
+    def run_name(config: Any) -> str:
+        """The default run folder name (under ``runs/``) of a resolved config."""
+        return f"{config.model}-{config.attention}-{config.dataset}-s{config.seed}"
+
     # -- training -----------------------------------------------------------------------------
     def losses(self, model: nn.Module, batch: Any) -> tuple[Losses, dict[str, Tensor]]:
         """(loss or named losses, running statistics of the batch as device tensors summed over

@@ -45,7 +45,11 @@ class SudokuTask(Task):
 
     @staticmethod
     def describe(config: dict[str, Any]) -> str:
-        return f"{config['model']} ({config['norm']})"
+        return f"{config['model']} ({config.get('loop_norm') or config.get('norm')})"
+
+    @staticmethod
+    def run_name(config: Any) -> str:
+        return f"sudoku-{config.loop_norm or config.itrsa_preset}-s{config.seed}"
 
     def __init__(self, config) -> None:  # noqa: ANN001
         super().__init__(config)
@@ -54,6 +58,10 @@ class SudokuTask(Task):
                              f"{', '.join(SUDOKU_DATASETS)}")
         if config.model != "sudoku":
             raise ValueError(f"the sudoku task trains the model 'sudoku', not {config.model!r}")
+        if config.norm is not None:
+            raise ValueError(f"--norm {config.norm}: --norm is a classification backbone's "
+                             f"normalisation; the Sudoku loop's norm is --loop-norm (rmsnorm, "
+                             f"layernorm, sphere, none)")
         self.itrsa = self.itrsa_options(config)   # validates preset and overrides
         if config.ood:
             self.ood_source(config.ood)
@@ -133,7 +141,7 @@ class SudokuTask(Task):
         """The loop layout of ``config``: its preset with the explicit overrides."""
         from ...dynamics.models import itrsa_options
 
-        return itrsa_options(config.itrsa_preset, norm=config.norm,
+        return itrsa_options(config.itrsa_preset, norm=config.loop_norm,
                              placement=config.placement, mlp=config.mlp, bias=config.bias,
                              input_injection=config.input_injection)
 
