@@ -5,6 +5,7 @@ relu(x + fx * h) against the unfused computation, in float64: forward, backward,
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import pytest
 import torch
@@ -375,3 +376,55 @@ def test_fold_declines_where_the_step_must_be_seen(monkeypatch):
     folds[0] = 0
     bottleneck_net("se")(x[:, :, :16, :16])   # K = 16, 32, 64 on 16x16, 8x8, 4x4 maps
     assert folds[0] == 4   # not in the last stage (K = 64 > 4 * 4)
+
+
+@pytest.mark.parametrize("preact", [True, False])
+def test_reference_paths_turn_every_fast_path_off_with_the_same_values(preact, monkeypatch):
+    """Under stepnet.fast.reference_paths no kernel, fold or pooling hand-off runs, and a
+    StepNet ResNet's training step gives the fast path's logits and gradients (float64)."""
+    import stepnet
+    from stepnet import kernels
+    from stepnet.fast import reference_paths
+    from stepnet.models import layers, norm_step
+
+    torch.manual_seed(0)
+    model = stepnet.create_model("cifar_resnet", depth=29 if preact else 20,
+                                 block="bottleneck" if preact else "basic", preact=preact,
+                                 attention="stepnet").double().train()
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+
+    def step(model):
+        model.zero_grad()
+        out = model(x)
+        out.square().sum().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+    fast = step(copy.deepcopy(model))
+    from stepnet.attention import base
+
+    ran = []   # fast paths that did something: a kernel library loaded, a fold, a memo read
+
+    def watch(module, name):
+        real = getattr(module, name)
+
+        def watched(*args, **kwargs):
+            out = real(*args, **kwargs)
+            if out is not None:
+                ran.append(name)
+            return out
+
+        monkeypatch.setattr(module, name, watched)
+
+    for module, name in ((kernels, "_load"), (layers, "conv_euler_step"),
+                         (norm_step, "norm_euler_step"), (base, "recall_pool"),
+                         (layers, "recall_pool")):
+        watch(module, name)
+    step(copy.deepcopy(model))
+    assert ran, "the fast paths run by default (the check below can fail)"
+    ran.clear()
+    with reference_paths():
+        plain = step(copy.deepcopy(model))
+    assert ran == []
+    torch.testing.assert_close(plain[0], fast[0], rtol=1e-10, atol=1e-12)
+    for a, b in zip(plain[1], fast[1]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)

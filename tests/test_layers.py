@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "src" / "stepnet"
 # lower numbers may be imported by higher ones, never the reverse
 LAYERS = {"atomic": 0, "torch_internals": 0, "checkpoint_file": 0, "linalg": 0, "stats": 0, "data": 0, "kernels": 0, "weights": 0,
-          "attention": 1, "models": 2, "stiffness": 3, "dynamics": 3, "engine": 4,
+          "attention": 1, "models": 2, "fast": 3, "stiffness": 3, "dynamics": 3, "engine": 4,
           "comparison": 5, "studies": 5, "cli": 6, "_timm": 6, "__init__": 7, "__main__": 7}
 KNOWN_UPWARD: set[tuple[str, str]] = set()
 
