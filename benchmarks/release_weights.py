@@ -1,7 +1,7 @@
 """Release a study's final weights into the package (``src/stepnet/weights``).
 
-For each chosen run: rebuild its model from ``checkpoints/last.pt`` (the final, epoch-40
-weights the study's record describes), evaluate it on the 5,000 test images and compare every
+For each chosen run: rebuild its model from ``checkpoints/last.pt`` (the final weights the
+study's record describes), evaluate it on the 5,000 test images and compare every
 image's correctness with the committed record -- a file that fails this check is never
 written -- then write the safetensors file and its manifest entry (sha256, the record it
 reproduces, its test top-1 as computed here).
@@ -60,7 +60,7 @@ def release(arm: str, seed: int, args: argparse.Namespace) -> dict:
     variant = "post" if kwargs.get("preact") is False else "pre"
     name = f"{spec['name']}-{variant}-{arm}-{args.tag}-s{seed}.safetensors"
     digest = save_weights(model, args.output / name, spec["name"], spec["kwargs"])
-    return {"model": spec["name"], "tag": args.tag, "kwargs": kwargs,
+    return {"model": spec["name"], "tag": args.tag, "default": args.default, "kwargs": kwargs,
             "data_kwargs": data_kwargs, "file": name, "sha256": digest,
             "record": (str(record_file.resolve().relative_to(ROOT.resolve()))
                        if record_file.resolve().is_relative_to(ROOT.resolve())
@@ -82,6 +82,9 @@ def main() -> None:
     parser.add_argument("--tag", default="cifar10", help="the weights' tag (pretrained=TAG)")
     parser.add_argument("--record-suffix", default="",
                         help="records named <arm>-seed<k><suffix>.json (the pilot's: -e40)")
+    parser.add_argument("--default", action=argparse.BooleanOptionalAction, default=True,
+                        help="mark the entries as their architecture's pretrained=True weights "
+                             "(--no-default for a pilot's)")
     parser.add_argument("--data-dir", type=Path, default=DATA)
     parser.add_argument("--output", type=Path, default=ROOT / "src" / "stepnet" / "weights")
     args = parser.parse_args()

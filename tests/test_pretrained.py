@@ -47,6 +47,22 @@ def test_weights_load_by_name_and_tag(released):
             assert torch.equal(loaded.state_dict()[key], value), key
 
 
+def test_the_default_weights_are_the_marked_ones_of_that_architecture(released, monkeypatch):
+    """pretrained=True takes the entry marked default for the architecture asked for, not the
+    first entry of the model (a pilot's weights for another module listed first)."""
+    model, folder = released
+    entries = json.loads((folder / "manifest.json").read_text())
+    pilot = {**entries[0], "tag": "cifar10-pilot", "kwargs": {"preact": False,
+                                                              "attention": "none"}}
+    marked = {**entries[0], "default": True}
+    (folder / "manifest.json").write_text(json.dumps([pilot, {**entries[0], "tag": "old"},
+                                                      marked]))
+    assert weights.find_entry("resnet20", ARCH, True) is not None
+    assert weights.find_entry("resnet20", ARCH, True)["tag"] == "cifar10"
+    loaded = create_model("resnet20", **ARCH, pretrained=True)
+    assert torch.equal(loaded.fc.weight, model.fc.weight)
+
+
 def test_a_file_whose_hash_differs_is_refused(released):
     _, folder = released
     data = bytearray((folder / "se.safetensors").read_bytes())

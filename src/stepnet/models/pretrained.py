@@ -64,14 +64,18 @@ def _describe(kwargs: dict[str, Any]) -> str:
 
 def find_entry(name: str, kwargs: dict[str, Any], tag: str | bool) -> dict[str, Any]:
     """The manifest entry of model ``name`` built with ``kwargs`` and weights ``tag``
-    (``True``: the model's default tag); ``ValueError`` listing what has weights otherwise."""
+    (``True``: the default weights of that architecture -- the entry marked ``"default":
+    true``, else its first); ``ValueError`` listing what has weights otherwise."""
     entries = manifest()
     released = sorted({e["model"] for e in entries})
     mine = [e for e in entries if e["model"] == name]
     if not mine:
         raise ValueError(f"no released weights for {name!r}; models with weights: "
                          f"{', '.join(released) or 'none yet'}")
-    tag = mine[0]["tag"] if tag is True else tag
+    if tag is True:
+        fitting = [e for e in mine if _architecture(e["kwargs"]) == _architecture(kwargs)]
+        marked = [e for e in fitting if e.get("default")]
+        tag = (marked or fitting or mine)[0]["tag"]
     tagged = [e for e in mine if e["tag"] == tag]
     if not tagged:
         raise ValueError(f"no weights tagged {tag!r} for {name!r}; its tags: "
