@@ -204,12 +204,7 @@ def test_the_readme_sudoku_seed_count_is_generated_from_the_results():
 
 
 def test_the_paper1_cpu_tables_are_generated_from_the_committed_comparison():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("paper1_study",
-                                                  ROOT / "benchmarks" / "paper1_study.py")
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = load_benchmark("paper1_study")
     result = json.loads((ROOT / "docs" / "figures" / "paper1_cpu" / "compare.json").read_text())
     expected = study.paper_tables(result)
     assert generated_block(ROOT / "docs" / "reproduction.md", "paper1-cpu").strip() == \
@@ -263,6 +258,11 @@ def test_the_vit_placement_is_chosen_on_validation_and_confirmed_on_fresh_seeds(
     first = mcnemar_exact(treated[0], plain[0])["p"]
     assert (f"{first:.2g}" if first >= 1e-4 else f"{first:.1e}") in text
     assert text.rstrip().endswith("better |")
+    swapped = [dict(r, study={**r["study"], "arm": {"vit": "mlp", "mlp": "vit"}[
+        r["study"]["arm"]]}) for r in confirm]   # the chosen placement now the worse one
+    worse = vit_study_markdown(select, swapped, ["vit", "attn", "mlp", "both", "mixer"],
+                               (0, 1, 2))
+    assert worse.rstrip().endswith("| worse |")
 
 
 def test_the_vit_docs_block_is_generated_from_the_committed_records():

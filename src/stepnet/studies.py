@@ -115,6 +115,15 @@ def verdict(seed_level: dict[str, Any]) -> str:
 
 
 # -- the CIFAR-10 study's block ----------------------------------------------------------------
+def _mean_sd(values: list[float], digits: int = 2) -> str:
+    """Mean ± sample standard deviation over seeds ("–" for none, the value for one)."""
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
 def _fmt(value: float | None, digits: int = 2, signed: bool = False) -> str:
     if value is None:
         return "–"
@@ -169,22 +178,17 @@ def cifar10_study_markdown(records: list[dict[str, Any]], resamples: int = 10_00
               "| training s / run |",
               "|---|---|---:|---:|---:|---:|---:|---:|"]
 
-    def mean_sd(values: list[float], digits: int = 2) -> str:
-        if len(values) == 1:
-            return f"{values[0]:.{digits}f}"
-        return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
-
     for arm in [a for a in CIFAR10_ARMS if a in by_arm] + sorted(set(by_arm) - set(CIFAR10_ARMS)):
         runs = by_arm[arm]
         best = [b for b in (_best_test(r) for r in runs) if b is not None]
         lines.append(
             f"| {arm} | {', '.join(str(r['study']['seed']) for r in runs)} "
-            f"| {mean_sd([r['final']['test_acc1'] for r in runs])} "
-            f"| {mean_sd([r['final']['val_acc1'] for r in runs])} "
-            f"| {mean_sd(best) if best else '–'} "
-            f"| {mean_sd([r['analysis']['tns'] for r in runs], 4)} "
-            f"| {mean_sd([r['analysis']['tns_step'] for r in runs], 4)} "
-            f"| {mean_sd([r['train_seconds'] for r in runs], 0)} |")
+            f"| {_mean_sd([r['final']['test_acc1'] for r in runs])} "
+            f"| {_mean_sd([r['final']['val_acc1'] for r in runs])} "
+            f"| {_mean_sd(best) if best else '–'} "
+            f"| {_mean_sd([r['analysis']['tns'] for r in runs], 4)} "
+            f"| {_mean_sd([r['analysis']['tns_step'] for r in runs], 4)} "
+            f"| {_mean_sd([r['train_seconds'] for r in runs], 0)} |")
     epochs = sorted({r["final"]["epoch"] for r in records})
     lines += ["", "Mean ± sample standard deviation over seeds; test top-1 over the 5,000 test "
               f"images of the final (epoch-{'/'.join(map(str, epochs))}) weights, the study's "
@@ -267,14 +271,6 @@ PSEUDO_ENERGY_VARIANTS = ("post, layernorm", "post, rmsnorm (paper2)", "pre, lay
                           "pre, layernorm (akorn)", "no norm", "post, layernorm + spectral reg.",
                           "pre, layernorm + spectral reg.")
 SOLVES = 0.5   # a seed "solves" the task when at least this share of test boards is right
-
-
-def _mean_std(values: list[float]) -> str:
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
 
 
 def _by_variant(rows: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
@@ -413,19 +409,19 @@ def sudoku_study_markdown(rows: list[dict[str, Any]], loops: list[int]) -> str:
         mine = list(seeds.values())
         diverged = sum(1 for r in rows if r["variant"] == variant and "diverged" in r)
         name = variant + (f" ({diverged} diverged)" if diverged else "")
-        at = lambda split, t, metric: _mean_std(  # noqa: E731
-            [r["accuracy"][split][str(t)][metric] for r in mine])
+        at = lambda split, t, metric: _mean_sd(  # noqa: E731
+            [r["accuracy"][split][str(t)][metric] for r in mine], 3)
         solved = sum(_board(r, loops[0]) >= SOLVES for r in mine)
         cells = [name, str(len(mine))] + [at("test", t, "board") for t in loops]
         cells += [at("test", loops[0], "cell")] + [at("hard", t, "board") for t in loops]
         cells += [f"{solved} of {len(mine) + diverged}"]
         first.append("| " + " | ".join(cells) + " |")
         voted = [r["energy_voting"] for r in mine if r.get("energy_voting")]
-        cells = [name, _mean_std([r["max_exponent"] for r in mine]),
-                 _mean_std([r["imaginary"]["complex_share"] for r in mine]),
-                 _mean_std([r["imaginary"]["mean_abs_angle"] for r in mine]),
-                 _mean_std([v["board"] for v in voted]),
-                 _mean_std([v["single_run_board"] for v in voted]),
+        cells = [name, _mean_sd([r["max_exponent"] for r in mine], 3),
+                 _mean_sd([r["imaginary"]["complex_share"] for r in mine], 3),
+                 _mean_sd([r["imaginary"]["mean_abs_angle"] for r in mine], 3),
+                 _mean_sd([v["board"] for v in voted], 3),
+                 _mean_sd([v["single_run_board"] for v in voted], 3),
                  f"{np.mean([r['seconds'] for r in mine]) / 60:.0f}" if mine else "–"]
         second.append("| " + " | ".join(cells) + " |")
     every = ["| run | boards " + " / ".join(map(str, loops)) + " | cells " + str(loops[0])
@@ -549,11 +545,6 @@ def vit_study_markdown(select: list[dict[str, Any]], confirm: list[dict[str, Any
     for record in select:
         by_arm[record["study"]["arm"]].append(record)
 
-    def mean_sd(values: list[float], digits: int = 2) -> str:
-        if len(values) == 1:
-            return f"{values[0]:.{digits}f}"
-        return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
-
     lines += ["Selection phase (the choice reads the validation column only):", "",
               "| arm | seeds | validation top-1 (%) | test top-1 (%) | TNS Δ=1 | TNS Δ=h "
               "| training s / run |", "|---|---|---:|---:|---:|---:|---:|"]
@@ -561,11 +552,11 @@ def vit_study_markdown(select: list[dict[str, Any]], confirm: list[dict[str, Any
         runs = sorted(by_arm[arm], key=lambda r: r["study"]["seed"])
         lines.append(
             f"| {arm} | {', '.join(str(r['study']['seed']) for r in runs)} "
-            f"| {mean_sd([r['final']['val_acc1'] for r in runs])} "
-            f"| {mean_sd([r['final']['test_acc1'] for r in runs])} "
-            f"| {mean_sd([r['analysis']['tns'] for r in runs], 3)} "
-            f"| {mean_sd([r['analysis']['tns_step'] for r in runs], 3)} "
-            f"| {mean_sd([r['train_seconds'] for r in runs], 0)} |")
+            f"| {_mean_sd([r['final']['val_acc1'] for r in runs])} "
+            f"| {_mean_sd([r['final']['test_acc1'] for r in runs])} "
+            f"| {_mean_sd([r['analysis']['tns'] for r in runs], 3)} "
+            f"| {_mean_sd([r['analysis']['tns_step'] for r in runs], 3)} "
+            f"| {_mean_sd([r['train_seconds'] for r in runs], 0)} |")
     candidates = [a for a in arms if a != "vit"]
     try:
         chosen = choose_on_validation(select, candidates, seeds)
@@ -584,17 +575,16 @@ def vit_study_markdown(select: list[dict[str, Any]], confirm: list[dict[str, Any
     mcnemar = [mcnemar_exact(_correct(a), _correct(b))["p"] for a, b in zip(treated, plain)]
     interval = (f"[{_fmt(diff['low'], signed=True)}, {_fmt(diff['high'], signed=True)}]"
                 if diff["low"] is not None else "–")
-    verdict = _verdict(diff["low"], diff["high"], +1).replace("agrees", "better").replace(
-        "disagrees", "worse")
+    reading = verdict({**diff, "holm_p": diff["p"]})   # one comparison: Holm's p is p
     lines += [f"Confirmation on fresh seeds (test top-1, {chosen} − plain ViT, paired):", "",
               "| seeds | plain ViT (%) | ViT + StepNet (%) | Δ (points) | 95 % t interval "
               "| p (t) | McNemar p per seed | verdict |",
               "|---|---:|---:|---:|---|---:|---|---|",
               f"| {', '.join(map(str, common))} "
-              f"| {mean_sd([r['final']['test_acc1'] for r in plain])} "
-              f"| {mean_sd([r['final']['test_acc1'] for r in treated])} "
+              f"| {_mean_sd([r['final']['test_acc1'] for r in plain])} "
+              f"| {_mean_sd([r['final']['test_acc1'] for r in treated])} "
               f"| {_fmt(diff['mean'], signed=True)} | {interval} | {_p(diff['p'])} "
-              f"| {', '.join(_p(p) for p in mcnemar)} | {verdict} |", ""]
+              f"| {', '.join(_p(p) for p in mcnemar)} | {reading} |", ""]
     return "\n".join(lines)
 
 
