@@ -323,12 +323,17 @@ def _upgrade(values: dict[str, Any]) -> dict[str, Any]:
     values = dict(values)
     if values.get("task") == "sudoku" and "loop_norm" not in values:
         values["loop_norm"] = values.pop("norm", None)
-    if isinstance(values.get("amp"), bool):
-        values["amp"] = "auto" if values["amp"] else "off"
+    _upgrade_amp(values)
     if "tensorboard" in values:
         if values.pop("tensorboard") is True and "tensorboard" not in values.get("trackers", []):
             values["trackers"] = list(values.get("trackers", [])) + ["tensorboard"]
     return values
+
+
+def _upgrade_amp(values: dict[str, Any]) -> None:
+    """``amp`` was a boolean (true: auto); changes ``values`` in place."""
+    if isinstance(values.get("amp"), bool):
+        values["amp"] = "auto" if values["amp"] else "off"
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -597,8 +602,7 @@ def resolve_config(recipe: str | None, overrides: dict[str, Any],
     for key, value in entries.items():
         head, sub = key.split(".", 1)
         values[head] = {**(values.get(head) or {}), sub: value}
-    if isinstance(values.get("amp"), bool):
-        values["amp"] = "auto" if values["amp"] else "off"
+    _upgrade_amp(values)   # also a boolean given here, as older callers did
     for name, value in list(values.items()):
         if name in FIELDS:
             values[name] = check_value(name, value, "config")
