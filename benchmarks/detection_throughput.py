@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from stepnet import create_model
+from stepnet.fast import fuse   # as the engine trains on CPU
 from stepnet.data.coco import CocoBoxes, collate_detection
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +47,8 @@ def main() -> None:
     runners = {}
     for variant in variants:
         torch.manual_seed(0)
-        model = create_model(f"fasterrcnn_{args.backbone}_fpn", attention=variant,
-                             min_size=args.min_size, max_size=args.max_size).train()
+        model = fuse(create_model(f"fasterrcnn_{args.backbone}_fpn", attention=variant,
+                                  min_size=args.min_size, max_size=args.max_size)).train()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
         runners[variant] = (model, optimizer)
 

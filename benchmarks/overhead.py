@@ -16,12 +16,15 @@ the per-round ratios.
 * eval images/s -- forward under torch.inference_mode, eval mode;
 * ``floor`` (a variant defined here, not in the library) -- a constant learned channel gate:
   the cost of the gated step alone, below which no step-size module can go;
+* every variant is timed fused (``stepnet.fast.fuse``, as the engine trains on CPU) unless
+  its name ends with ``/plain`` (the model as ``create_model`` returns it: what all the fast
+  paths together save);
 * ``name/fresh`` -- the variant timed with every state pooled afresh
-  (``stepnet.attention.base.fresh_pools``): what handing GAP(x_{t+1}) on saves;
-* ``name/aten`` -- the variant timed without compiled kernels (``stepnet.kernels.aten_only``):
-  what the one-pass backward of the gated step saves;
+  (``stepnet.fast.pooling.fresh_pools``): what handing GAP(x_{t+1}) on saves;
+* ``name/aten`` -- the variant timed without compiled kernels
+  (``stepnet.fast.kernels.aten_only``): what the one-pass backward of the gated step saves;
 * ``name/unfolded`` -- the variant timed with no step folded into its block's last 1x1
-  convolution or batch norm (``stepnet.models.layers.unfolded_steps``): what folding saves
+  convolution or batch norm (``stepnet.fast.folds.unfolded_steps``): what folding saves
   (pre-activation bottlenecks fold the convolution, post-activation blocks the batch norm);
 * recorder -- eval images/s with the stiffness recorder's hooks on (both step conventions), as
   a ratio to the same variant's plain eval;
@@ -55,9 +58,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from stepnet import create_model, list_attention
 from stepnet.attention import get_attention_class, register_attention
-from stepnet.attention.base import PooledStepSize, as_channel_gate, fresh_pools
-from stepnet.kernels import aten_only
-from stepnet.models.layers import unfolded_steps
+from stepnet.attention.base import PooledStepSize, as_channel_gate
+from stepnet.fast import fuse
+from stepnet.fast.folds import unfolded_steps
+from stepnet.fast.kernels import aten_only
+from stepnet.fast.pooling import fresh_pools
 
 SETTINGS = {
     "resnet164-pre-b32": dict(model="resnet164", batch=32, size=32, num_classes=10,
@@ -80,7 +85,7 @@ class GateFloor(PooledStepSize):
     the gated Euler step ``x + fx * h`` alone costs (its backward forms ``grad * h`` and
     ``sum(grad * fx)``), the least any input-dependent step size can cost. A pooled gate (that
     ignores its pools), so pre-activation bottlenecks fold it into their last convolution as
-    they fold SE or StepNet (``stepnet.models.layers.conv_euler_step``)."""
+    they fold SE or StepNet (``stepnet.fast.folds.conv_euler_step``)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__(channels)
@@ -96,7 +101,9 @@ class GateFloor(PooledStepSize):
 
 
 # timing conditions a variant name may end with: the same model, timed inside this context
-CONDITIONS = {"/fresh": fresh_pools, "/aten": aten_only, "/unfolded": unfolded_steps}
+# (``/plain``: the unfused model, timed as it is)
+CONDITIONS = {"/fresh": fresh_pools, "/aten": aten_only, "/unfolded": unfolded_steps,
+              "/plain": contextlib.nullcontext}
 
 
 def split_variant(variant: str) -> tuple[str, Any]:
@@ -110,8 +117,8 @@ def split_variant(variant: str) -> tuple[str, Any]:
 
 def variant_kwargs(variant: str) -> dict[str, Any]:
     """``iebn`` (ResNet norm), an attention name, or ``name:branches`` (ViT step_branches);
-    a ``/fresh``, ``/aten`` or ``/unfolded`` suffix (a timing condition) builds the same
-    model."""
+    a ``/fresh``, ``/aten``, ``/unfolded`` or ``/plain`` suffix (a timing condition) builds
+    the same model."""
     variant = split_variant(variant)[0]
     if variant == "iebn":
         return {"norm": "iebn"}
@@ -141,6 +148,8 @@ class Runner:
                  channels_last: bool = False, compile: bool = False) -> None:
         self.model = create_model(setting["model"], num_classes=setting["num_classes"],
                                   **setting["kwargs"], **variant_kwargs(variant)).to(device)
+        if not variant.endswith("/plain"):
+            fuse(self.model)
         self.x = torch.randn(setting["batch"], 3, setting["size"], setting["size"],
                              device=device)
         if channels_last:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from stepnet import create_model
+from stepnet.fast import fuse   # as `stepnet stiffness` runs on CPU
 from stepnet.stiffness import (TrajectoryRecorder, block_function, stiffness_index,
                                total_neural_stiffness)
 
@@ -32,7 +33,7 @@ def timed(fn) -> float:  # noqa: ANN001
 
 
 def recorder_overhead(rounds: int) -> dict:
-    model = create_model("resnet164", attention="stepnet").eval()
+    model = fuse(create_model("resnet164", attention="stepnet")).eval()
     x = torch.randn(64, 3, 32, 32)
 
     def plain() -> None:

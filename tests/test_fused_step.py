@@ -1,5 +1,5 @@
-"""The Euler step x + fx * h (one autograd function) and the post-activation step
-relu(x + fx * h) against the unfused computation, in float64: forward, backward, forward-mode
+"""The fused Euler step x + fx * h (one autograd function; stepnet.fast.step) and the
+post-activation step relu(x + fx * h) against the plain computation, in float64: forward, backward, forward-mode
 (jvp) and double backward, for channel gates [B, C, 1, 1] on feature maps and token gates
 [B, 1, D] on token sequences."""
 from __future__ import annotations
@@ -10,14 +10,16 @@ import copy
 import pytest
 import torch
 
-from stepnet.attention.base import global_avg_pool
-from stepnet.kernels import kernels_available
-from stepnet.models import EulerStep
+from stepnet.fast import fuse
+from stepnet.fast.kernels import kernels_available
+from stepnet.fast.pooling import pool_once
+from stepnet.fast.step import FusedEulerStep
 
 from tests.helpers import count_calls, create_attention_double, saved_bytes, train_pass
 
+# "full": a gate as large as fx (CBAM's, SGE's), whose grad_h needs no reduction
 CASES = {"channel": ((3, 5, 4, 4), (3, 5, 1, 1)), "token": ((3, 7, 6), (3, 1, 6)),
-         "scalar": ((2, 4, 3, 3), (1,))}
+         "scalar": ((2, 4, 3, 3), (1,)), "full": ((2, 4, 3, 3), (2, 4, 3, 3))}
 
 
 def inputs(case, seed=0):
@@ -26,6 +28,13 @@ def inputs(case, seed=0):
     make = lambda s: torch.randn(s, generator=generator, dtype=torch.float64)  # noqa: E731
     return make(shape), make(shape), torch.rand(gate, generator=generator,
                                                 dtype=torch.float64)
+
+
+def EulerStep(relu=False, pool_output=False):  # noqa: N802
+    """A fused step, ``pool_output`` as a block whose next gate pools its input sets it."""
+    step = FusedEulerStep(relu=relu)
+    step.pool_output = pool_output
+    return step
 
 
 def unfused(x, fx, h):
@@ -100,10 +109,15 @@ def test_reverse_mode_jacobians_under_vmap(case, relu, pool):
 # --- GAP(x_{t+1}) handed on by the Euler step (the pool memo) ----------------------------------
 
 def count_full_poolings(monkeypatch) -> list[int]:
-    """Counts reads of full-size tensors by global_avg_pool."""
+    """Counts reads of full-size tensors by a pooling (plain, memo or the step's fallback)."""
     from stepnet.attention import base
+    from stepnet.fast import pooling, step
 
-    return count_calls(monkeypatch, base, "_mean_by_sum")
+    calls = count_calls(monkeypatch, base, "_mean_by_sum")
+    counted = base._mean_by_sum
+    monkeypatch.setattr(pooling, "_mean_by_sum", counted)
+    monkeypatch.setattr(step, "_mean_by_sum", counted)
+    return calls
 
 
 @pytest.mark.parametrize("layout", ["preact", "post", "post-unfolded"])
@@ -114,12 +128,12 @@ def test_handed_on_pool_equals_pooling_the_state(monkeypatch, layout, attention)
     post-activation one with its batch norm folded into the step GAP(fx) comes from the
     moments of z (no pooling of fx at all)."""
     from stepnet import create_model
-    from stepnet.attention import base
-    from stepnet.models.layers import unfolded_steps
+    from stepnet.fast.folds import unfolded_steps
+    from stepnet.fast.pooling import fresh_pools
 
     torch.manual_seed(0)
-    model = create_model("resnet20", num_classes=10, preact=layout == "preact",
-                         attention=attention).double().train()
+    model = fuse(create_model("resnet20", num_classes=10, preact=layout == "preact",
+                              attention=attention).double().train())
     x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
 
     def logits_and_grads():
@@ -133,7 +147,7 @@ def test_handed_on_pool_equals_pooling_the_state(monkeypatch, layout, attention)
     out, grads = logits_and_grads()
     memo_poolings = calls[0]
     calls[0] = 0
-    with base.fresh_pools():
+    with fresh_pools():
         ref_out, ref_grads = logits_and_grads()
     torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
     for a, b in zip(grads, ref_grads):
@@ -152,7 +166,7 @@ def test_handed_on_pool_equals_pooling_the_state(monkeypatch, layout, attention)
 
 def step_and_pool(x, fx, h):
     y = EulerStep(relu=True, pool_output=True)(x, fx, h)
-    return y, global_avg_pool(y)
+    return y, pool_once(y)
 
 
 def unfused_step_and_pool(x, fx, h):
@@ -209,7 +223,11 @@ def test_pooling_is_the_mean_bitwise_and_its_gradient_is_a_broadcast_view():
 
 
 def test_pool_memo_is_dropped_by_in_place_changes_and_skipped_where_unsafe():
-    from stepnet.attention.base import global_avg_pool, recall_pool, remember_pool
+    from stepnet.fast.pooling import recall_pool, remember_pool
+
+    def global_avg_pool(t, keepdim=False):
+        pooled = pool_once(t)
+        return pooled[:, :, None, None] if keepdim else pooled
 
     t = torch.randn(2, 3, 4, 4)
     pooled = global_avg_pool(t)
@@ -238,7 +256,9 @@ def test_pool_memo_is_dropped_by_in_place_changes_and_skipped_where_unsafe():
 
 
 def test_euler_step_hands_on_the_pool_of_its_output_for_channel_and_token_gates():
-    from stepnet.attention.base import global_avg_pool, recall_pool
+    from stepnet.fast.pooling import recall_pool
+
+    global_avg_pool = pool_once
 
     for case in ("channel", "token"):
         x, fx, h = inputs(case, seed=3)
@@ -263,15 +283,15 @@ def bottleneck_net(attention, options=None, seed=0):
     from stepnet.models.cifar_resnet import CifarResNet
 
     torch.manual_seed(seed)
-    return CifarResNet(depth=20, block="bottleneck", preact=True, attention=attention,
-                       attention_options=options).double().train()
+    return fuse(CifarResNet(depth=20, block="bottleneck", preact=True, attention=attention,
+                            attention_options=options).double().train())
 
 
 def count_folds(monkeypatch) -> list[int]:
     """Counts the blocks that fold their step into conv3."""
-    from stepnet.models import blocks
+    from stepnet.fast import folds
 
-    return count_calls(monkeypatch, blocks, "conv_euler_step")
+    return count_calls(monkeypatch, folds, "conv_euler_step")
 
 
 @pytest.mark.parametrize("attention,options", FOLDED)
@@ -279,7 +299,7 @@ def test_folded_step_equals_the_step_on_fx(monkeypatch, attention, options):
     """x + conv3(a) * h computed as one batched product (fx never formed) gives the logits,
     every gradient and the running statistics of the unfolded network, in every block (h = 1
     for the plain network)."""
-    from stepnet.models.layers import unfolded_steps
+    from stepnet.fast.folds import unfolded_steps
 
     model = bottleneck_net(attention, options)
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -299,11 +319,11 @@ def test_folded_step_equals_the_step_on_fx(monkeypatch, attention, options):
 def test_folded_step_gradcheck_and_gradgradcheck():
     """The folded step's derivatives against finite differences (float64), first and second
     order, in x, a, the convolution's weight and the gate's parameters."""
-    from stepnet.models.layers import conv_euler_step
+    from stepnet.fast.folds import conv_euler_step
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(3, 8, 1, bias=False).double()
-    gate = create_attention_double("stepnet", 8)
+    gate = fuse(create_attention_double("stepnet", 8))
     x = torch.randn(3, 8, 4, 4, dtype=torch.float64, requires_grad=True)
     a = torch.randn(3, 3, 4, 4, dtype=torch.float64, requires_grad=True)
     params = (conv.weight, gate.conv.weight, gate.norm.weight, gate.norm.ie_weight)
@@ -319,7 +339,7 @@ def test_fold_keeps_no_fx_for_backward():
     """What autograd keeps per block: the unfolded StepNet keeps one fx [B, C, H, W] per block
     more than the network without step sizes (for grad_h), the folded one only the per-sample
     weights h * W [B, C, K] and [B, C] descriptors (at CIFAR sizes K <= H * W)."""
-    from stepnet.models.layers import unfolded_steps
+    from stepnet.fast.folds import unfolded_steps
 
     x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
 
@@ -339,7 +359,7 @@ def test_fold_declines_where_the_step_must_be_seen(monkeypatch):
     recorder), for a gate that is not pooled (CBAM), a conv3 with a bias, channels-last maps,
     forward-mode AD, autocast, and where the per-sample weights [B, C, K] would be larger than
     fx [B, C, H * W]."""
-    from stepnet.models.layers import unfolded_steps
+    from stepnet.fast.folds import unfolded_steps
 
     x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
     folds = count_folds(monkeypatch)
@@ -380,17 +400,16 @@ def test_fold_declines_where_the_step_must_be_seen(monkeypatch):
 
 @pytest.mark.parametrize("preact", [True, False])
 def test_reference_paths_turn_every_fast_path_off_with_the_same_values(preact, monkeypatch):
-    """Under stepnet.fast.reference_paths no kernel, fold or pooling hand-off runs, and a
-    StepNet ResNet's training step gives the fast path's logits and gradients (float64)."""
+    """Under stepnet.fast.reference_paths a fused model runs no kernel, fold or pooling
+    hand-off, and a StepNet ResNet's training step gives the fast path's logits and gradients
+    (float64)."""
     import stepnet
-    from stepnet import kernels
-    from stepnet.fast import reference_paths
-    from stepnet.models import layers, norm_step
+    from stepnet.fast import folds, kernels, pooling, reference_paths
 
     torch.manual_seed(0)
-    model = stepnet.create_model("cifar_resnet", depth=29 if preact else 20,
-                                 block="bottleneck" if preact else "basic", preact=preact,
-                                 attention="stepnet").double().train()
+    model = fuse(stepnet.create_model("cifar_resnet", depth=29 if preact else 20,
+                                      block="bottleneck" if preact else "basic", preact=preact,
+                                      attention="stepnet").double().train())
     x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
 
     def step(model):
@@ -400,8 +419,6 @@ def test_reference_paths_turn_every_fast_path_off_with_the_same_values(preact, m
         return out.detach(), [p.grad.clone() for p in model.parameters()]
 
     fast = step(copy.deepcopy(model))
-    from stepnet.attention import base
-
     ran = []   # fast paths that did something: a kernel library loaded, a fold, a memo read
 
     def watch(module, name):
@@ -415,9 +432,8 @@ def test_reference_paths_turn_every_fast_path_off_with_the_same_values(preact, m
 
         monkeypatch.setattr(module, name, watched)
 
-    for module, name in ((kernels, "_load"), (layers, "conv_euler_step"),
-                         (norm_step, "norm_euler_step"), (base, "recall_pool"),
-                         (layers, "recall_pool")):
+    for module, name in ((kernels, "_load"), (folds, "conv_euler_step"),
+                         (folds, "norm_euler_step"), (pooling, "recall_pool")):
         watch(module, name)
     step(copy.deepcopy(model))
     assert ran, "the fast paths run by default (the check below can fail)"

@@ -1,4 +1,4 @@
-"""The compiled one-pass backward of the gated Euler step (stepnet.kernels) against ATen's
+"""The compiled one-pass backward of the gated Euler step (stepnet.fast.kernels) against ATen's
 three-pass computation and an independent float64 sum; where it must not apply, and what a
 failed build does."""
 from __future__ import annotations
@@ -12,9 +12,11 @@ import warnings
 import pytest
 import torch
 
-from stepnet import create_attention, kernels
-from stepnet.models import EulerStep, create_model
-from stepnet.models.layers import unfolded_steps
+from stepnet import create_attention as create_plain_attention
+from stepnet.fast import fuse, kernels, unfuse
+from stepnet.fast.folds import unfolded_steps
+from stepnet.models import EulerStep
+from stepnet.models import create_model as create_plain_model
 
 needs_compiler = pytest.mark.skipif(
     not sys.platform.startswith("linux") or shutil.which("cc") is None,
@@ -29,6 +31,15 @@ def fresh_kernels(monkeypatch, tmp_path):
     monkeypatch.setattr(kernels, "_load_failed", False)
     monkeypatch.setattr(kernels, "_enabled", True)
     return tmp_path
+
+
+def create_model(*args, **kwargs):
+    """A fused model (stepnet.fast.fuse): the kernels' callers."""
+    return fuse(create_plain_model(*args, **kwargs))
+
+
+def create_attention(*args, **kwargs):
+    return fuse(create_plain_attention(*args, **kwargs))
 
 
 def tensors(shape, gate, dtype, seed=0):
@@ -151,7 +162,7 @@ def test_network_gradients_with_and_without_the_kernel(fresh_kernels, monkeypatc
         return call
 
     for name in calls:
-        monkeypatch.setattr(f"stepnet.models.layers.{name}", counted(name, getattr(kernels, name)))
+        monkeypatch.setattr(f"stepnet.fast.step.{name}", counted(name, getattr(kernels, name)))
     torch.manual_seed(0)
     model = create_model("resnet20", num_classes=10, attention="stepnet",
                          preact=preact).double()
@@ -202,36 +213,6 @@ def test_relu_step_backward_equals_aten(fresh_kernels, dtype, shape, gate, poole
     tolerance = {torch.float32: 2e-6, torch.float64: 1e-14}[dtype]
     assert ((got[2].double() - exact).abs() <= tolerance * scale).all()
     assert kernels.gate_relu_backward(grad, y, fx, h) is None, "grad mode on"
-
-
-# --- the recorder's sums of squares ----------------------------------------------------------
-
-@needs_compiler
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("shape", [(3, 5, 7, 9), (4, 6, 33), (2, 3, 2, 3, 4), (1, 1, 1000)])
-def test_square_sums_equal_a_float64_computation(fresh_kernels, dtype, shape):
-    generator = torch.Generator().manual_seed(3)
-    a = torch.randn(shape, generator=generator, dtype=dtype)
-    b = a + 1e-3 * torch.randn(shape, generator=generator, dtype=dtype)  # a small update
-    got = kernels.square_sums(a, b)
-    assert got is not None, "the kernel did not apply"
-    dims = tuple(range(2, len(shape)))
-    difference = b.double() - a.double()
-    for value, exact in zip(got, ((a.double() ** 2).sum(dims), (difference ** 2).sum(dims))):
-        assert value.dtype == torch.float64 and value.shape == shape[:2]
-        torch.testing.assert_close(value, exact, rtol=1e-12, atol=0)
-
-
-def test_square_sums_decline_what_they_do_not_cover(fresh_kernels):
-    a = torch.randn(2, 4, 3, 3)
-    cases = {"channels_last": (a.contiguous(memory_format=torch.channels_last), a),
-             "2-D": (a[:, :, 0, 0], a[:, :, 0, 0]), "shapes differ": (a, a[:, :2]),
-             "mixed dtypes": (a, a.double()), "float16": (a.half(), a.half()),
-             "empty": (a[:0], a[:0])}
-    for name, args in cases.items():
-        assert kernels.square_sums(*args) is None, name
-    with kernels.aten_only():
-        assert kernels.square_sums(a, a) is None, "aten_only"
 
 
 @needs_compiler
@@ -342,15 +323,14 @@ def test_evaluation_with_the_kernel_equals_aten_bitwise(fresh_kernels, attention
 @pytest.mark.parametrize("attention", ["stepnet", "none", "cbam"])
 def test_recorder_statistics_with_and_without_the_kernel(fresh_kernels, monkeypatch, attention,
                                                          preact):
-    """ResNet-20: every recorded statistic equal with the kernels and with ATen's ops, for a
-    channel gate, no gate, and a spatial gate. With a channel gate or none every step sums its
-    output and update in its own pass (the state norms are handed on from block to block);
-    a spatial gate's steps use ATen, and the post-activation ones read x_t and x_{t+1} again
-    in one pass (square_sums) for every block that keeps its shape."""
-    from stepnet.models import layers
+    """ResNet-20: every recorded statistic equal with the kernels, with ATen's ops and on the
+    plain (unfused) model, for a channel gate, no gate, and a spatial gate. With a channel gate
+    or none every fused step sums its output and update in its own pass (the state norms are
+    handed on from block to block); a spatial gate's steps and the plain model's use ATen."""
+    from stepnet.fast import step
     from stepnet.stiffness import TrajectoryRecorder
 
-    calls = {"square_sums": 0, "euler_step": 0}
+    calls = {"euler_step": 0}
 
     def counted(name, original):
         def call(*args, **kwargs):
@@ -359,8 +339,7 @@ def test_recorder_statistics_with_and_without_the_kernel(fresh_kernels, monkeypa
             return result
         return call
 
-    monkeypatch.setattr(kernels, "square_sums", counted("square_sums", kernels.square_sums))
-    monkeypatch.setattr(layers, "euler_step", counted("euler_step", layers.euler_step))
+    monkeypatch.setattr(step, "euler_step", counted("euler_step", step.euler_step))
     monkeypatch.setattr(TrajectoryRecorder, "_handed_state_norm",
                         counted("handed on", TrajectoryRecorder._handed_state_norm))
     calls["handed on"] = 0
@@ -377,21 +356,26 @@ def test_recorder_statistics_with_and_without_the_kernel(fresh_kernels, monkeypa
     fused = record()
     spatial = attention == "cbam"
     assert calls["euler_step"] == (0 if spatial else 9)
-    assert calls["square_sums"] == (9 - 2 if spatial and not preact else 0)
     # every block but the first reads its state norm from the step before it
     assert calls["handed on"] == (0 if spatial else 8)
     assert all(not b.step.record_sums and b.step.sums is None for b in model.residual_blocks())
     with kernels.aten_only():
         reference = record()
+    unfuse(model)
+    calls["handed on"] = 0
+    plain = record()
+    assert calls["handed on"] == 0
+    assert all("sums" not in vars(b.step) for b in model.residual_blocks())
     for key in ("nsi", "nsi_step", "state_norm", "update_norm", "update_norm_step"):
-        torch.testing.assert_close(getattr(fused, key), getattr(reference, key), rtol=2e-5,
-                                   atol=1e-6, equal_nan=True, msg=key)
+        for other in (reference, plain):
+            torch.testing.assert_close(getattr(fused, key), getattr(other, key), rtol=2e-5,
+                                       atol=1e-6, equal_nan=True, msg=key)
 
 
 # --- StepNet's adaptor on pooled descriptors ---------------------------------------------------
 
 def fused_gate_calls(monkeypatch) -> list[int]:
-    from stepnet.attention import stepnet as stepnet_module
+    from stepnet.fast import stepnet as stepnet_module
 
     calls = [0]
     apply = stepnet_module._FusedGateFunction.apply

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "src" / "stepnet"
 # lower numbers may be imported by higher ones, never the reverse
-LAYERS = {"atomic": 0, "torch_internals": 0, "checkpoint_file": 0, "linalg": 0, "stats": 0, "data": 0, "kernels": 0, "weights": 0,
+LAYERS = {"atomic": 0, "torch_internals": 0, "checkpoint_file": 0, "linalg": 0, "stats": 0, "data": 0, "weights": 0,
           "attention": 1, "models": 2, "fast": 3, "stiffness": 3, "dynamics": 3, "engine": 4,
           "comparison": 5, "studies": 5, "cli": 6, "_timm": 6, "__init__": 7, "__main__": 7}
 KNOWN_UPWARD: set[tuple[str, str]] = set()
@@ -67,6 +67,13 @@ def test_no_package_imports_a_higher_one():
     assert not new, f"upward imports (lower layer -> higher): {new}"
     paid = KNOWN_UPWARD - set(upward)
     assert not paid, f"remove {sorted(paid)} from KNOWN_UPWARD: the debt is paid"
+
+
+@pytest.mark.parametrize("package", ["attention", "models", "stiffness", "dynamics"])
+def test_the_plain_packages_import_nothing_of_the_fast_path(package):
+    """Models, step-size modules and the analysis read as the papers write them: the fast
+    paths (stepnet.fast) reach them only through fuse(model)."""
+    assert (package, "fast") not in arrows()
 
 
 def test_the_check_sees_a_planted_upward_import(tmp_path):

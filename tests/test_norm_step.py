@@ -1,4 +1,4 @@
-"""The post-activation step with its batch norm folded in (stepnet.models.norm_step):
+"""The post-activation step with its batch norm folded in (stepnet.fast.folds):
 relu(x + bn(z) * h) as relu(x + a z + b), against the batch norm followed by the step, in the
 kernels, in networks (logits, every gradient, the running statistics), to second order, and
 where it must not apply."""
@@ -9,15 +9,21 @@ import contextlib
 import pytest
 import torch
 
-from stepnet import kernels
-from stepnet.kernels import kernels_available
+from stepnet.fast import folds, fuse, kernels
+from stepnet.fast.folds import unfolded_steps
+from stepnet.fast.kernels import kernels_available
 from stepnet.models import blocks
-from stepnet.models.layers import unfolded_steps
+from stepnet.models.cifar_resnet import CifarResNet as PlainCifarResNet
 
 from tests.helpers import count_calls, create_attention_double, saved_bytes, train_pass
 
 pytestmark = pytest.mark.skipif(not kernels_available(),
                                 reason="the folded norm step runs on the compiled kernels")
+
+
+def CifarResNet(**options):  # noqa: N802
+    """A fused CIFAR ResNet (stepnet.fast.fuse)."""
+    return fuse(PlainCifarResNet(**options))
 
 
 def rand(shape, dtype=torch.float64, seed=0):
@@ -89,8 +95,6 @@ ATTENTIONS = [("none", {}), ("stepnet", {}), ("stepnet", {"input": "x"}),
 
 
 def post_net(attention, options=None, block="bottleneck", seed=0):
-    from stepnet.models.cifar_resnet import CifarResNet
-
     torch.manual_seed(seed)
     depth = 20 if block == "bottleneck" else 8
     model = CifarResNet(depth=depth, block=block, preact=False, attention=attention,
@@ -108,7 +112,7 @@ def post_net(attention, options=None, block="bottleneck", seed=0):
 
 
 def count_norm_folds(monkeypatch) -> list[int]:
-    return count_calls(monkeypatch, blocks, "norm_euler_step")
+    return count_calls(monkeypatch, folds, "norm_euler_step")
 
 
 @pytest.mark.parametrize("block", ["bottleneck", "basic"])
@@ -169,9 +173,9 @@ def test_folded_norm_step_gradcheck_and_gradgradcheck(attention):
     """Derivatives against finite differences (float64), first and second order, in x, z, the
     batch norm's affine parameters and the gate's, with both outputs used (the state and its
     handed-on pooling)."""
-    from stepnet.attention.base import recall_pool
-    from stepnet.models.layers import EulerStep
-    from stepnet.models.norm_step import norm_euler_step
+    from stepnet.fast.folds import norm_euler_step
+    from stepnet.fast.pooling import recall_pool
+    from stepnet.fast.step import FusedEulerStep as EulerStep
 
     torch.manual_seed(0)
     # FCA: 7 x 7 maps (its DCT bank ranks frequencies on a 7 x 7 grid), 4 frequencies
@@ -182,7 +186,9 @@ def test_folded_norm_step_gradcheck_and_gradgradcheck(attention):
     gate = create_attention_double(attention, channels,
                                    **({"spatial_size": 7, "num_frequencies": 4}
                                       if attention == "fca" else {}))
-    step = EulerStep(relu=True, pool_output=attention != "none")
+    gate = fuse(gate)
+    step = EulerStep(relu=True)
+    step.pool_output = attention != "none"
     x = rand(shape, seed=1).requires_grad_()
     z = (rand(shape, seed=2) + 0.5).requires_grad_()
     params = (norm.weight, norm.bias, *gate.parameters())
@@ -200,12 +206,12 @@ def test_partial_and_repeated_backward_passes():
     """The step's backward hands z's gradient to the moments' backward within one pass: a pass
     asking only for x's gradient, then one asking for z's, and a retained graph run twice, give
     what autograd gives for the batch norm and the step on bn(z)."""
-    from stepnet.models.layers import EulerStep
-    from stepnet.models.norm_step import norm_euler_step
+    from stepnet.fast.folds import norm_euler_step
+    from stepnet.fast.step import FusedEulerStep as EulerStep
 
     torch.manual_seed(0)
     norm = torch.nn.BatchNorm2d(6).double()
-    gate = create_attention_double("se", 6)
+    gate = fuse(create_attention_double("se", 6))
     step = EulerStep(relu=True)
     x0, z0 = rand((3, 6, 5, 5), seed=1), rand((3, 6, 5, 5), seed=2)
     cotangent = rand((3, 6, 5, 5), seed=3)
@@ -244,8 +250,6 @@ def test_fold_declines_where_the_norm_or_the_step_must_be_seen(monkeypatch):
     """No fold (and the same values) in evaluation, under no_grad, with a hook on the batch
     norm or the step, for a gate that is not pooled (CBAM), IEBN, channels-last maps, the
     kernels turned off, and pre-activation blocks."""
-    from stepnet.models.cifar_resnet import CifarResNet
-
     x = rand((4, 3, 16, 16), seed=1)
     folds = count_norm_folds(monkeypatch)
 
@@ -282,15 +286,15 @@ def test_pre_activation_norm_relu_equals_relu_of_bn(monkeypatch, attention):
     its pooling of a is taken in that pass, so no block reads a, fx or x to pool them but the
     first of each stage (its x is not a step's output)."""
     from stepnet.attention import base
-    from stepnet.models.cifar_resnet import CifarResNet
-
+    from stepnet.fast import pooling
     torch.manual_seed(0)
     model = CifarResNet(depth=20, block="bottleneck", preact=True,
                         attention=attention).double().train()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     x = rand((4, 3, 32, 32), seed=1)   # every stage folds its step (K <= H * W)
-    calls = count_calls(monkeypatch, blocks, "norm_relu")
+    calls = count_calls(monkeypatch, folds, "norm_relu")
     poolings = count_calls(monkeypatch, base, "_mean_by_sum")
+    monkeypatch.setattr(pooling, "_mean_by_sum", base._mean_by_sum)
     folded = [train_pass(model, x, seed) for seed in (1, 2)]
     assert calls[0] == 2 * 6
     if attention in ("stepnet", "se"):
@@ -307,8 +311,8 @@ def test_pre_activation_norm_relu_equals_relu_of_bn(monkeypatch, attention):
 def test_norm_relu_gradcheck_and_gradgradcheck():
     """relu(bn(z)) and its handed-on pooling against finite differences, first and second
     order, in z and the batch norm's affine parameters."""
-    from stepnet.attention.base import recall_pool
-    from stepnet.models.norm_step import norm_relu
+    from stepnet.fast.folds import norm_relu
+    from stepnet.fast.pooling import recall_pool
 
     norm = torch.nn.BatchNorm2d(5, track_running_stats=False).double()
     torch.nn.init.normal_(norm.weight, 1.0, 0.3)
@@ -324,10 +328,8 @@ def test_norm_relu_gradcheck_and_gradgradcheck():
 
 
 def test_norm_relu_declines_under_hooks_and_in_evaluation(monkeypatch):
-    from stepnet.models.cifar_resnet import CifarResNet
-
     x = rand((2, 3, 16, 16), seed=1)
-    calls = count_calls(monkeypatch, blocks, "norm_relu")
+    calls = count_calls(monkeypatch, folds, "norm_relu")
     model = CifarResNet(depth=20, block="bottleneck", preact=True, attention="se").double()
     model.layer1[0].bn3.register_forward_hook(lambda *args: None)
     model.layer2[0].relu.register_forward_hook(lambda *args: None)

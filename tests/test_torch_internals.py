@@ -41,6 +41,19 @@ def test_functorch_wrappers_are_recognised():
     assert not torch_internals.is_functorch_wrapped(torch.ones(3))
 
 
+def test_forward_mode_ad_is_seen_inside_a_dual_level_and_jvp_only():
+    import torch.autograd.forward_ad as fwAD
+
+    assert not torch_internals.in_forward_ad()
+    with fwAD.dual_level():
+        assert torch_internals.in_forward_ad()
+    assert not torch_internals.in_forward_ad()
+    inside: list[bool] = []
+    torch.func.jvp(lambda t: inside.append(torch_internals.in_forward_ad()) or t * 2,
+                   (torch.ones(2),), (torch.ones(2),))
+    assert inside == [True]
+
+
 def test_hooks_that_a_call_would_run_are_seen():
     module = nn.Linear(2, 2)
     assert not torch_internals.has_hooks(module)
@@ -71,13 +84,20 @@ def test_fx_tracing_is_seen_inside_a_trace_only():
 
 def private_uses(path: Path) -> list[str]:
     """``torch._C``, ``torch.fx._symbolic_trace``, ``torch.nn.modules.module``'s underscored
-    names and modules' ``_forward_hooks``-style attributes used in ``path``."""
+    names, underscored names of a torch module imported by name (``forward_ad._current_level``)
+    and modules' ``_forward_hooks``-style attributes used in ``path``."""
+    tree = ast.parse(path.read_text())
+    torch_modules = {alias.asname or alias.name for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torch")
+                     for alias in node.names}
     found = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Attribute):
             text = ast.unparse(node)
-            if text.startswith(("torch._C", "torch.fx._")) or node.attr.startswith(
-                    ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
+            private_of_module = (isinstance(node.value, ast.Name) and node.value.id in torch_modules
+                                 and node.attr.startswith("_") and not node.attr.startswith("__"))
+            if private_of_module or text.startswith(("torch._C", "torch.fx._")) or \
+                    node.attr.startswith(("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
                      "_backward_pre_hooks", "_global_")):
                 found.append(f"{path.name}:{node.lineno} {text}")
         elif isinstance(node, ast.ImportFrom) and node.module and (
@@ -96,7 +116,10 @@ def test_no_other_module_uses_torch_private_api():
 def test_the_private_api_check_sees_a_planted_use(tmp_path):
     planted = tmp_path / "planted.py"
     planted.write_text("import torch\nfrom torch.fx._symbolic_trace import x\n"
-                       "def f(m):\n    return torch._C._foo() or m._forward_hooks\n")
+                       "from torch.autograd import forward_ad\n"
+                       "def f(m):\n    return torch._C._foo() or m._forward_hooks\n"
+                       "def g():\n    return forward_ad._current_level\n")
     uses = private_uses(planted)
-    assert {u.split()[0] for u in uses} == {"planted.py:2", "planted.py:4"}
+    assert {u.split()[0] for u in uses} == {"planted.py:2", "planted.py:5", "planted.py:7"}
     assert any("_forward_hooks" in u for u in uses) and any("torch._C" in u for u in uses)
+    assert any("forward_ad._current_level" in u for u in uses)

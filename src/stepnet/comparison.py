@@ -75,6 +75,7 @@ def run_trajectory(run: Path, config: Mapping[str, Any], max_inputs: int, batch_
 
     from .data import build_dataset, stratified_subset
     from .engine import model_from_checkpoint
+    from .fast import fuse_as
     from .stiffness.recorder import record_trajectories
 
     checkpoint = run / "checkpoints" / "last.pt"
@@ -90,7 +91,8 @@ def run_trajectory(run: Path, config: Mapping[str, Any], max_inputs: int, batch_
         return cached
     test = build_dataset(config["dataset"], config.get("data_dir"), train=False, augment=False)
     test = stratified_subset(test, min(max_inputs, len(test)))
-    model = model_from_checkpoint(checkpoint, task="classification").to(device)
+    model = fuse_as(model_from_checkpoint(checkpoint, task="classification").to(device),
+                    config.get("fuse", "auto"), device)   # as the run was evaluated
     trajectory = record_trajectories(model, DataLoader(test, batch_size=batch_size), device=device,
                                      progress=progress, exclude=exclude)
     save_trajectory_cache(cache, trajectory, settings)

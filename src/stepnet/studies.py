@@ -473,13 +473,15 @@ def run_stiffness(run: str | Path, config: Any, device: str = "cpu",
 
     from .data import build_dataset, stratified_subset
     from .engine import model_from_checkpoint
+    from .fast import fuse_as
     from .stiffness.metrics import total_neural_stiffness
     from .stiffness.recorder import record_trajectories
 
     test = build_dataset(config.dataset, config.data_dir, train=False, augment=False)
     test = stratified_subset(test, inputs)
     model = model_from_checkpoint(Path(run) / "checkpoints" / "last.pt", task="classification")
-    trajectory = record_trajectories(model.to(device), DataLoader(test, batch_size=250),
+    model = fuse_as(model.to(device), config.fuse, device)   # as the run was evaluated
+    trajectory = record_trajectories(model, DataLoader(test, batch_size=250),
                                      device=device, exclude="first", progress=False)
     return {"tns": float(total_neural_stiffness(trajectory.nsi_for("1"), trajectory.stage)),
             "tns_step": float(total_neural_stiffness(trajectory.nsi_for("h"),

@@ -1,7 +1,8 @@
 """The private PyTorch interfaces stepnet relies on, in one place.
 
-The fast paths need four facts PyTorch has no public API for: whether ``torch.fx`` is tracing
-(a tracer must record plain ops, not a fused kernel), which backward pass is running
+The fast paths need five facts PyTorch has no public API for: whether ``torch.fx`` is tracing
+(a tracer must record plain ops, not a fused kernel), whether forward-mode AD is active (a
+kernel called from an autograd function has no tangent), which backward pass is running
 (to hand a gradient from one autograd function to another within one pass), whether a tensor
 is a functorch wrapper (``vmap``'s batched tensors cannot be handed to C), and whether calling
 a module would run a hook (a fused path would skip it). Each is read here and nowhere else;
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.autograd import forward_ad as _forward_ad
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing as _is_fx_symbolic_tracing
 from torch.nn.modules import module as _module
 
@@ -20,6 +22,12 @@ from torch.nn.modules import module as _module
 def is_fx_symbolic_tracing() -> bool:
     """Whether ``torch.fx.symbolic_trace`` is tracing the code that runs now."""
     return bool(_is_fx_symbolic_tracing())
+
+
+def in_forward_ad() -> bool:
+    """Whether a forward-mode AD level is open (inside ``torch.autograd.forward_ad.dual_level``,
+    as ``torch.func.jvp`` and gradcheck's forward mode open one)."""
+    return _forward_ad._current_level >= 0
 
 
 def graph_task_id() -> int:

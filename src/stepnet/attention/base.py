@@ -20,7 +20,6 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
-from torch.autograd import forward_ad
 
 from ..torch_internals import is_fx_symbolic_tracing
 
@@ -36,8 +35,8 @@ class StepSize(nn.Module):
     * ``uses_spatial_size`` -- the constructor takes ``spatial_size`` (the feature map's side at
       the block's stage), which builders pass in.
     * ``supports_tokens`` -- the module also works on token sequences [B, N, D].
-    * ``pools_input`` -- ``forward`` pools its ``x`` with :func:`global_avg_pool`, so the step
-      before it hands that pooling on (a post-activation step computes it in its own pass).
+    * ``pools_input`` -- ``forward`` pools its ``x`` with :func:`global_avg_pool` (a fused
+      model's step before it hands that pooling on: :mod:`stepnet.fast`).
     """
 
     is_identity: bool = False
@@ -64,9 +63,8 @@ class PooledStepSize(StepSize):
     pools: ``h = gate_from_pools(GAP(x), GAP(fx))``. Subclasses implement
     :meth:`gate_from_pools`; ``pools_input`` says whether it takes GAP(x).
 
-    Knowing that, a block whose residual branch ends in a 1x1 convolution can fold the step into
-    that convolution (``x + conv(a) * h`` as one batched matrix product with per-sample weights,
-    GAP(fx) = W GAP(a): :func:`stepnet.models.layers.conv_euler_step`), so ``fx`` is never
+    Knowing that, a fused block whose residual branch ends in a 1x1 convolution folds the step
+    into that convolution (GAP(fx) = W GAP(a): :mod:`stepnet.fast.folds`), so ``fx`` is never
     formed.
     """
 
@@ -84,9 +82,9 @@ class MomentStepSize(StepSize):
     unbiased variance over the positions (the tokens, on [B, N, D]) per (sample, channel):
     ``h = gate_from_moments(mean, var)``. Subclasses implement :meth:`gate_from_moments`.
 
-    Knowing that, a post-activation block whose residual branch ends in a batch norm can fold
-    the norm into the step: the moments of ``bn(z)`` follow from those of ``z``
-    (:func:`stepnet.models.norm_step.norm_euler_step`), so ``fx`` is never formed.
+    Knowing that, a fused post-activation block whose residual branch ends in a batch norm
+    folds the norm into the step: the moments of ``bn(z)`` follow from those of ``z``
+    (:mod:`stepnet.fast.folds`), so ``fx`` is never formed.
     """
 
     def gate_from_moments(self, mean: Tensor, var: Tensor) -> Tensor:
@@ -105,9 +103,9 @@ class FilteredPoolStepSize(StepSize):
     positions, d[b, c] = Σ filters[c] * fx[b, c] (FCA's DCT coefficients):
     ``h = gate_from_filtered(d)``. Subclasses implement both methods.
 
-    Knowing that, a post-activation block whose residual branch ends in a batch norm can fold
-    the norm into the step: Σ filters * bn(z) = (s / sigma) Σ filters * z + (beta - s mu /
-    sigma) Σ filters (:func:`stepnet.models.norm_step.norm_euler_step`).
+    Knowing that, a fused post-activation block whose residual branch ends in a batch norm
+    folds the norm into the step: Σ filters * bn(z) = (s / sigma) Σ filters * z + (beta - s mu /
+    sigma) Σ filters (:mod:`stepnet.fast.folds`).
     """
 
     def filters_for(self, fx: Tensor) -> Tensor | None:
@@ -173,89 +171,17 @@ def pooled_dims(t: Tensor) -> tuple[int, ...]:
     return (1,) if is_tokens(t) else (2, 3)
 
 
-_POOL_MEMO = "_stepnet_pooled"
-_pool_memo_enabled = True
-
-
-@contextlib.contextmanager
-def fresh_pools() -> Iterator[None]:
-    """Within this context every pooling reads its tensor (no pool memo is read or written):
-    the reference computation, and what the memo saves (``benchmarks/overhead.py`` variants
-    ``name/fresh``)."""
-    global _pool_memo_enabled
-    previous, _pool_memo_enabled = _pool_memo_enabled, False
-    try:
-        yield
-    finally:
-        _pool_memo_enabled = previous
-
-
-def traced_or_dual() -> bool:
-    """True under fx or jit tracing, torch.compile or forward-mode AD: where shortcuts that
-    these do not see (Python-level memos, compiled kernels called from an autograd function, a
-    step folded into a convolution) must give way to the plain ops."""
-    return (is_fx_symbolic_tracing() or torch.jit.is_tracing() or torch.compiler.is_compiling()
-            or forward_ad._current_level >= 0)
-
-
-def _memo_allowed(t: Tensor) -> bool:
-    """Pool memos live on eager, version-counted tensors that are not leaves requiring grad,
-    outside forward-mode AD: tracers and compilers see no Python attributes, inference tensors
-    have no version counter to detect in-place changes with, a leaf that requires grad (a
-    user's input) outlives backward passes that free the graph a remembered pooling would hang
-    on, and a dual tensor's tangent can change without its version (gradcheck's forward mode
-    refills the tangents of the same dual inputs)."""
-    return _pool_memo_enabled and not (
-        traced_or_dual() or t.is_inference() or (t.requires_grad and t.grad_fn is None))
-
-
-def pool_memo_enabled() -> bool:
-    """False within :func:`fresh_pools` (then producers need not compute a pooling to hand on)."""
-    return _pool_memo_enabled
-
-
-def remember_pool(t: Tensor, pooled: Tensor) -> None:
-    """Record ``pooled`` ([B, C]) as ``global_avg_pool(t)``; valid until ``t`` is modified in
-    place (the memo keeps ``t``'s version counter).
-
-    The Euler step uses it to hand the next block GAP(x_{t+1}) = GAP(x_t) + GAP(fx) * h
-    (exact for a channel gate h, GAP being linear), so a pre-activation network pools each
-    state once instead of re-reading the full-size tensor in every block that needs it.
-    In-place changes made through ``t.data`` bypass the version counter and are not seen
-    (as for autograd itself); :func:`fresh_pools` turns the memo off."""
-    if _memo_allowed(t):
-        setattr(t, _POOL_MEMO, (t._version, pooled))
-
-
-def recall_pool(t: Tensor) -> Tensor | None:
-    """The pooled [B, C] remembered for ``t``, or None (none recorded, ``t`` has changed since,
-    or gradients are wanted now and the memo was made without them, under ``no_grad``)."""
-    if not _memo_allowed(t):
-        return None
-    memo = getattr(t, _POOL_MEMO, None)
-    if memo is None or memo[0] != t._version:
-        return None
-    pooled = memo[1]
-    if t.requires_grad and torch.is_grad_enabled() and not pooled.requires_grad:
-        return None
-    return pooled
-
-
 def global_avg_pool(t: Tensor, keepdim: bool = False) -> Tensor:
     """Channel descriptor: [B, C, H, W] -> [B, C] (mean over positions; [B, C, 1, 1] with
     ``keepdim``), or tokens [B, N, D] -> [B, D] (mean over tokens; [B, 1, D] with ``keepdim``).
 
-    Differentiable in reverse and forward mode; its backward allocates no full-size tensor.
-    The result is remembered on ``t`` (see :func:`remember_pool`): pooling the same unchanged
-    tensor again reads it no more.
+    Differentiable in reverse and forward mode; its backward allocates no full-size tensor
+    (:func:`_mean_by_sum`).
     """
     dims = pooled_dims(t)
     if torch.jit.is_tracing():   # the traced graph records the mean itself
         return t.mean(dim=dims, keepdim=keepdim)
-    pooled = recall_pool(t)
-    if pooled is None:
-        pooled = _mean_by_sum(t, dims)
-        remember_pool(t, pooled)
+    pooled = _mean_by_sum(t, dims)
     if keepdim:
         for d in dims:
             pooled = pooled.unsqueeze(d)

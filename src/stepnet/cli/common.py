@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 from ..data import DATASETS, build_dataset
 from ..engine import TrainConfig, load_checkpoint, model_from_checkpoint, resolve_device
 from ..engine.checkpoint import config_of_checkpoint
+from ..fast import FUSE_MODES, fuse_as
 
 
 def check_writable(folder: Path) -> None:
@@ -34,6 +35,10 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--fuse", default="auto", choices=FUSE_MODES,
+                        help="the fast paths (stepnet.fast.fuse): auto (on the CPU, as "
+                        "training uses them), on, off (the plain model; the same values to "
+                        "float rounding)")
 
 
 def load_checkpoint_for_task(args: argparse.Namespace, task: str | None = None,
@@ -56,7 +61,8 @@ def load_checkpoint_for_task(args: argparse.Namespace, task: str | None = None,
         config.data_dir = args.data_dir
     if config.task == "classification" and config.dataset not in DATASETS:
         raise ValueError(f"unknown dataset {config.dataset!r}; valid: {', '.join(DATASETS)}")
-    return checkpoint, model.to(args.device).eval(), config
+    model = fuse_as(model.to(args.device), getattr(args, "fuse", "auto"), args.device)
+    return checkpoint, model.eval(), config
 
 
 class DetectorBody(nn.Module):

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from ..data import build_dataset
 from ..engine import Trainer, model_from_checkpoint, resolve_config
+from ..fast import fuse_as
 from ..stiffness import analyze, rank_correlation, write_report
 from ..stiffness.figures import plot_tns_vs_accuracy, save_figure
 from .train import prepare_run_dir
@@ -40,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"training resnet20 + {attention} on digits ({config.epochs} epochs)")
         prepare_run_dir(output / attention, overwrite=True)
         metrics = Trainer(config, progress=not args.quiet).fit()
-        model = model_from_checkpoint(output / attention / "checkpoints" / "last.pt")
+        model = fuse_as(model_from_checkpoint(output / attention / "checkpoints" / "last.pt"),
+                        config.fuse, "cpu")
         result, trajectory = analyze(model, test_loader, progress=False)
         write_report(result, trajectory, output / attention / "stiffness",
                      title=f"resnet20 + {attention}")

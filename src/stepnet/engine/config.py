@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..fast import FUSE_MODES
 from .trackers import TRACKERS
 
 TASKS = ("classification", "sudoku", "detection")
@@ -216,6 +217,9 @@ class TrainConfig:
                                  bookkeeping=True)
     compile: bool = option(False, "torch.compile the model (pays off on long GPU runs)",
                            group="run", bookkeeping=True)
+    fuse: str = option("auto", "the fast paths (stepnet.fast.fuse; the same values to float "
+                       "rounding): auto (on the CPU, where they measured faster), on, off "
+                       "(the plain model)", group="run", choices=FUSE_MODES, bookkeeping=True)
     log_interval: int = option(50, "iterations between reads of the running loss (the only "
                                "host synchronisations of a training epoch)", group="run",
                                bookkeeping=True)

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_write_text
+from ..fast import fuse_as
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .distributed import (DistributedContext, ShardSampler, convert_sync_batchnorm,
@@ -194,7 +195,8 @@ class Trainer:
         self.memory_format = (torch.channels_last if config.channels_last
                               else torch.contiguous_format)
         self.task.memory_format = self.memory_format
-        self.model = model.to(self.device, memory_format=self.memory_format)
+        self.model = fuse_as(model.to(self.device, memory_format=self.memory_format),
+                             config.fuse, self.device)
         self.optimizer = build_optimizer(config, self.model)
         self._reset_base_lr()
         self.per_rank_batch = config.batch_size // self.ctx.world_size

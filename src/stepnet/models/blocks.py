@@ -15,9 +15,8 @@ from collections.abc import Callable
 from torch import Tensor, nn
 from torchvision.ops import stochastic_depth
 
-from ..attention import PooledStepSize, StepSize
-from .layers import EulerStep, conv_euler_step, step_folds_into_conv
-from .norm_step import norm_euler_step, norm_relu, norm_relu_folds, norm_step_folds
+from ..attention import StepSize
+from .layers import EulerStep
 
 NormLayer = Callable[[int], nn.Module]
 
@@ -46,8 +45,7 @@ class ResidualBlock(nn.Module):
         self.out_planes = planes * self.expansion
         self.changes_shape = stride != 1 or in_planes != self.out_planes
         self.attention = attention
-        # the next block's module is taken to be of this one's kind: does it pool its input?
-        self.step = EulerStep(relu=self.post_activation, pool_output=attention.pools_input)
+        self.step = EulerStep(relu=self.post_activation)
         self.stage = -1
         self.index = -1
 
@@ -79,18 +77,6 @@ class ResidualBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.euler_step(*self.branches(x))
 
-    def normalised_step(self, shortcut: Tensor, z: Tensor, norm: nn.Module) -> Tensor:
-        """``euler_step(shortcut, norm(z))`` for a post-activation block whose residual branch
-        ends in ``norm``: in training, with a batch norm and a pooled, moment or filtered-pool
-        gate (or none; :func:`~stepnet.models.norm_step.norm_step_folds`), the norm is folded
-        into the step (:func:`~stepnet.models.norm_step.norm_euler_step`:
-        ``norm(z)`` is never formed nor kept for backward); the same value to float
-        rounding."""
-        if not self.drops_path() and norm_step_folds(self.step, self.attention, norm,
-                                                     shortcut, z):
-            return norm_euler_step(self.step, shortcut, z, norm, self.attention)
-        return self.euler_step(shortcut, norm(z))
-
 
 class BasicBlock(ResidualBlock):
     """Post-activation basic block: relu(shortcut(x) + bn2(conv2(relu(bn1(conv1(x))))) * h)."""
@@ -118,9 +104,6 @@ class BasicBlock(ResidualBlock):
     def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
         shortcut, z = self.shortcut_and_last_conv(x)
         return shortcut, self.bn2(z)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.normalised_step(*self.shortcut_and_last_conv(x), self.bn2)
 
 
 class Bottleneck(ResidualBlock):
@@ -154,9 +137,6 @@ class Bottleneck(ResidualBlock):
     def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
         shortcut, z = self.shortcut_and_last_conv(x)
         return shortcut, self.bn3(z)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.normalised_step(*self.shortcut_and_last_conv(x), self.bn3)
 
 
 class PreActBasicBlock(ResidualBlock):
@@ -197,31 +177,13 @@ class PreActBottleneck(ResidualBlock):
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = conv1x1(in_planes, out, stride) if self.changes_shape else None
 
-    def shortcut_and_last_input(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Block input -> (shortcut output [B, 4P, H', W'], the last 1x1 convolution's input
-        relu(bn3(...)) [B, P, H', W']): ``fx = conv3(a)``.
-
-        In training, relu(bn3(.)) is one compiled pass after the moments of its input
-        (:func:`~stepnet.models.norm_step.norm_relu`), which with a pooled gate also pools a:
-        the folded step's gate reads GAP(fx) = W3 GAP(a) from it."""
+    def shortcut_and_mid(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Block input -> (shortcut output [B, 4P, H', W'], the 3x3 convolution's output before
+        bn3 [B, P, H', W'])."""
         pre = self.relu(self.bn1(x))
         shortcut = x if self.shortcut is None else self.shortcut(pre)
-        mid = self.conv2(self.relu(self.bn2(self.conv1(pre))))
-        if norm_relu_folds(self.bn3, mid, self.relu):
-            return shortcut, norm_relu(mid, self.bn3, isinstance(self.attention, PooledStepSize))
-        return shortcut, self.relu(self.bn3(mid))
+        return shortcut, self.conv2(self.relu(self.bn2(self.conv1(pre))))
 
     def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        shortcut, a = self.shortcut_and_last_input(x)
-        return shortcut, self.conv3(a)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """With autograd recording and a pooled gate, the step is folded into conv3
-        (:func:`~stepnet.models.layers.conv_euler_step`: ``fx`` is never formed nor kept for
-        backward); the same value to float rounding as ``step(shortcut, fx, h)``."""
-        shortcut, a = self.shortcut_and_last_input(x)
-        if not self.drops_path() and step_folds_into_conv(self.step, self.attention,
-                                                          self.conv3, shortcut, a):
-            self.step.sums = None
-            return conv_euler_step(shortcut, a, self.conv3, self.attention)
-        return self.euler_step(shortcut, self.conv3(a))
+        shortcut, mid = self.shortcut_and_mid(x)
+        return shortcut, self.conv3(self.relu(self.bn3(mid)))

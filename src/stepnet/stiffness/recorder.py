@@ -12,7 +12,6 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .. import kernels
 from .metrics import EXCLUDED
 
 
@@ -173,21 +172,6 @@ def _update_norms(update: Tensor, h: Tensor | None, scaled: bool) -> tuple[Tenso
             torch.linalg.vector_norm(update / h, dim=dims))
 
 
-def _update_norms_from_squares(squares: Tensor, h: Tensor | None, like: Tensor
-                               ) -> tuple[Tensor, Tensor] | None:
-    """(||x_{t+1} - x_t||, ||(x_{t+1} - x_t) / h||) per sample from ``squares``, the sums of
-    squares of x_{t+1} - x_t per (sample, channel) ([B, C], over every dimension of ``like``
-    after the second), when h is None or a channel gate; None for other shapes of h (then the
-    update is needed in full)."""
-    if h is None:
-        norm = squares.sum(dim=1).sqrt()
-        return norm, norm
-    gate = _channel_gate(like, h)
-    if gate is None:
-        return None
-    return _norms_from_groups(squares.sqrt(), gate.to(squares.dtype), scaled=False)
-
-
 def _per_sample_mean(h: Tensor | None, batch: int, like: Tensor) -> Tensor:
     """Mean of h broadcast over a [B, ...] feature map, per sample; 1 when h is None."""
     if h is None:
@@ -257,9 +241,10 @@ class TrajectoryRecorder:
                 step_x, fx, h, step_out, sums = self._pending_step[index]
                 self._pending_step[index] = None
             state_norm = self._handed_state_norm(inputs[0])
-            # the step's one-pass sums (stepnet.kernels.euler_step: [3, B, C]) describe this
-            # block when the step wrote the block's output; its update too when the step's x is
-            # the block's input
+            # a step that offers ``record_sums`` (a fused one: stepnet.fast.step) leaves the
+            # sums of squares of its output, its update and its update / h per (sample,
+            # channel), [3, B, C], from its one pass: they describe this block when the step
+            # wrote the block's output, its update too when the step's x is the block's input
             norms = None
             if sums is not None and output is step_out:
                 out_norm, update_norm, update_norm_step = sums.sum(dim=2).sqrt_().float()
@@ -268,13 +253,6 @@ class TrajectoryRecorder:
                 if inputs[0] is step_x:
                     norms = update_norm, update_norm_step
             exact = self._exact[index] and fx is not None   # x_{t+1} - x_t = fx * h exactly
-            # otherwise x_{t+1} - x_t is needed: one compiled pass over x_t and x_{t+1} gives
-            # the sums of squares of both per (sample, channel) without forming the difference
-            # (None where the kernel does not apply). Exact steps read x_t and fx once each
-            # with ATen already; the kernel measured no gain there.
-            squares = None if norms is not None or exact else kernels.square_sums(x_t, x_next)
-            if state_norm is None and squares is not None:
-                state_norm = squares[0].sum(dim=1).sqrt().float()
             if state_norm is None:
                 state_norm = torch.linalg.vector_norm(x_t, dim=dims).float()
             row["state_norm"].append(state_norm)
@@ -285,8 +263,6 @@ class TrajectoryRecorder:
                 row["update_norm"].append(nan)
                 row["update_norm_step"].append(nan)
                 return
-            if norms is None and squares is not None:
-                norms = _update_norms_from_squares(squares[1], h, x_t)
             if norms is not None:
                 plain, by_step = norms
             elif exact:
@@ -300,7 +276,9 @@ class TrajectoryRecorder:
     def _step_hook(self, index: int):  # noqa: ANN202
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
             x, fx, h = inputs
-            sums, module.sums = getattr(module, "sums", None), None
+            sums = getattr(module, "sums", None)
+            if sums is not None:
+                module.sums = None   # read once
             self._pending_step[index] = (x, fx.detach(), None if h is None else h.detach(),
                                          output, sums)
         return hook

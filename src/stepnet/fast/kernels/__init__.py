@@ -9,8 +9,6 @@ Each makes one pass over full-size tensors where ATen needs several (``kernels.c
 * :func:`gate_relu_backward` -- the same for the post-activation step ``relu(x + fx * h)``,
   the ReLU's backward included: one pass over ``grad``, the output and ``fx`` (and, given the
   gradient of the output's pooling, that pooling's backward in the same pass);
-* :func:`square_sums` -- the stiffness recorder's ``Σ x_t²`` and ``Σ (x_{t+1} - x_t)²`` per
-  (sample, channel), one pass over the two states instead of four, accumulated in float64;
 * :func:`euler_step` -- the Euler step ``x + fx * h`` outside autograd (evaluation, and the
   forward of the post-activation step in training), with the post-activation ReLU and, when
   asked, the recorder's sums of squares and the output's global average pooling in the same
@@ -21,7 +19,7 @@ Each makes one pass over full-size tensors where ATen needs several (``kernels.c
   :func:`affine_grad_z` -- the post-activation step with its batch norm folded in,
   ``relu(x + a z + b)`` from the batch norm's input ``z`` (the moments of ``z`` in one pass,
   the step and ReLU in one, its backward in two, where ATen needs seven and five;
-  :mod:`stepnet.models.norm_step`);
+  :mod:`stepnet.fast.folds`);
 * :func:`adaptor_forward` / :func:`adaptor_backward` -- StepNet's default adaptor in training
   mode on its pooled [B, C] descriptors (the two-state difference, IEBN with batch statistics
   and its running-statistics update, the sigmoids) in one call each way, where ATen runs about
@@ -57,13 +55,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..torch_internals import is_functorch_wrapped
+from ...torch_internals import is_functorch_wrapped
 
 __all__ = ["AdaptorSaved", "EulerStepResult", "adaptor_applies", "adaptor_backward",
            "adaptor_forward", "adaptor_forward_unchecked", "affine_grad_z", "affine_relu_step",
            "affine_relu_step_backward", "affine_step_applies", "aten_only", "cache_dir",
            "euler_step", "euler_step_applies", "gate_backward", "gate_relu_backward",
-           "kernels_available", "row_moments", "square_sums"]
+           "kernels_available", "row_moments"]
 
 SOURCE = "kernels.c"
 FLAGS = ("-O3", "-fno-trapping-math", "-fopenmp", "-fPIC", "-shared", "-std=c11")
@@ -71,7 +69,7 @@ _DTYPES = {torch.float32: 0, torch.float64: 1}
 LIBRARIES = ("-lm",)
 # each entry point's arguments: (pointers, int64 counts, ints, doubles), in kernels.c's order
 _SIGNATURES = {"stepnet_gate_backward": (5, 3, 2, 0), "stepnet_gate_relu_backward": (8, 3, 2, 0),
-               "stepnet_square_sums": (4, 2, 2, 0), "stepnet_euler_step": (6, 3, 4, 0),
+               "stepnet_euler_step": (6, 3, 4, 0),
                "stepnet_row_moments": (5, 3, 2, 0), "stepnet_affine_step": (6, 3, 3, 0),
                "stepnet_affine_step_backward": (7, 2, 2, 0),
                "stepnet_affine_grad_z": (7, 4, 2, 0),
@@ -293,26 +291,6 @@ def gate_relu_backward(grad: Tensor, y: Tensor, fx: Tensor, h: Tensor,
                                         None if pool_grad is None else pool_grad.data_ptr(),
                                         rows, inner, h.numel(), dtype, torch.get_num_threads())
     return grad_x, grad_fx, _rows_to_gate(row_sum, grad, h)
-
-
-def square_sums(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor] | None:
-    """``((a ** 2).sum(dims), ((b - a) ** 2).sum(dims))`` over every dimension after the second,
-    both [B, C] float64, in one pass over ``a`` and ``b`` without forming ``b - a``; or None
-    where the kernel does not apply (then the caller computes them with ATen ops).
-
-    Applies to contiguous float32/float64 CPU tensors of one shape [B, C, *S] (at least 3
-    dimensions). The results are not differentiable (the stiffness recorder's statistics).
-    """
-    dtype = _applies((a, b), outside_autograd=False)
-    if dtype is None:
-        return None
-    rows = a.shape[0] * a.shape[1]
-    sum_a = torch.empty(a.shape[:2], dtype=torch.float64)
-    sum_diff = torch.empty(a.shape[:2], dtype=torch.float64)
-    _library.stepnet_square_sums(a.data_ptr(), b.data_ptr(), sum_a.data_ptr(),
-                                 sum_diff.data_ptr(), rows, a.numel() // rows, dtype,
-                                 torch.get_num_threads())
-    return sum_a, sum_diff
 
 
 @functools.cache

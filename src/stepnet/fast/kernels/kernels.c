@@ -22,13 +22,6 @@
  * ATen needs two passes more (the ReLU's backward writes grad_x, the gate reads it back),
  * and two for the pooling's gradient.
  *
- * stepnet_square_sums -- the stiffness recorder's norms of a state and of its update:
- *
- *     sum_a[r]    = sum_i a[r, i]^2
- *     sum_diff[r] = sum_i (b[r, i] - a[r, i])^2        (accumulated in double)
- *
- * ATen needs four passes (the norm of a, b - a written out, read back, its norm).
- *
  * stepnet_euler_step -- the forward of the Euler step without autograd (evaluation), with the
  * post-activation ReLU and the stiffness recorder's sums in the same pass:
  *
@@ -160,26 +153,6 @@ FOUR_BUILDS(GATE_ROWS, gate_rows)
     }
 
 FOUR_BUILDS(GATE_RELU_ROWS, gate_relu_rows)
-
-#define SQUARE_ROWS(NAME, T, ATTR)                                                          \
-    ATTR                                                                                  \
-    static void NAME(const T *a, const T *b, double *sum_a, double *sum_diff,            \
-                     int64_t begin, int64_t end, int64_t inner) {                         \
-        for (int64_t r = begin; r < end; ++r) {                                           \
-            const T *ar = a + r * inner, *br = b + r * inner;                             \
-            double sa = 0, sd = 0;                                                        \
-            _Pragma("omp simd reduction(+:sa, sd)")                                       \
-            for (int64_t i = 0; i < inner; ++i) {                                         \
-                const double av = ar[i], d = (double)br[i] - av;                          \
-                sa += av * av;                                                            \
-                sd += d * d;                                                              \
-            }                                                                             \
-            sum_a[r] = sa;                                                                \
-            sum_diff[r] = sd;                                                             \
-        }                                                                                 \
-    }
-
-FOUR_BUILDS(SQUARE_ROWS, square_rows)
 
 #define STEP_ROWS(NAME, T, ATTR)                                                          \
     ATTR                                                                                  \
@@ -392,13 +365,6 @@ int stepnet_gate_relu_backward(const void *grad, const void *y, const void *fx, 
                                int64_t h_rows, int dtype, int threads) {
     PARALLEL_ROWS(gate_relu_rows_f32(GATE_RELU_ARGS), gate_relu_rows_f64(GATE_RELU_ARGS),
                   gate_relu_rows_f32_fast(GATE_RELU_ARGS), gate_relu_rows_f64_fast(GATE_RELU_ARGS))
-}
-
-#define SQUARE_ARGS a, b, sum_a, sum_diff, begin, end, inner
-int stepnet_square_sums(const void *a, const void *b, double *sum_a, double *sum_diff,
-                        int64_t rows, int64_t inner, int dtype, int threads) {
-    PARALLEL_ROWS(square_rows_f32(SQUARE_ARGS), square_rows_f64(SQUARE_ARGS),
-                  square_rows_f32_fast(SQUARE_ARGS), square_rows_f64_fast(SQUARE_ARGS))
 }
 
 /* h may be NULL (h = 1); pooled NULL (none) or rows values; sums NULL (none) or 3 * rows

@@ -1,5 +1,11 @@
-"""Batch norms folded into what follows them: the post-activation step
-(:func:`norm_euler_step`) and a ReLU (:func:`norm_relu`).
+"""The folds: a step folded into its block's last convolution (:func:`conv_euler_step`) or its
+last batch norm (:func:`norm_euler_step`), and a batch norm folded into its ReLU
+(:func:`norm_relu`), with the fused blocks that take them (:class:`FusedBasicBlock`,
+:class:`FusedBottleneck`, :class:`FusedPreActBottleneck`).
+
+A pre-activation bottleneck ends ``x + conv3(a) * h``: with a pooled gate, GAP(conv3(a)) =
+W GAP(a), and the step is one batched matrix product with per-sample weights
+(:func:`conv_euler_step`).
 
 A post-activation block ends ``relu(x + bn(z) * h)`` with ``z`` the last convolution's output and
 ``bn`` in training mode (batch statistics). With the batch's mean ``mu`` and ``sigma`` per
@@ -26,20 +32,101 @@ with differentiable ATen ops, so double backward is exact.
 :func:`norm_relu` is the same with no step, ``relu(norm(z))`` (a pre-activation bottleneck's
 last batch norm and ReLU), pooling its output in its pass when a gate will read that pooling.
 """
+
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from ..attention import StepSize
-from ..attention.base import (FilteredPoolStepSize, MomentStepSize, PooledStepSize, _mean_by_sum,
-                              global_avg_pool, pool_memo_enabled, remember_pool,
-                              traced_or_dual)
-from ..kernels import (affine_grad_z, affine_relu_step, affine_relu_step_backward,
-                       affine_step_applies, row_moments)
+from ..attention.base import FilteredPoolStepSize, MomentStepSize, PooledStepSize, _mean_by_sum
+from ..models.blocks import BasicBlock, Bottleneck, PreActBottleneck, ResidualBlock
+from ..models.layers import EulerStep
 from ..torch_internals import graph_task_id, has_hooks
-from . import layers
-from .layers import EulerStep
+from .guards import traced_or_dual
+from .kernels import (affine_grad_z, affine_relu_step, affine_relu_step_backward,
+                      affine_step_applies, row_moments)
+from .pooling import pool_memo_enabled, pool_once, remember_pool
+from .step import relu_output_grad
+
+
+_folding_enabled = True
+
+
+@contextlib.contextmanager
+def unfolded_steps() -> Iterator[None]:
+    """Within this context no step is folded into its block's convolution
+    (:func:`conv_euler_step`) or batch norm (:func:`norm_euler_step`):
+    every block forms ``fx`` and calls its step (the reference computation;
+    ``benchmarks/overhead.py`` variants ``name/unfolded``)."""
+    global _folding_enabled
+    previous, _folding_enabled = _folding_enabled, False
+    try:
+        yield
+    finally:
+        _folding_enabled = previous
+
+
+def step_folds_into_conv(step: EulerStep, attention: StepSize, conv: nn.Module, x: Tensor,
+                         a: Tensor) -> bool:
+    """Whether ``step(x, conv(a), attention(x, conv(a)))`` may be computed as
+    :func:`conv_euler_step` (the same value to float rounding): with autograd recording (where
+    keeping ``fx`` for the step's backward is what costs), a pre-activation step (no ReLU) with
+    a pooled gate (:class:`~stepnet.attention.base.PooledStepSize`) or none (h = 1, the plain
+    network, which gains the same from one batched product), a plain 1x1 convolution without
+    bias, contiguous float maps with no more input channels K than positions H * W (the
+    per-sample weights [B, C, K] kept for backward are then no larger than fx); not under
+    tracing, compiling, autocast or forward-mode AD, not within :func:`unfolded_steps`, and not
+    when a hook on the step, the gate or the convolution expects to see them run (the stiffness
+    recorder hooks the step)."""
+    return (_folding_enabled and torch.is_grad_enabled() and not traced_or_dual()
+            and (attention.is_identity or isinstance(attention, PooledStepSize))
+            and not step.relu and not step.record_sums
+            and type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+            and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.bias is None and conv.padding_mode == "zeros"
+            and a.dim() == 4 and x.dim() == 4 and a.is_contiguous() and x.is_contiguous()
+            and x.shape == (a.shape[0], conv.out_channels, *a.shape[2:])
+            and a.shape[1] <= a.shape[2] * a.shape[3]   # h * W [B, C, K] no larger than fx
+            and x.dtype == a.dtype == conv.weight.dtype and a.dtype.is_floating_point
+            and x.device == a.device == conv.weight.device
+            and not torch.is_autocast_enabled(a.device.type) and not has_hooks(step, attention, conv))
+
+
+def conv_euler_step(x: Tensor, a: Tensor, conv: nn.Conv2d, attention: StepSize) -> Tensor:
+    """``x + fx * h`` with ``fx = conv(a)`` a 1x1 convolution ([B, K, H, W] -> [B, C, H, W]) and
+    h = ``attention.gate_from_pools(GAP(x), GAP(fx))`` (a
+    :class:`~stepnet.attention.base.PooledStepSize`; ``x + fx`` for an identity module), without
+    forming ``fx``.
+
+    GAP(fx) = W GAP(a) (the convolution is linear), so the gate needs only a's pooling (a
+    quarter of fx's bytes in a bottleneck); the step is then one batched matrix product with
+    per-sample weights h_b * W added to x: ``baddbmm(x, h * W, a)``, [B, C, HW]. Its backward
+    is two batched products (grad_a = (h_b W)^T grad, grad_(h W) = grad a^T, from which grad_h
+    and grad_W are [B, C, K] reductions), so the gated step adds no full-size pass; for
+    backward it keeps ``a`` (which the convolution keeps anyway) and the per-sample weights
+    [B, C, K], where the unfolded step keeps ``fx`` [B, C, HW] and reads it with ``grad`` for
+    grad_h. GAP(x_next) = GAP(x) + GAP(fx) * h is handed on as the unfolded step hands it
+    (:func:`pass_on_pool`).
+    """
+    batch, k, height, width = a.shape
+    weight = conv.weight.view(conv.out_channels, k)                      # [C, K]
+    x_flat, a_flat = x.view(batch, -1, height * width), a.view(batch, k, height * width)
+    if attention.is_identity:
+        return torch.baddbmm(x_flat, weight.expand(batch, -1, -1), a_flat).view(x.shape)
+    d = F.linear(pool_once(a), weight)                           # GAP(fx): [B, C]
+    p = pool_once(x) if attention.pools_input else None
+    h = attention.gate_from_pools(p, d)                                 # [B, C]
+    x_next = torch.baddbmm(x_flat, h[:, :, None] * weight, a_flat).view(x.shape)
+    if p is not None:
+        remember_pool(x_next, torch.addcmul(p, d, h))
+    return x_next
+
+
 
 
 class _Handoff:
@@ -142,7 +229,7 @@ class _AffineReluStep(torch.autograd.Function):
         if fused is not None:
             grad_x, sum_g, sum_gz = fused
         else:
-            grad_x = layers.relu_output_grad(grad, y, pool_grad)
+            grad_x = relu_output_grad(grad, y, pool_grad)
             sum_g, sum_gz = grad_x.sum((2, 3)), (grad_x * z).sum((2, 3))
         grad_z = None
         if need_z and torch.is_grad_enabled():
@@ -163,7 +250,7 @@ def norm_step_folds(step: EulerStep, attention: StepSize, norm: nn.Module, x: Te
     same), ``norm`` an ``nn.BatchNorm2d`` (exactly; not a subclass such as SyncBatchNorm) in
     training mode, contiguous float maps ``x``, ``z`` of one shape with more than one value per
     channel, where the compiled kernels apply; not under tracing, compiling, autocast or
-    forward-mode AD, not within :func:`~stepnet.models.layers.unfolded_steps`, and not when a
+    forward-mode AD, not within :func:`unfolded_steps`, and not when a
     hook on the step, the gate or the norm expects to see them run."""
     return (step.relu and not step.record_sums
             and (attention.is_identity
@@ -222,7 +309,7 @@ def norm_relu_folds(norm: nn.Module, z: Tensor, *others: nn.Module) -> bool:
     """Whether ``relu(norm(z))`` may be computed as :func:`norm_relu`: as
     :func:`norm_step_folds`, for the batch norm alone (``others``: modules whose hooks must
     see them run, such as the ReLU)."""
-    return (layers._folding_enabled and torch.is_grad_enabled() and not traced_or_dual()
+    return (_folding_enabled and torch.is_grad_enabled() and not traced_or_dual()
             and type(norm) is nn.BatchNorm2d and norm.training
             and z.dim() == 4 and z.shape[0] * z.shape[2] * z.shape[3] > 1
             and (norm.weight is None or norm.weight.dtype == z.dtype)
@@ -275,7 +362,7 @@ def norm_euler_step(step: EulerStep, x: Tensor, z: Tensor, norm: nn.BatchNorm2d,
             var_z = (squares - total * (total / positions)) / (positions - 1)   # unbiased
             h = attention.gate_from_moments(d, (var_z.clamp_min(0) * scale.square()).to(z.dtype))
         else:
-            p = global_avg_pool(x) if attention.pools_input else None
+            p = pool_once(x) if attention.pools_input else None
             h = attention.gate_from_pools(p, d)                           # [B, C]
         a, b = (h * scale).to(z.dtype), (h * shift).to(z.dtype)
     pool = (step.pool_output and not attention.is_identity and pool_memo_enabled()
@@ -285,3 +372,53 @@ def norm_euler_step(step: EulerStep, x: Tensor, z: Tensor, norm: nn.BatchNorm2d,
         remember_pool(y, pooled)
     step.sums = None
     return y
+
+
+class FusedBasicBlock(BasicBlock):
+    """:class:`~stepnet.models.blocks.BasicBlock` whose last batch norm is folded into the step
+    in training (:func:`norm_euler_step`, where :func:`norm_step_folds` says it applies)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return normalised_step(self, *self.shortcut_and_last_conv(x), self.bn2)
+
+
+class FusedBottleneck(Bottleneck):
+    """:class:`~stepnet.models.blocks.Bottleneck` whose last batch norm is folded into the step
+    in training (as :class:`FusedBasicBlock`)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return normalised_step(self, *self.shortcut_and_last_conv(x), self.bn3)
+
+
+def normalised_step(block: ResidualBlock, shortcut: Tensor, z: Tensor, norm: nn.Module
+                    ) -> Tensor:
+    """``block.euler_step(shortcut, norm(z))`` for a post-activation block whose residual
+    branch ends in ``norm``: in training, with a batch norm and a pooled, moment or
+    filtered-pool gate (or none; :func:`norm_step_folds`), the norm is folded into the step
+    (:func:`norm_euler_step`: ``norm(z)`` is never formed nor kept for backward); the same
+    value to float rounding."""
+    if not block.drops_path() and norm_step_folds(block.step, block.attention, norm,
+                                                  shortcut, z):
+        return norm_euler_step(block.step, shortcut, z, norm, block.attention)
+    return block.euler_step(shortcut, norm(z))
+
+
+class FusedPreActBottleneck(PreActBottleneck):
+    """:class:`~stepnet.models.blocks.PreActBottleneck` with, in training, relu(bn3(.)) as one
+    compiled pass after the moments of its input (:func:`norm_relu`, which with a pooled gate
+    also pools its output a: the folded step's gate reads GAP(fx) = W3 GAP(a) from it), and,
+    with autograd recording and a pooled gate, the step folded into conv3
+    (:func:`conv_euler_step`: ``fx`` is never formed nor kept for backward); the same value to
+    float rounding as ``step(shortcut, fx, h)``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut, mid = self.shortcut_and_mid(x)
+        if norm_relu_folds(self.bn3, mid, self.relu):
+            a = norm_relu(mid, self.bn3, isinstance(self.attention, PooledStepSize))
+        else:
+            a = self.relu(self.bn3(mid))
+        if not self.drops_path() and step_folds_into_conv(self.step, self.attention,
+                                                          self.conv3, shortcut, a):
+            self.step.sums = None
+            return conv_euler_step(shortcut, a, self.conv3, self.attention)
+        return self.euler_step(shortcut, self.conv3(a))
