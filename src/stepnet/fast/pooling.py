@@ -76,16 +76,21 @@ def recall_pool(t: Tensor) -> Tensor | None:
     return pooled
 
 
-def pool_once(t: Tensor) -> Tensor:
+def pool_once(t: Tensor, keepdim: bool = False) -> Tensor:
     """:func:`~stepnet.attention.base.global_avg_pool` of ``t`` ([B, C, H, W] -> [B, C], tokens
-    [B, N, D] -> [B, D]), read from the memo where one was handed on, else computed and
-    remembered (pooling the same unchanged tensor again reads it no more)."""
+    [B, N, D] -> [B, D]; the pooled dimensions kept with ``keepdim``), read from the memo where
+    one was handed on, else computed and remembered (pooling the same unchanged tensor again
+    reads it no more)."""
     if torch.jit.is_tracing():   # the traced graph records the mean itself
-        return global_avg_pool(t)
+        return global_avg_pool(t, keepdim)
+    dims = pooled_dims(t)
     pooled = recall_pool(t)
     if pooled is None:
-        pooled = _mean_by_sum(t, pooled_dims(t))
+        pooled = _mean_by_sum(t, dims)
         remember_pool(t, pooled)
+    if keepdim:
+        for d in dims:
+            pooled = pooled.unsqueeze(d)
     return pooled
 
 
@@ -118,7 +123,4 @@ class FusedIEBatchNorm2d(IEBatchNorm2d):
     that step handed on."""
 
     def _descriptor(self, x: Tensor) -> Tensor:
-        pooled = pool_once(x)
-        for d in pooled_dims(x):
-            pooled = pooled.unsqueeze(d)
-        return pooled
+        return pool_once(x, keepdim=True)
