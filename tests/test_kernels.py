@@ -4,10 +4,14 @@ failed build does."""
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
 import shutil
+import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,9 +29,11 @@ needs_compiler = pytest.mark.skipif(
 
 @pytest.fixture
 def fresh_kernels(monkeypatch, tmp_path):
-    """A kernel module state of its own: nothing loaded yet, an empty cache directory."""
+    """A kernel module state of its own: nothing loaded yet, an empty cache directory (the
+    operators, once registered in this process, stay: a library registers its namespace once
+    per process)."""
     monkeypatch.setenv("STEPNET_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(kernels, "_library", None)
+    monkeypatch.setattr(kernels, "_loaded", False)
     monkeypatch.setattr(kernels, "_load_failed", False)
     monkeypatch.setattr(kernels, "_enabled", True)
     return tmp_path
@@ -90,16 +96,40 @@ def test_kernel_spreads_rows_over_threads_and_handles_one_row(fresh_kernels):
         torch.set_num_threads(previous)
 
 
+BUILD_AND_REPORT = """
+import json, os, sys
+from pathlib import Path
+import torch
+from stepnet.fast import kernels
+available = kernels.kernels_available()
+files = {str(p.relative_to(kernels.cache_dir())): p.stat().st_mtime_ns
+         for p in kernels.cache_dir().rglob('*') if p.suffix in ('.o', '.so')}
+print(json.dumps({'available': available, 'files': files,
+                  'ops': [name for name in kernels.ops.OPERATORS
+                          if hasattr(torch.ops.stepnet, name)]}))
+"""
+
+
 @needs_compiler
-def test_kernel_is_built_once_into_the_cache(fresh_kernels):
-    assert kernels.kernels_available()
-    built = sorted(p.name for p in (fresh_kernels / "kernels").iterdir())
-    assert len(built) == 1 and built[0].startswith("kernels-") and built[0].endswith(".so")
-    stamp = (fresh_kernels / "kernels" / built[0]).stat().st_mtime_ns
-    kernels._library = None   # a new process: loads the cached library, compiles nothing
-    assert kernels.kernels_available()
-    assert (fresh_kernels / "kernels" / built[0]).stat().st_mtime_ns == stamp
-    assert sorted(p.name for p in (fresh_kernels / "kernels").iterdir()) == built
+def test_kernel_is_built_once_into_the_cache(tmp_path):
+    """A fresh process builds the C object and the operator library into the cache; the next
+    one loads them and compiles nothing."""
+    env = {**os.environ, "STEPNET_CACHE_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+
+    def run() -> dict:
+        done = subprocess.run([sys.executable, "-c", BUILD_AND_REPORT], env=env,
+                              capture_output=True, text=True, timeout=600, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    first = run()
+    assert first["available"] and first["ops"] == list(kernels.ops.OPERATORS)
+    built = sorted(first["files"])
+    assert len({Path(name).parent for name in built}) == 1, built
+    key = Path(built[0]).parent.name.removeprefix("ops-")
+    assert {Path(name).name for name in built} == {"kernels.o", "ops.o",
+                                                    f"stepnet_kernels_{key}.so"}
+    second = run()
+    assert second["available"] and second["files"] == first["files"], "nothing rebuilt"
 
 
 def assert_declines(kernel, cases, applicable, grad_mode_case):
@@ -132,6 +162,7 @@ def test_kernel_declines_what_it_does_not_cover(fresh_kernels):
 
 def test_failed_build_warns_once_and_training_goes_on(fresh_kernels, monkeypatch):
     monkeypatch.setenv("CC", "false")   # a compiler that always fails
+    monkeypatch.setattr(kernels, "_operators_registered", lambda: False)   # as in a new process
     model = create_model("resnet20", num_classes=10, attention="stepnet").double()
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     with warnings.catch_warnings(record=True) as caught:
@@ -142,7 +173,8 @@ def test_failed_build_warns_once_and_training_goes_on(fresh_kernels, monkeypatch
     assert len(messages) == 1 and "compiled CPU kernels unavailable" in messages[0]
     assert "false failed" in messages[0] and "STEPNET_KERNELS=0" in messages[0]
     assert not kernels.kernels_available()
-    assert not list((fresh_kernels / "kernels").glob("*.so")), "no partial library left"
+    assert not [p for p in (fresh_kernels / "kernels").rglob("*") if p.suffix in (".o", ".so")], \
+        "no partial object or library left"
 
 
 @needs_compiler

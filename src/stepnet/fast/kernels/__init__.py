@@ -26,21 +26,23 @@ Each makes one pass over full-size tensors where ATen needs several (``kernels.c
   twenty small ops and as many autograd nodes.
 
 x86-64 CPUs with AVX2 and FMA run a vectorised build of every kernel, others a baseline one.
-The C source is compiled the first time a CPU step needs it (under a second, with
-``$CC`` or ``cc``, OpenMP and ``-O3``) into ``$STEPNET_CACHE_DIR/kernels`` (default
-``~/.cache/stepnet/kernels``), under a name that hashes the source, the compiler and its flags;
-later processes load the cached library. Linux only, and only where torch's CPU parallel backend
-is OpenMP: the kernel then shares torch's OpenMP runtime and threads (a second runtime's threads
-would fight torch's for the cores). Where it cannot be built or loaded, one warning says why and
-the ATen ops are used. ``STEPNET_KERNELS=0`` in the environment, or :func:`aten_only`, turns the
-kernels off.
+Each kernel is a ``torch.library`` custom operator, ``torch.ops.stepnet.<name>``
+(:mod:`~stepnet.fast.kernels.ops`: fake functions for ``torch.compile`` and ``torch.export``,
+autograd for the four forward ones), defined in ``ops.cpp``, which checks its tensors and shares
+the rows out over torch's threads (``at::parallel_for``). They are built the first time a CPU
+step needs them (Linux; about 15 s): ``kernels.c`` with ``$CC`` or ``cc`` into an object, and
+``ops.cpp`` through ``torch.utils.cpp_extension`` (ninja, the C++ compiler) into
+``$STEPNET_CACHE_DIR/kernels`` (default ``~/.cache/stepnet/kernels``), in a folder whose name
+hashes the sources, the compiler, the flags and torch's version; later processes load the cached
+library. Where they cannot be built or loaded, one warning says why and the ATen ops are used.
+``STEPNET_KERNELS=0`` in the environment, or :func:`aten_only`, turns the kernels off.
 """
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import hashlib
+import logging
 import os
 import shlex
 import shutil
@@ -56,6 +58,7 @@ import torch
 from torch import Tensor
 
 from ...torch_internals import is_functorch_wrapped
+from . import ops
 
 __all__ = ["AdaptorSaved", "EulerStepResult", "adaptor_applies", "adaptor_backward",
            "adaptor_forward", "adaptor_forward_unchecked", "affine_grad_z", "affine_relu_step",
@@ -64,20 +67,14 @@ __all__ = ["AdaptorSaved", "EulerStepResult", "adaptor_applies", "adaptor_backwa
            "kernels_available", "row_moments"]
 
 SOURCE = "kernels.c"
-FLAGS = ("-O3", "-fno-trapping-math", "-fopenmp", "-fPIC", "-shared", "-std=c11")
+OPS_SOURCE = "ops.cpp"
+# the C kernels' object: `omp simd` vectorises (-fopenmp-simd), no OpenMP runtime is linked
+FLAGS = ("-O3", "-fno-trapping-math", "-fopenmp-simd", "-fPIC", "-std=c11")
+OPS_FLAGS = ("-O3",)
 _DTYPES = {torch.float32: 0, torch.float64: 1}
-LIBRARIES = ("-lm",)
-# each entry point's arguments: (pointers, int64 counts, ints, doubles), in kernels.c's order
-_SIGNATURES = {"stepnet_gate_backward": (5, 3, 2, 0), "stepnet_gate_relu_backward": (8, 3, 2, 0),
-               "stepnet_euler_step": (6, 3, 4, 0),
-               "stepnet_row_moments": (5, 3, 2, 0), "stepnet_affine_step": (6, 3, 3, 0),
-               "stepnet_affine_step_backward": (7, 2, 2, 0),
-               "stepnet_affine_grad_z": (7, 4, 2, 0),
-               "stepnet_adaptor_forward": (14, 2, 2, 2),
-               "stepnet_adaptor_backward": (18, 2, 1, 0)}
 
 _enabled = os.environ.get("STEPNET_KERNELS", "1") != "0"
-_library: ctypes.CDLL | None = None
+_loaded = False
 _load_failed = False
 
 
@@ -111,70 +108,106 @@ def _compiler() -> list[str] | None:
     return [found] if found else None
 
 
-def _openmp_runtimes() -> set[str]:
-    """Paths of the OpenMP runtimes mapped into this process (Linux)."""
-    with open("/proc/self/maps") as maps:
-        return {line.split()[-1] for line in maps
-                if "libgomp" in line or "libiomp" in line or "libomp" in line}
+def _operators_registered() -> bool:
+    """Whether this process has the ``stepnet::*`` operators already (a library registers a
+    namespace once per process)."""
+    return hasattr(torch.ops.stepnet, ops.OPERATORS[0])
 
 
-def _build_and_load() -> ctypes.CDLL:
-    """Compile (once per source, compiler and flags) and load the kernel library; raises
-    ``RuntimeError`` saying why it cannot."""
+def _write_atomically(target: Path, data: bytes) -> None:
+    partial = target.with_name(f".{target.name}.{os.getpid()}")
+    try:
+        partial.write_bytes(data)
+        os.replace(partial, target)   # concurrent builders (torchrun ranks) agree
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _compile_kernels(compiler: list[str], source: bytes, target: Path) -> None:
+    """kernels.c into the object ``target`` (atomically)."""
+    source_file = target.with_name(f".kernels.{os.getpid()}.c")
+    partial = target.with_name(f".{target.name}.{os.getpid()}")
+    try:
+        source_file.write_bytes(source)
+        done = subprocess.run([*compiler, *FLAGS, "-c", "-o", str(partial), str(source_file)],
+                              capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            raise RuntimeError(f"{shlex.join(compiler)} failed: {done.stderr.strip()[-600:]}")
+        os.replace(partial, target)
+    finally:
+        source_file.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
+
+
+def _ninja_on_path() -> None:
+    """torch.utils.cpp_extension builds with ninja: the `ninja` package's binary where the
+    system has none on PATH (a virtual environment not activated)."""
+    if shutil.which("ninja"):
+        return
+    try:
+        import ninja
+    except ImportError as error:
+        raise RuntimeError("ninja is needed to build the operators (pip install ninja)") \
+            from error
+    os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
+
+
+def _build_and_load() -> None:
+    """Compile kernels.c (with the C compiler) and ops.cpp (through torch.utils.cpp_extension,
+    linking the kernels' object), once per source, compiler, flags and torch version, and load
+    the operators; raises ``RuntimeError`` saying why it cannot."""
     if not sys.platform.startswith("linux"):
         raise RuntimeError(f"compiled kernels are built on Linux only (this is {sys.platform})")
-    if "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
-        raise RuntimeError("torch's CPU parallel backend is not OpenMP")
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
-    source = resources.files(__name__).joinpath(SOURCE).read_bytes()
-    key = hashlib.sha256(source + repr((compiler, FLAGS, LIBRARIES)).encode()).hexdigest()[:16]
-    target = cache_dir() / f"kernels-{key}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        source_file = target.with_name(f".{target.stem}.{os.getpid()}.c")
-        partial = target.with_name(f".{target.stem}.{os.getpid()}.so")
-        try:
-            source_file.write_bytes(source)
-            done = subprocess.run([*compiler, *FLAGS, "-o", str(partial), str(source_file),
-                                   *LIBRARIES], capture_output=True, text=True, timeout=300)
-            if done.returncode != 0:
-                raise RuntimeError(f"{shlex.join(compiler)} failed: {done.stderr.strip()[-600:]}")
-            os.replace(partial, target)   # atomic: concurrent builders (torchrun ranks) agree
-        finally:
-            source_file.unlink(missing_ok=True)
-            partial.unlink(missing_ok=True)
-    before = _openmp_runtimes()
-    library = ctypes.CDLL(str(target))
-    other = _openmp_runtimes() - before
-    if other:
-        raise RuntimeError(f"the kernel loaded an OpenMP runtime other than torch's "
-                           f"({', '.join(sorted(other))})")
-    for name, (pointers, counts, ints, doubles) in _SIGNATURES.items():
-        function = getattr(library, name)
-        function.restype = ctypes.c_int
-        function.argtypes = ([ctypes.c_void_p] * pointers + [ctypes.c_int64] * counts
-                             + [ctypes.c_int] * ints + [ctypes.c_double] * doubles)
-    return library
+    here = resources.files(__name__)
+    source, ops_source = here.joinpath(SOURCE).read_bytes(), here.joinpath(OPS_SOURCE).read_bytes()
+    key = hashlib.sha256(source + ops_source + repr(
+        (compiler, FLAGS, OPS_FLAGS, torch.__version__)).encode()).hexdigest()[:16]
+    directory = cache_dir() / f"ops-{key}"
+    directory.mkdir(parents=True, exist_ok=True)
+    kernel_object = directory / "kernels.o"
+    if not kernel_object.exists():
+        _compile_kernels(compiler, source, kernel_object)
+    ops_file = directory / OPS_SOURCE
+    if not ops_file.exists():
+        _write_atomically(ops_file, ops_source)
+    _ninja_on_path()
+    # the extension builder's start-up notices (a CPU build looking for CUDA) are not ours
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils import cpp_extension
+
+    try:
+        cpp_extension.load(name=f"stepnet_kernels_{key}", sources=[str(ops_file)],
+                           extra_cflags=list(OPS_FLAGS), extra_ldflags=[str(kernel_object)],
+                           build_directory=str(directory), with_cuda=False,
+                           is_python_module=False, verbose=False)
+    except (subprocess.CalledProcessError, OSError) as error:
+        raise RuntimeError(f"building the operators failed: {error}") from error
 
 
-def _load() -> ctypes.CDLL | None:
-    global _library, _load_failed
-    if _library is None and not _load_failed:
+def _load() -> bool:
+    """Whether the operators are loaded (building them on first use); one warning when they
+    cannot be."""
+    global _loaded, _load_failed
+    if not _loaded and not _load_failed:
         try:
-            _library = _build_and_load()
-        except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+            if not _operators_registered():
+                _build_and_load()
+            ops.register()
+            _loaded = True
+        except (RuntimeError, OSError, ImportError, subprocess.SubprocessError) as error:
             _load_failed = True
             warnings.warn(f"stepnet: compiled CPU kernels unavailable ({error}); using ATen ops "
                           f"(same results, slower). STEPNET_KERNELS=0 silences this.",
                           RuntimeWarning, stacklevel=3)
-    return _library
+    return _loaded
 
 
 def kernels_available() -> bool:
     """True when the kernels are on and built (builds them if needed)."""
-    return _enabled and _load() is not None
+    return _enabled and _load()
 
 
 _PLAIN_TYPES = (Tensor, torch.nn.Parameter)
@@ -221,7 +254,7 @@ def _applies(full: tuple[Tensor, ...], gate: Tensor | None = None,
         return None
     if not all(_plain_cpu(t) for t in tensors):
         return None
-    return dtype if _load() is not None else None
+    return dtype if _load() else None
 
 
 def _rows_to_gate(row_sum: Tensor, grad: Tensor, h: Tensor) -> Tensor:
@@ -251,13 +284,7 @@ def gate_backward(grad: Tensor, fx: Tensor, h: Tensor) -> tuple[Tensor, Tensor] 
     dtype = _applies((grad, fx), h)
     if dtype is None:
         return None
-    rows = grad.shape[0] * grad.shape[1]
-    grad_fx = torch.empty_like(grad)
-    row_sum = torch.empty(grad.shape[:2], dtype=grad.dtype)
-    _library.stepnet_gate_backward(grad.data_ptr(), fx.data_ptr(), h.data_ptr(),
-                                   grad_fx.data_ptr(), row_sum.data_ptr(), rows,
-                                   grad.numel() // rows, h.numel(), dtype,
-                                   torch.get_num_threads())
+    grad_fx, row_sum = torch.ops.stepnet.gate_backward(grad, fx, h)
     return grad_fx, _rows_to_gate(row_sum, grad, h)
 
 
@@ -276,20 +303,11 @@ def gate_relu_backward(grad: Tensor, y: Tensor, fx: Tensor, h: Tensor,
     dtype = _applies((grad, y, fx), h)
     if dtype is None:
         return None
-    rows = grad.shape[0] * grad.shape[1]
-    inner = grad.numel() // rows
     if pool_grad is not None:
         pool_grad = _per_position(pool_grad, grad)
         if pool_grad is None:
             return None
-    grad_x = torch.empty_like(grad)
-    grad_fx = torch.empty_like(grad)
-    row_sum = torch.empty(grad.shape[:2], dtype=grad.dtype)
-    _library.stepnet_gate_relu_backward(grad.data_ptr(), y.data_ptr(), fx.data_ptr(),
-                                        h.data_ptr(), grad_x.data_ptr(), grad_fx.data_ptr(),
-                                        row_sum.data_ptr(),
-                                        None if pool_grad is None else pool_grad.data_ptr(),
-                                        rows, inner, h.numel(), dtype, torch.get_num_threads())
+    grad_x, grad_fx, row_sum = torch.ops.stepnet.gate_relu_backward(grad, y, fx, h, pool_grad)
     return grad_x, grad_fx, _rows_to_gate(row_sum, grad, h)
 
 
@@ -343,17 +361,9 @@ def euler_step(x: Tensor, fx: Tensor, h: Tensor | None, relu: bool = False,
     dtype = _applies((x, fx), h)
     if dtype is None:
         return None
-    rows = x.shape[0] * x.shape[1]
-    out = torch.empty_like(x)
-    planes = torch.empty((3,) + x.shape[:2], dtype=torch.float64) if sums else None
-    pooled = torch.empty(x.shape[:2], dtype=x.dtype) if pool else None
-    _library.stepnet_euler_step(x.data_ptr(), fx.data_ptr(),
-                                None if h is None else h.data_ptr(), out.data_ptr(),
-                                None if pooled is None else pooled.data_ptr(),
-                                None if planes is None else planes.data_ptr(), rows,
-                                x.numel() // rows, 1 if h is None else h.numel(), int(relu),
-                                int(_addcmul_fuses(x.dtype)), dtype, torch.get_num_threads())
-    return EulerStepResult(out, planes, pooled)
+    out, planes, pooled = torch.ops.stepnet.euler_step(x, fx, h, relu, sums, pool,
+                                                       _addcmul_fuses(x.dtype))
+    return EulerStepResult(out, planes if sums else None, pooled if pool else None)
 
 
 # --- the post-activation step with its batch norm folded in ----------------------------------
@@ -385,15 +395,8 @@ def row_moments(z: Tensor, filters: Tensor | None = None
     if dtype is None or (filters is not None and (
             filters.shape != z.shape[1:] or filters.dtype != z.dtype or not _plain_cpu(filters))):
         return None
-    rows = z.shape[0] * z.shape[1]
-    total = torch.empty(z.shape[:2], dtype=torch.float64)
-    squares = torch.empty(z.shape[:2], dtype=torch.float64)
-    filtered = None if filters is None else torch.empty(z.shape[:2], dtype=torch.float64)
-    _library.stepnet_row_moments(z.data_ptr(), None if filters is None else filters.data_ptr(),
-                                 total.data_ptr(), squares.data_ptr(),
-                                 None if filtered is None else filtered.data_ptr(), rows,
-                                 z.numel() // rows, z.shape[1], dtype, torch.get_num_threads())
-    return total, squares, filtered
+    total, squares, filtered = torch.ops.stepnet.row_moments(z, filters)
+    return total, squares, None if filters is None else filtered
 
 
 def affine_relu_step(x: Tensor | None, z: Tensor, a: Tensor, b: Tensor, pool: bool = False
@@ -406,15 +409,8 @@ def affine_relu_step(x: Tensor | None, z: Tensor, a: Tensor, b: Tensor, pool: bo
     dtype = _applies((z,) if x is None else (x, z), outside_autograd=False)
     if dtype is None or not (_row_gate(a, z) and b.shape == a.shape and _row_gate(b, z)):
         return None
-    rows = z.shape[0] * z.shape[1]
-    out = torch.empty_like(z)
-    pooled = torch.empty(z.shape[:2], dtype=z.dtype) if pool else None
-    _library.stepnet_affine_step(None if x is None else x.data_ptr(), z.data_ptr(),
-                                 a.data_ptr(), b.data_ptr(), out.data_ptr(),
-                                 None if pooled is None else pooled.data_ptr(), rows,
-                                 z.numel() // rows, a.numel(), int(_addcmul_fuses(z.dtype)),
-                                 dtype, torch.get_num_threads())
-    return out, pooled
+    out, pooled = torch.ops.stepnet.affine_relu_step(x, z, a, b, pool, _addcmul_fuses(z.dtype))
+    return out, pooled if pool else None
 
 
 def affine_relu_step_backward(grad: Tensor, y: Tensor, z: Tensor, pool_grad: Tensor | None
@@ -427,19 +423,11 @@ def affine_relu_step_backward(grad: Tensor, y: Tensor, z: Tensor, pool_grad: Ten
     dtype = _applies((grad, y, z))
     if dtype is None:
         return None
-    rows = grad.shape[0] * grad.shape[1]
-    inner = grad.numel() // rows
     if pool_grad is not None:
         pool_grad = _per_position(pool_grad, grad)
         if pool_grad is None:
             return None
-    grad_x = torch.empty_like(grad)
-    sum_g = torch.empty(grad.shape[:2], dtype=grad.dtype)
-    sum_gz = torch.empty(grad.shape[:2], dtype=grad.dtype)
-    _library.stepnet_affine_step_backward(grad.data_ptr(), y.data_ptr(), z.data_ptr(),
-                                          None if pool_grad is None else pool_grad.data_ptr(),
-                                          grad_x.data_ptr(), sum_g.data_ptr(), sum_gz.data_ptr(),
-                                          rows, inner, dtype, torch.get_num_threads())
+    grad_x, sum_g, sum_gz = torch.ops.stepnet.affine_relu_step_backward(grad, y, z, pool_grad)
     return grad_x, sum_g, sum_gz
 
 
@@ -456,22 +444,12 @@ def affine_grad_z(z: Tensor, grad_x: Tensor | None, a: Tensor | None, u: Tensor,
             or any(t.dtype != torch.float64 or not _plain_cpu(t) for t in (u, v, shift))
             or u.shape != z.shape[:2] or v.shape != u.shape or shift.shape != (channels,)):
         return None
-    rows = z.shape[0] * channels
-    grad_z = torch.empty_like(z)
-    _library.stepnet_affine_grad_z(z.data_ptr(), None if grad_x is None else grad_x.data_ptr(),
-                                   None if grad_x is None else a.data_ptr(), u.data_ptr(),
-                                   v.data_ptr(), shift.data_ptr(), grad_z.data_ptr(), rows,
-                                   z.numel() // rows, 1 if a is None else a.numel(), channels,
-                                   dtype, torch.get_num_threads())
+    grad_z = torch.ops.stepnet.affine_grad_z(z, grad_x, None if grad_x is None else a, u, v,
+                                             shift)
     return grad_z
 
 
 # --- StepNet's adaptor on pooled descriptors ------------------------------------------------
-
-def _check(status: int) -> None:
-    if status != 0:
-        raise MemoryError("stepnet kernel: no memory for its scratch buffer")
-
 
 class AdaptorSaved(NamedTuple):
     """What :func:`adaptor_forward` keeps for :func:`adaptor_backward` ([B, C] each, invstd
@@ -499,7 +477,7 @@ def adaptor_applies(p: Tensor, d: Tensor, weight: Tensor, per_channel: tuple[Ten
             return False
     if any(t.numel() != channels for t in per_channel):
         return False
-    return _load() is not None
+    return _load()
 
 
 def adaptor_forward(p: Tensor, d: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor,
@@ -526,16 +504,11 @@ def adaptor_forward_unchecked(p: Tensor, d: Tensor, weight: Tensor, gamma: Tenso
                               eps: float, momentum: float) -> tuple[Tensor, AdaptorSaved]:
     """:func:`adaptor_forward` for arguments :func:`adaptor_applies` accepted (unchecked: the
     per-block checks are a tenth of the call)."""
-    batch, channels = p.shape
-    h, z, zhat, gate = (torch.empty_like(p) for _ in range(4))
-    invstd = torch.empty(channels, dtype=p.dtype)
-    update = running_mean is not None
-    _check(_library.stepnet_adaptor_forward(
-        p.data_ptr(), d.data_ptr(), weight.data_ptr(), gamma.data_ptr(), beta.data_ptr(),
-        ie_weight.data_ptr(), ie_bias.data_ptr(),
-        running_mean.data_ptr() if update else None, running_var.data_ptr() if update else None,
-        h.data_ptr(), z.data_ptr(), zhat.data_ptr(), gate.data_ptr(), invstd.data_ptr(),
-        batch, channels, int(update), _DTYPES[p.dtype], eps, momentum))
+    h, z, zhat, gate, invstd, new_mean, new_var = torch.ops.stepnet.adaptor_forward(
+        p, d, weight, gamma, beta, ie_weight, ie_bias, running_mean, running_var, eps, momentum)
+    if running_mean is not None:
+        running_mean.copy_(new_mean)
+        running_var.copy_(new_var)
     return h, AdaptorSaved(z, zhat, gate, invstd)
 
 
@@ -550,15 +523,6 @@ def adaptor_backward(grad_h: Tensor, p: Tensor, d: Tensor, weight: Tensor, gamma
     if (torch.is_grad_enabled() or not _active() or grad_h.shape != h.shape
             or grad_h.dtype != h.dtype or not _plain_cpu(grad_h)):
         return None
-    batch, channels = p.shape
-    grad_p, grad_d = torch.empty_like(p), torch.empty_like(p)
-    grad_weight = torch.empty_like(weight)
-    grad_gamma, grad_beta, grad_ie_weight, grad_ie_bias = (torch.empty_like(gamma)
-                                                           for _ in range(4))
-    _check(_library.stepnet_adaptor_backward(
-        grad_h.data_ptr(), p.data_ptr(), d.data_ptr(), weight.data_ptr(), gamma.data_ptr(),
-        ie_weight.data_ptr(), h.data_ptr(), saved.z.data_ptr(), saved.zhat.data_ptr(),
-        saved.gate.data_ptr(), saved.invstd.data_ptr(), grad_p.data_ptr(), grad_d.data_ptr(),
-        grad_weight.data_ptr(), grad_gamma.data_ptr(), grad_beta.data_ptr(),
-        grad_ie_weight.data_ptr(), grad_ie_bias.data_ptr(), batch, channels, _DTYPES[h.dtype]))
-    return grad_p, grad_d, grad_weight, grad_gamma, grad_beta, grad_ie_weight, grad_ie_bias
+    return torch.ops.stepnet.adaptor_backward(grad_h, p, d, weight, gamma, ie_weight, h,
+                                              saved.z, saved.zhat, saved.gate, saved.invstd)
+

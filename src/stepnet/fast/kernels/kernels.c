@@ -67,8 +67,9 @@
  * the batch norm's forward and four for the step and ReLU; two for the batch norm's backward
  * and three for the ReLU's and the step's.
  *
- * Rows are shared out by OpenMP; loaded into a process that has imported torch, this uses
- * torch's own OpenMP runtime (the same libgomp), so its threads are torch's threads.
+ * Each entry point computes a range of rows; the caller (ops.cpp, the torch operators)
+ * shares the rows out over torch's threads with at::parallel_for. No OpenMP runtime: the
+ * `omp simd` pragmas are compiled with -fopenmp-simd (vectorisation only).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -327,32 +328,24 @@ FOUR_BUILDS(AFFINE_BACKWARD_ROWS, affine_backward_rows)
 
 FOUR_BUILDS(AFFINE_GRAD_Z_ROWS, affine_grad_z_rows)
 
-static int clamp_threads(int threads, int64_t rows) {
-    if (threads < 1) threads = 1;
-    return threads > rows ? (int)rows : threads;
-}
-
-/* Every entry point: dtype 0 is float32, 1 is float64; rows are shared out over `threads`
- * OpenMP threads; returns 0. */
-#define PARALLEL_ROWS(CALL_F32, CALL_F64, CALL_F32_FAST, CALL_F64_FAST)                    \
+/* Every entry point: dtype 0 is float32, 1 is float64; it computes rows [begin, end) of the
+ * `rows` (the caller shares rows out over threads: ops.cpp through at::parallel_for, so the
+ * threads are torch's own); returns 0. Rows are independent, so any split gives the same
+ * numbers. */
+#define RANGE_CALL(CALL_F32, CALL_F64, CALL_F32_FAST, CALL_F64_FAST)                    \
     const int fast = fast_cpu();                                                          \
-    threads = clamp_threads(threads, rows);                                               \
-    _Pragma("omp parallel for num_threads(threads) schedule(static)")                     \
-    for (int t = 0; t < threads; ++t) {                                                   \
-        const int64_t begin = rows * t / threads, end = rows * (t + 1) / threads;         \
-        if (dtype == 1) {                                                                 \
-            if (fast) CALL_F64_FAST; else CALL_F64;                                       \
-        } else {                                                                          \
-            if (fast) CALL_F32_FAST; else CALL_F32;                                       \
-        }                                                                                 \
+    if (dtype == 1) {                                                                     \
+        if (fast) CALL_F64_FAST; else CALL_F64;                                           \
+    } else {                                                                              \
+        if (fast) CALL_F32_FAST; else CALL_F32;                                           \
     }                                                                                     \
     return 0;
 
 #define GATE_ARGS grad, fx, h, grad_fx, row_sum, begin, end, inner, h_rows
 int stepnet_gate_backward(const void *grad, const void *fx, const void *h, void *grad_fx,
                           void *row_sum, int64_t rows, int64_t inner, int64_t h_rows,
-                          int dtype, int threads) {
-    PARALLEL_ROWS(gate_rows_f32(GATE_ARGS), gate_rows_f64(GATE_ARGS),
+                          int dtype, int64_t begin, int64_t end) {
+    RANGE_CALL(gate_rows_f32(GATE_ARGS), gate_rows_f64(GATE_ARGS),
                   gate_rows_f32_fast(GATE_ARGS), gate_rows_f64_fast(GATE_ARGS))
 }
 
@@ -362,8 +355,8 @@ int stepnet_gate_backward(const void *grad, const void *fx, const void *h, void 
 int stepnet_gate_relu_backward(const void *grad, const void *y, const void *fx, const void *h,
                                void *grad_x, void *grad_fx, void *row_sum,
                                const void *pool_grad, int64_t rows, int64_t inner,
-                               int64_t h_rows, int dtype, int threads) {
-    PARALLEL_ROWS(gate_relu_rows_f32(GATE_RELU_ARGS), gate_relu_rows_f64(GATE_RELU_ARGS),
+                               int64_t h_rows, int dtype, int64_t begin, int64_t end) {
+    RANGE_CALL(gate_relu_rows_f32(GATE_RELU_ARGS), gate_relu_rows_f64(GATE_RELU_ARGS),
                   gate_relu_rows_f32_fast(GATE_RELU_ARGS), gate_relu_rows_f64_fast(GATE_RELU_ARGS))
 }
 
@@ -372,8 +365,9 @@ int stepnet_gate_relu_backward(const void *grad, const void *y, const void *fx, 
 #define STEP_ARGS x, fx, h, out, pooled, sums, rows, begin, end, inner, h_rows, relu, fma
 int stepnet_euler_step(const void *x, const void *fx, const void *h, void *out, void *pooled,
                        double *sums, int64_t rows, int64_t inner,
-                       int64_t h_rows, int relu, int fma, int dtype, int threads) {
-    PARALLEL_ROWS(step_rows_f32(STEP_ARGS), step_rows_f64(STEP_ARGS),
+                       int64_t h_rows, int relu, int fma, int dtype, int64_t begin,
+                       int64_t end) {
+    RANGE_CALL(step_rows_f32(STEP_ARGS), step_rows_f64(STEP_ARGS),
                   step_rows_f32_fast(STEP_ARGS), step_rows_f64_fast(STEP_ARGS))
 }
 
@@ -382,8 +376,8 @@ int stepnet_euler_step(const void *x, const void *fx, const void *h, void *out, 
 #define MOMENT_ARGS z, filters, sum, sumsq, filtered, begin, end, inner, channels
 int stepnet_row_moments(const void *z, const void *filters, double *sum, double *sumsq,
                         double *filtered, int64_t rows, int64_t inner, int64_t channels,
-                        int dtype, int threads) {
-    PARALLEL_ROWS(moment_rows_f32(MOMENT_ARGS), moment_rows_f64(MOMENT_ARGS),
+                        int dtype, int64_t begin, int64_t end) {
+    RANGE_CALL(moment_rows_f32(MOMENT_ARGS), moment_rows_f64(MOMENT_ARGS),
                   moment_rows_f32_fast(MOMENT_ARGS), moment_rows_f64_fast(MOMENT_ARGS))
 }
 
@@ -391,8 +385,8 @@ int stepnet_row_moments(const void *z, const void *filters, double *sum, double 
 #define AFFINE_STEP_ARGS x, z, a, b, out, pooled, begin, end, inner, a_rows, fma
 int stepnet_affine_step(const void *x, const void *z, const void *a, const void *b, void *out,
                         void *pooled, int64_t rows, int64_t inner, int64_t a_rows, int fma,
-                        int dtype, int threads) {
-    PARALLEL_ROWS(affine_step_rows_f32(AFFINE_STEP_ARGS), affine_step_rows_f64(AFFINE_STEP_ARGS),
+                        int dtype, int64_t begin, int64_t end) {
+    RANGE_CALL(affine_step_rows_f32(AFFINE_STEP_ARGS), affine_step_rows_f64(AFFINE_STEP_ARGS),
                   affine_step_rows_f32_fast(AFFINE_STEP_ARGS),
                   affine_step_rows_f64_fast(AFFINE_STEP_ARGS))
 }
@@ -401,8 +395,9 @@ int stepnet_affine_step(const void *x, const void *z, const void *a, const void 
 #define AFFINE_BACKWARD_ARGS grad, y, z, pool_grad, grad_x, sum_g, sum_gz, begin, end, inner
 int stepnet_affine_step_backward(const void *grad, const void *y, const void *z,
                                  const void *pool_grad, void *grad_x, void *sum_g, void *sum_gz,
-                                 int64_t rows, int64_t inner, int dtype, int threads) {
-    PARALLEL_ROWS(affine_backward_rows_f32(AFFINE_BACKWARD_ARGS),
+                                 int64_t rows, int64_t inner, int dtype, int64_t begin,
+                                 int64_t end) {
+    RANGE_CALL(affine_backward_rows_f32(AFFINE_BACKWARD_ARGS),
                   affine_backward_rows_f64(AFFINE_BACKWARD_ARGS),
                   affine_backward_rows_f32_fast(AFFINE_BACKWARD_ARGS),
                   affine_backward_rows_f64_fast(AFFINE_BACKWARD_ARGS))
@@ -413,8 +408,8 @@ int stepnet_affine_step_backward(const void *grad, const void *y, const void *z,
 int stepnet_affine_grad_z(const void *z, const void *grad_x, const void *a, const double *u,
                           const double *v, const double *shift, void *grad_z, int64_t rows,
                           int64_t inner, int64_t a_rows, int64_t channels, int dtype,
-                          int threads) {
-    PARALLEL_ROWS(affine_grad_z_rows_f32(AFFINE_GRAD_Z_ARGS),
+                          int64_t begin, int64_t end) {
+    RANGE_CALL(affine_grad_z_rows_f32(AFFINE_GRAD_Z_ARGS),
                   affine_grad_z_rows_f64(AFFINE_GRAD_Z_ARGS),
                   affine_grad_z_rows_f32_fast(AFFINE_GRAD_Z_ARGS),
                   affine_grad_z_rows_f64_fast(AFFINE_GRAD_Z_ARGS))
