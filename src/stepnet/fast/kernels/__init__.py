@@ -68,9 +68,17 @@ __all__ = ["AdaptorSaved", "EulerStepResult", "adaptor_applies", "adaptor_backwa
 
 SOURCE = "kernels.c"
 OPS_SOURCE = "ops.cpp"
-# the C kernels' object: `omp simd` vectorises (-fopenmp-simd), no OpenMP runtime is linked
+# the C kernels' object: `omp simd` vectorises (-fopenmp-simd); threads come from ops.cpp
 FLAGS = ("-O3", "-fno-trapping-math", "-fopenmp-simd", "-fPIC", "-std=c11")
 OPS_FLAGS = ("-O3",)
+
+
+def _openmp_flags() -> tuple[str, ...]:
+    """at::parallel_for is a header template: compiled without OpenMP it runs serially where
+    torch's CPU backend is OpenMP (torch's extension docs ask for -fopenmp then); the
+    extension's libgomp is then torch's, already loaded under the same soname."""
+    return ("-fopenmp",) if "ATen parallel backend: OpenMP" in torch.__config__.parallel_info() \
+        else ()
 _DTYPES = {torch.float32: 0, torch.float64: 1}
 
 _enabled = os.environ.get("STEPNET_KERNELS", "1") != "0"
@@ -163,8 +171,8 @@ def _build_and_load() -> None:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
     here = resources.files(__name__)
     source, ops_source = here.joinpath(SOURCE).read_bytes(), here.joinpath(OPS_SOURCE).read_bytes()
-    key = hashlib.sha256(source + ops_source + repr(
-        (compiler, FLAGS, OPS_FLAGS, torch.__version__)).encode()).hexdigest()[:16]
+    build = (compiler, FLAGS, OPS_FLAGS, _openmp_flags(), torch.__version__)
+    key = hashlib.sha256(source + ops_source + repr(build).encode()).hexdigest()[:16]
     directory = cache_dir() / f"ops-{key}"
     directory.mkdir(parents=True, exist_ok=True)
     kernel_object = directory / "kernels.o"
@@ -180,7 +188,8 @@ def _build_and_load() -> None:
 
     try:
         cpp_extension.load(name=f"stepnet_kernels_{key}", sources=[str(ops_file)],
-                           extra_cflags=list(OPS_FLAGS), extra_ldflags=[str(kernel_object)],
+                           extra_cflags=[*OPS_FLAGS, *_openmp_flags()],
+                           extra_ldflags=[str(kernel_object), *_openmp_flags()],
                            build_directory=str(directory), with_cuda=False,
                            is_python_module=False, verbose=False)
     except (subprocess.CalledProcessError, OSError) as error:
