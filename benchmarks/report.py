@@ -1,0 +1,279 @@
+"""The generated blocks of docs/benchmarks.md, from the committed ``benchmarks/results/*.json``.
+
+    python benchmarks/report.py            # print every block
+    python benchmarks/report.py --write    # rewrite them in docs/benchmarks.md
+
+Each block is a table of one committed result file (or of a few files measured together). A
+block whose files are not committed says so and names the command that writes them; nothing
+here holds a figure of its own. ``tests/test_benchmark_report.py`` regenerates the blocks and
+fails when the page and the files differ.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOC = ROOT / "docs" / "benchmarks.md"
+SETTING_NAMES = {"resnet164-pre-b32": "ResNet-164 pre, b32", "resnet164-post-b32":
+                 "ResNet-164 post, b32", "resnet50-b16": "ResNet-50, b16, 224"}
+
+
+def _load(results: Path, name: str) -> Any | None:
+    path = results / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _missing(names: list[str], command: str) -> str:
+    files = ", ".join(f"`benchmarks/results/{n}`" for n in names)
+    return f"*No committed record yet ({files}): run `{command}`.*\n"
+
+
+def _rows(result: dict) -> dict[tuple[str, str], dict]:
+    return {(row["setting"], row["variant"]): row for row in result["rows"]}
+
+
+def _train_ratio(rows: dict, setting: str, variant: str) -> float:
+    """Throughput of ``variant`` ÷ its plain network (fused ÷ fused, unfused ÷ unfused): the
+    median over rounds of the per-round ratio, as ``overhead.py`` reports it."""
+    base = "none/plain" if variant.endswith("/plain") else "none"
+    return statistics.median(b / v for b, v in zip(rows[setting, base]["train_seconds"],
+                                                   rows[setting, variant]["train_seconds"]))
+
+
+def fuse_before_after(results: Path) -> str:
+    """StepNet ÷ plain training throughput before and after the fast-path redesign."""
+    before, after = (_load(results, f"fuse_overhead_{w}.json") for w in ("before", "after"))
+    if before is None or after is None:
+        return _missing(["fuse_overhead_before.json", "fuse_overhead_after.json"],
+                        "python benchmarks/overhead.py --settings resnet164-pre-b32 "
+                        "resnet164-post-b32 resnet50-b16 --variants none stepnet none/plain "
+                        "stepnet/plain --rounds 4")
+    old, new = _rows(before), _rows(after)
+    lines = [f"{after['meta']['rounds']} rounds × {after['meta']['steps']} steps, "
+             f"{after['meta']['threads']} threads, torch {after['meta']['torch']}.", "",
+             "| setting | StepNet ÷ plain train, before | after (both fused) | plain fused im/s, "
+             "before → after | StepNet ÷ plain, both unfused |", "|---|---:|---:|---:|---:|"]
+    for setting in SETTING_NAMES:
+        if (setting, "none") not in new:
+            continue
+        unfused = (f"{_train_ratio(new, setting, 'stepnet/plain'):.3f}"
+                   if (setting, "stepnet/plain") in new else "–")
+        lines.append(f"| {SETTING_NAMES[setting]} | {_train_ratio(old, setting, 'stepnet'):.3f} "
+                     f"| {_train_ratio(new, setting, 'stepnet'):.3f} | "
+                     f"{old[setting, 'none']['train_images_per_s']:.1f} → "
+                     f"{new[setting, 'none']['train_images_per_s']:.1f} | {unfused} |")
+    return "\n".join(lines) + "\n"
+
+
+def operators_against_ctypes(results: Path) -> str:
+    """Training throughput of the ctypes build and the torch.library operators, alternating."""
+    names = [f"ops_overhead_{build}_{run}.json" for build in ("ctypes", "operators")
+             for run in (1, 2)]
+    loaded = {name: _load(results, name) for name in names}
+    if any(value is None for value in loaded.values()):
+        return _missing(names, "python benchmarks/overhead.py --settings resnet164-pre-b32 "
+                               "resnet164-post-b32 resnet50-b16 --variants none stepnet se "
+                               "--rounds 4 --no-recorder --output ...")
+    runs = {build: [_rows(loaded[f"ops_overhead_{build}_{run}.json"]) for run in (1, 2)]
+            for build in ("ctypes", "operators")}
+    lines = ["| setting | variant | train im/s, ctypes (runs 1, 2) | operators (runs 1, 2) | "
+             "÷ plain, ctypes | ÷ plain, operators | operators ÷ ctypes, means |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for setting in SETTING_NAMES:
+        for variant in ("none", "stepnet", "se"):
+            if (setting, variant) not in runs["ctypes"][0]:
+                continue
+            speed = {b: [r[setting, variant]["train_images_per_s"] for r in runs[b]]
+                     for b in runs}
+            ratio = {b: ("–" if variant == "none" else ", ".join(
+                f"{_train_ratio(r, setting, variant):.3f}" for r in runs[b])) for b in runs}
+            change = statistics.mean(speed["operators"]) / statistics.mean(speed["ctypes"])
+            lines.append(f"| {SETTING_NAMES[setting]} | {variant} | "
+                         f"{', '.join(f'{s:.1f}' for s in speed['ctypes'])} | "
+                         f"{', '.join(f'{s:.1f}' for s in speed['operators'])} | "
+                         f"{ratio['ctypes']} | {ratio['operators']} | {change:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+PEER_NAMES = {"stepnet:none": "ResNet-50", "stepnet:se": "SE-ResNet-50",
+              "stepnet:eca": "ECA-ResNet-50", "stepnet:stepnet": "StepNet-ResNet-50",
+              "torchvision:resnet50": "torchvision `resnet50`",
+              "timm:seresnet50": "timm `seresnet50`",
+              "timm:resnet50-eca": "timm `resnet50`, ECA blocks"}
+
+
+def peers(results: Path, name: str = "peers_operators.json") -> str:
+    """Training-step time of our ResNet-50s against the peers a user would pick instead."""
+    result = _load(results, name)
+    if result is None:
+        return _missing([name], "python benchmarks/peers.py --batch 16 --size 224 --rounds 5")
+    settings = result["settings"]
+    by_pair = {(row["ours"], row["peer"]): row for row in result["rows"]}
+    lines = [f"`{settings['command']}`: batch {settings['batch']} at {settings['size']} px, "
+             f"{settings['rounds']} rounds, {settings['threads']} threads, torch "
+             f"{settings['torch']}, timm {settings['timm']}.", "",
+             "| ours | peer | params, ours / peer | time ratio, fused [range] | "
+             "unfused [range] |", "|---|---|---:|---:|---:|"]
+    for (ours, peer), row in by_pair.items():
+        if ours.endswith("/plain"):
+            continue
+        plain = by_pair.get((ours + "/plain", peer))
+
+        def cell(r: dict | None) -> str:
+            if r is None:
+                return "–"
+            low, high = r["time_ratio_range"]
+            return f"{r['time_ratio']:.3f} [{low:.3f}, {high:.3f}]"
+        lines.append(f"| {PEER_NAMES.get(ours, ours)} | {PEER_NAMES.get(peer, peer)} | "
+                     f"{row['ours_params']:,} / {row['peer_params']:,} | {cell(row)} | "
+                     f"{cell(plain)} |")
+    return "\n".join(lines) + "\n"
+
+
+def fuse_equality(results: Path) -> str:
+    """How many models the fused path reproduces bit for bit, per committed comparison."""
+    files = {"fuse_equality_operators.json": "the operators against the ctypes build",
+             "fuse_equality.json": "after the redesign against before it",
+             "fuse_equality_before_the_cbam_fix.json": "the same, before the CBAM / SGE fix"}
+    lines = ["| comparison | models | bit-equal | differing (largest absolute difference) |",
+             "|---|---:|---:|---|"]
+    for name, label in files.items():
+        result = _load(results, name)
+        if result is None:
+            continue
+        differing = "; ".join(f"{model}: {entry['max_abs']:.3g}"
+                              for model, entry in result["differing"].items()) or "none"
+        lines.append(f"| {label} (`{name}`) | {result['models']} | {len(result['identical'])} "
+                     f"| {differing} |")
+    return "\n".join(lines) + "\n"
+
+
+def _overhead_table(result: dict) -> str:
+    meta = result["meta"]
+    lines = [f"{meta['rounds']} rounds × {meta['steps']} steps, {meta['threads']} threads, "
+             f"torch {meta['torch']}, device {meta['device']}; ratios to `none` of the same "
+             "setting, medians of per-round ratios.", "",
+             "| setting | variant | params | × params | × FLOPs | train im/s | × train | "
+             "eval im/s | × eval | recorder ÷ eval |", "|---|---|---:|---:|---:|---:|---:|---:|"
+             "---:|---:|"]
+    for row in result["rows"]:
+        recorder = f"{row['recorder_ratio']:.3f}" if "recorder_ratio" in row else "–"
+        lines.append(f"| {SETTING_NAMES.get(row['setting'], row['setting'])} | {row['variant']} "
+                     f"| {row['params']:,} | {row['params_ratio']:.3f} | "
+                     f"{row['flops_ratio']:.3f} | {row['train_images_per_s']:.1f} | "
+                     f"{row['train_images_per_s_ratio']:.3f} | {row['eval_images_per_s']:.1f} "
+                     f"| {row['eval_images_per_s_ratio']:.3f} | {recorder} |")
+    return "\n".join(lines) + "\n"
+
+
+def attention_overhead(results: Path) -> str:
+    """Every step-size module on its backbones (the default settings of overhead.py)."""
+    result = _load(results, "overhead.json")
+    if result is None:
+        return _missing(["overhead.json"], "python benchmarks/overhead.py")
+    return _overhead_table(result)
+
+
+def vit_overhead(results: Path) -> str:
+    result = _load(results, "overhead_vit.json")
+    if result is None:
+        return _missing(["overhead_vit.json"], "python benchmarks/overhead.py --settings "
+                        "vit_cifar-b64 --output benchmarks/results/overhead_vit.json")
+    return _overhead_table(result)
+
+
+def detection(results: Path) -> str:
+    """Faster R-CNN training steps with each step-size module in the backbone."""
+    result = _load(results, "detection_throughput.json")
+    if result is None:
+        return _missing(["detection_throughput.json"],
+                        "python benchmarks/detection_throughput.py")
+    settings = result["settings"]
+    lines = [f"`fasterrcnn_{settings['backbone']}_fpn`, batch {settings['batch_size']}, "
+             f"{settings['min_size']} / {settings['max_size']} px, {settings['rounds']} rounds "
+             f"× {settings['steps']} steps, {result['threads']} threads, torch "
+             f"{result['torch']}.", "", "| variant | params | train img/s | ÷ none |",
+             "|---|---:|---:|---:|"]
+    for row in result["rows"]:
+        lines.append(f"| {row['variant']} | {row['params']:,} | {row['images_per_s']:.2f} | "
+                     f"{row['ratio']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def stiffness_cost(results: Path) -> str:
+    """The stiffness tools' cost and the matrix-free SI against the dense one."""
+    result = _load(results, "stiffness_cost.json")
+    if result is None:
+        return _missing(["stiffness_cost.json"], "python benchmarks/stiffness_cost.py")
+    r, t, s, f = (result[k] for k in ("recorder", "exact_tns", "si_n4096", "si_n65536"))
+    rows = [("recorder eval pass ÷ plain eval pass (ResNet-164 + StepNet, batch 64)",
+             f"{r['ratio']:.3f}", "≤ 1.10"),
+            (f"exact TNS, {t['inputs']:,} inputs × {t['blocks']} blocks",
+             f"{t['seconds']:.4f} s", t["target"]),
+            (f"SI at n = {s['n']:,}: dense time ÷ matrix-free time", f"{s['speedup']:.1f}×",
+             "≥ 10×"),
+            (f"SI at n = {s['n']:,}: relative difference, matrix-free against dense",
+             f"{s['relative_difference']:.1e}", "≤ 1e-6"),
+            (f"SI of a ResNet-164 stage-1 block, n = {f['n']:,}, matrix-free",
+             f"{f['seconds']:.1f} s", f["target"])]
+    lines = [f"{result['threads']} threads, torch {result['torch']}.", "",
+             "| measurement | value | target |", "|---|---:|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines) + "\n"
+
+
+def engine_throughput(results: Path) -> str:
+    """The full training engine against a bare loop on pre-loaded tensors."""
+    result = _load(results, "train_throughput.json")
+    if result is None:
+        return _missing(["train_throughput.json"],
+                        "python benchmarks/train_throughput.py --workers 2 --cache-images")
+    lines = [f"{result['model']} + {result['attention']}, batch {result['batch_size']}, "
+             f"{result['steps']} steps a round, {result['threads']} threads.", "",
+             "| data pipeline | bare im/s | engine im/s | engine ÷ bare |", "|---|---:|---:|---:|"]
+    for row in result["rows"]:
+        label = ("`--cache-images` (decoded once, tensor augmentation, 0 workers)"
+                 if row["cache_images"] else f"JPEG decode + augmentation, {row['workers']} "
+                 "workers")
+        lines.append(f"| {label} | {row['bare_images_per_s']:.1f} | "
+                     f"{row['engine_images_per_s']:.1f} | {row['ratio']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+BLOCKS: dict[str, Callable[[Path], str]] = {
+    "bench-attention": attention_overhead, "bench-fuse": fuse_before_after,
+    "bench-operators": operators_against_ctypes, "bench-peers": peers,
+    "bench-fuse-equality": fuse_equality, "bench-vit": vit_overhead, "bench-detection": detection,
+    "bench-stiffness": stiffness_cost, "bench-engine": engine_throughput}
+
+
+def blocks(results: Path = RESULTS) -> dict[str, str]:
+    return {name: render(results) for name, render in BLOCKS.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--doc", type=Path, default=DOC)
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT / "src"))
+    from stepnet.studies import replace_generated_block
+
+    for name, text in blocks(args.results).items():
+        if args.write:
+            replace_generated_block(args.doc, name, text)
+        else:
+            print(f"<!-- {name} -->\n{text}")
+    if args.write:
+        print(f"wrote {len(BLOCKS)} blocks of {args.doc}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""docs/benchmarks.md's tables are generated from the committed benchmark results: regenerating
+them gives the page as it is, and a changed figure or a missing file shows."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+from stepnet.studies import generated_block, replace_generated_block
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+
+
+def load_report():
+    spec = importlib.util.spec_from_file_location("benchmark_report",
+                                                  ROOT / "benchmarks" / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_block_of_the_page_is_generated_from_the_committed_results():
+    report = load_report()
+    for name, text in report.blocks().items():
+        assert generated_block(DOC, name).strip() == text.strip(), (
+            f"docs/benchmarks.md block {name!r} differs from benchmarks/results; run "
+            "python benchmarks/report.py --write")
+
+
+def test_a_changed_result_changes_its_table(tmp_path):
+    report = load_report()
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "benchmarks" / "results", results)
+    peers = json.loads((results / "peers_operators.json").read_text())
+    before = report.peers(results)
+    assert f"{peers['rows'][0]['time_ratio']:.3f}" in before
+    peers["rows"][0]["time_ratio"] = 0.123456
+    (results / "peers_operators.json").write_text(json.dumps(peers))
+    after = report.peers(results)
+    assert "0.123 [" in after and after != before
+
+
+def test_a_missing_result_is_named_with_its_command(tmp_path):
+    text = load_report().stiffness_cost(tmp_path)
+    assert "benchmarks/results/stiffness_cost.json" in text
+    assert "python benchmarks/stiffness_cost.py" in text
+
+
+def test_the_ratio_is_the_median_of_per_round_ratios():
+    report = load_report()
+    # per round, plain seconds / variant seconds: 1/3, 2, 1.5 -> median 1.5 (a ratio of the
+    # median seconds would give 2 / 2 = 1)
+    rows = {("s", "none"): {"train_seconds": [1.0, 2.0, 3.0]},
+            ("s", "stepnet"): {"train_seconds": [3.0, 1.0, 2.0]},
+            ("s", "none/plain"): {"train_seconds": [2.0, 2.0, 2.0]},
+            ("s", "stepnet/plain"): {"train_seconds": [4.0, 4.0, 4.0]}}
+    assert report._train_ratio(rows, "s", "stepnet") == 1.5
+    assert report._train_ratio(rows, "s", "stepnet/plain") == 0.5   # unfused against unfused
+
+
+def test_the_writer_rewrites_only_the_blocks(tmp_path):
+    copy = tmp_path / "benchmarks.md"
+    copy.write_text(DOC.read_text())
+    replace_generated_block(copy, "bench-peers", "changed\n")
+    assert generated_block(copy, "bench-peers") == "changed\n"
+    load_report().main(["--doc", str(copy), "--write"])
+    assert copy.read_text() == DOC.read_text()
