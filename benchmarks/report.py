@@ -1,7 +1,8 @@
-"""The generated blocks of docs/benchmarks.md, from the committed ``benchmarks/results/*.json``.
+"""The generated blocks of docs/benchmarks.md (and the benchmark blocks of docs/dynamics.md),
+from the committed ``benchmarks/results/*.json``.
 
     python benchmarks/report.py            # print every block
-    python benchmarks/report.py --write    # rewrite them in docs/benchmarks.md
+    python benchmarks/report.py --write    # rewrite them in docs/
 
 Each block is a table of one committed result file (or of a few files measured together). A
 block whose files are not committed says so and names the command that writes them; nothing
@@ -246,33 +247,68 @@ def engine_throughput(results: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-BLOCKS: dict[str, Callable[[Path], str]] = {
-    "bench-attention": attention_overhead, "bench-fuse": fuse_before_after,
-    "bench-operators": operators_against_ctypes, "bench-peers": peers,
-    "bench-fuse-equality": fuse_equality, "bench-vit": vit_overhead, "bench-detection": detection,
-    "bench-stiffness": stiffness_cost, "bench-engine": engine_throughput}
+def lyapunov_cost(results: Path) -> str:
+    """Matrix-free Lyapunov exponents against the dense ones (docs/dynamics.md)."""
+    result = _load(results, "lyapunov_cost.json")
+    if result is None:
+        return _missing(["lyapunov_cost.json"], "python benchmarks/lyapunov_cost.py")
+    return "\n".join([
+        f"n = {result['unknowns']:,} unknowns, T = {result['steps']}, k = {result['k']}, "
+        f"{result['threads']} threads.", "",
+        "| dense | matrix-free | dense ÷ matrix-free | largest difference of the top k |",
+        "|---:|---:|---:|---:|",
+        f"| {result['dense_s']:.1f} s | {result['matrix_free_s']:.2f} s | "
+        f"{result['speedup']:.1f}× | {result['max_abs_difference']:.1e} |"]) + "\n"
 
 
-def blocks(results: Path = RESULTS) -> dict[str, str]:
-    return {name: render(results) for name, render in BLOCKS.items()}
+def relaxed_energy(results: Path) -> str:
+    """Trajectories of the relaxed single-head flow along which the pair energy rises."""
+    result = _load(results, "relaxed_energy.json")
+    if result is None:
+        return _missing(["relaxed_energy.json"], "python benchmarks/relaxed_energy.py")
+    lines = ["| `‖W_Q W_K^T‖₂` | dt | steps | raw asymmetric scores | symmetrised scores | "
+             "trajectories |", "|---:|---:|---:|---:|---:|---:|"]
+    for row in result["rows"]:
+        lines.append(f"| {row['scale']:g} | {row['dt']:.1e} | {row['steps']} | "
+                     f"{row['raw_rises']} | {row['symmetrized_rises']} | "
+                     f"{row['trajectories']} |")
+    return "\n".join(lines) + "\n"
+
+
+DYNAMICS = ROOT / "docs" / "dynamics.md"
+
+# block name -> (the page it sits in, its renderer)
+BLOCKS: dict[str, tuple[Path, Callable[[Path], str]]] = {
+    "bench-attention": (DOC, attention_overhead), "bench-fuse": (DOC, fuse_before_after),
+    "bench-operators": (DOC, operators_against_ctypes), "bench-peers": (DOC, peers),
+    "bench-fuse-equality": (DOC, fuse_equality), "bench-vit": (DOC, vit_overhead),
+    "bench-detection": (DOC, detection), "bench-stiffness": (DOC, stiffness_cost),
+    "bench-engine": (DOC, engine_throughput), "bench-lyapunov": (DYNAMICS, lyapunov_cost),
+    "bench-relaxed-energy": (DYNAMICS, relaxed_energy)}
+
+
+def blocks(results: Path = RESULTS) -> dict[str, tuple[Path, str]]:
+    """Every block: name -> (its page, its text)."""
+    return {name: (page, render(results)) for name, (page, render) in BLOCKS.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--doc", type=Path, default=DOC)
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs",
+                        help="the folder of the pages the blocks sit in")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
     from stepnet.studies import replace_generated_block
 
-    for name, text in blocks(args.results).items():
+    for name, (page, text) in blocks(args.results).items():
         if args.write:
-            replace_generated_block(args.doc, name, text)
+            replace_generated_block(args.docs / page.name, name, text)
         else:
-            print(f"<!-- {name} -->\n{text}")
+            print(f"<!-- {page.name}: {name} -->\n{text}")
     if args.write:
-        print(f"wrote {len(BLOCKS)} blocks of {args.doc}")
+        print(f"wrote {len(BLOCKS)} blocks in {args.docs}")
 
 
 if __name__ == "__main__":

@@ -23,9 +23,9 @@ def load_report():
 
 def test_every_block_of_the_page_is_generated_from_the_committed_results():
     report = load_report()
-    for name, text in report.blocks().items():
-        assert generated_block(DOC, name).strip() == text.strip(), (
-            f"docs/benchmarks.md block {name!r} differs from benchmarks/results; run "
+    for name, (page, text) in report.blocks().items():
+        assert generated_block(page, name).strip() == text.strip(), (
+            f"docs/{page.name} block {name!r} differs from benchmarks/results; run "
             "python benchmarks/report.py --write")
 
 
@@ -61,9 +61,10 @@ def test_the_ratio_is_the_median_of_per_round_ratios():
 
 
 def test_the_writer_rewrites_only_the_blocks(tmp_path):
-    copy = tmp_path / "benchmarks.md"
-    copy.write_text(DOC.read_text())
-    replace_generated_block(copy, "bench-peers", "changed\n")
-    assert generated_block(copy, "bench-peers") == "changed\n"
-    load_report().main(["--doc", str(copy), "--write"])
-    assert copy.read_text() == DOC.read_text()
+    for page in ("benchmarks.md", "dynamics.md"):
+        (tmp_path / page).write_text((ROOT / "docs" / page).read_text())
+    replace_generated_block(tmp_path / "benchmarks.md", "bench-peers", "changed\n")
+    assert generated_block(tmp_path / "benchmarks.md", "bench-peers") == "changed\n"
+    load_report().main(["--docs", str(tmp_path), "--write"])
+    for page in ("benchmarks.md", "dynamics.md"):
+        assert (tmp_path / page).read_text() == (ROOT / "docs" / page).read_text()

@@ -6,6 +6,13 @@ import pytest
 from stepnet import create_attention, create_model
 from stepnet.attention import eca_kernel_size
 
+# Table 1's #P(M) of pre-activation ResNet-164, quoted from the paper (CIFAR-10, CIFAR-100);
+# None where Table 1 has no row.
+PAPER_TABLE1 = {"none": (1.70, 1.73), "se": (1.91, 1.93), "cbam": (1.92, 1.94),
+                "eca": (1.70, 1.73), "srm": (1.74, 1.76), "fca": (1.91, 1.93), "sge": None,
+                "ie": None, "sem": (1.95, 1.97), "stepnet": (1.75, 1.77),
+                "norm=iebn": (1.73, 1.75)}
+
 
 def n_params(module) -> int:
     return sum(p.numel() for p in module.parameters())
@@ -100,3 +107,42 @@ def test_attention_blocks_selects_blocks():
     masked = create_model("resnet164", attention="ie", attention_blocks=mask)
     assert [b.index for b in masked.residual_blocks() if not b.attention.is_identity] == list(
         range(0, 54, 2))
+
+
+def parameter_table() -> str:
+    """docs/attention.md's generated block ``parameter-counts``: our counts of pre-activation
+    ResNet-164 (exact and in millions) beside Table 1's quoted #P(M), a differing one in bold."""
+    lines = ["| variant | CIFAR-10 | M | paper (quoted) | CIFAR-100 | M | paper (quoted) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for variant, paper in PAPER_TABLE1.items():
+        kwargs = {"norm": "iebn"} if variant == "norm=iebn" else {"attention": variant}
+        cells = [variant]
+        for column, classes in enumerate((10, 100)):
+            count = n_params(create_model("resnet164", num_classes=classes, **kwargs))
+            ours = round(count / 1e6, 2)
+            quoted = "–" if paper is None else f"{paper[column]:.2f}"
+            if paper is not None and paper[column] != ours:
+                quoted = f"**{quoted}**"
+            cells += [f"{count:,}", f"{ours:.2f}", quoted]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def test_the_docs_table_is_generated_from_the_models():
+    from pathlib import Path
+
+    from stepnet.studies import generated_block
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "attention.md"
+    assert generated_block(doc, "parameter-counts") == parameter_table(), (
+        "docs/attention.md's parameter table differs from the models: run "
+        "python -m tests.test_parameter_counts")
+
+
+if __name__ == "__main__":   # rewrite docs/attention.md's table from the models
+    from pathlib import Path
+
+    from stepnet.studies import replace_generated_block
+
+    replace_generated_block(Path(__file__).resolve().parents[1] / "docs" / "attention.md",
+                            "parameter-counts", parameter_table())

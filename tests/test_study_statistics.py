@@ -313,3 +313,13 @@ def test_the_sudoku_cpu_tables_are_generated_from_the_committed_runs():
                                    json.loads((folder / "analysis.json").read_text()))
     assert generated_block(ROOT / "docs" / "dynamics.md", "sudoku-cpu").strip() == \
         expected.strip()
+
+
+def test_the_sudoku_pilot_block_is_generated_from_its_records():
+    from stepnet.studies import sudoku_pilot_markdown
+
+    folder = ROOT / "docs" / "figures" / "sudoku_study" / "pilot-8-epochs" / "records"
+    rows = [json.loads(p.read_text())["row"] for p in sorted(folder.glob("*.json"))]
+    assert len(rows) == 4
+    assert generated_block(ROOT / "docs" / "dynamics.md", "sudoku-pilot") == \
+        sudoku_pilot_markdown(rows, [16, 32, 64])

@@ -215,3 +215,17 @@ def test_cifar_vit_recipe_trains_and_stiffness_runs_end_to_end(tmp_path, capsys,
                  "cpu"]) == 0
     result = json.loads((run / "stiffness" / "stiffness.json").read_text())
     assert len(result["per_block"]) == 14 and result["tns"] >= 0
+
+
+def test_the_builders_table_of_the_docs_gives_each_models_parameter_count():
+    """docs/vit.md's builder table: each row's parameter count is the model's."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "vit.md").read_text()
+    rows = re.findall(r"^\| `(vit_\w+)`[^\n]*\| ([\d,]+) \((\d+) classes\) \|$", doc, flags=re.M)
+    assert {name for name, _, _ in rows} == {"vit_tiny_patch16_224", "vit_small_patch16_224",
+                                             "vit_cifar", "vit_cifar_tiny"}
+    for name, count, classes in rows:
+        model = create_model(name, num_classes=int(classes))
+        assert sum(p.numel() for p in model.parameters()) == int(count.replace(",", "")), name

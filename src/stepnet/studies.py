@@ -394,6 +394,19 @@ def sudoku_correlations(rows: list[dict[str, Any]], loops: list[int]) -> list[st
     return lines
 
 
+def sudoku_pilot_markdown(rows: list[dict[str, Any]], loops: list[int]) -> str:
+    """The 8-epoch pilot's block of docs/dynamics.md: one row per recorded run, boards at each
+    of ``loops``, cells at the first, the largest exponent."""
+    lines = ["| variant (seed) | boards at " + " / ".join(map(str, loops)) + " loops | cells at "
+             f"{loops[0]} | largest exponent |", "|---|---|---|---|"]
+    for row in rows:
+        test = row["accuracy"]["test"]
+        boards = " / ".join(f"{test[str(t)]['board']:.3f}" for t in loops)
+        lines.append(f"| {row['variant']} ({row['seed']}) | {boards} | "
+                     f"{test[str(loops[0])]['cell']:.3f} | {row['max_exponent']:+.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def sudoku_study_markdown(rows: list[dict[str, Any]], loops: list[int]) -> str:
     """The Sudoku study's results block: accuracy and dynamics per variant (mean ± sd over
     seeds), how many seeds solve the task, every run, the correlations and paper 2's claims."""
