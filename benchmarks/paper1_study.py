@@ -163,7 +163,58 @@ def paper_tables(result: dict[str, Any]) -> str:
     return "\n".join([
         "#### Table 1 (CIFAR-10)", "", header, *(row(v) for v in TABLE1), "",
         "#### Table 4 (StepNet's inputs) and StepNet in few blocks", "", header,
-        *(row(v) for v in TABLE4), "", *correlations]) + "\n"
+        *(row(v) for v in TABLE4), "", *correlations, "", *paper_claims(result)]) + "\n"
+
+
+def paper_claims(result: dict[str, Any]) -> list[str]:
+    """Paper 1's claims on these runs, each read from an interval (``agrees`` only where it
+    excludes the opposite): every module against the plain ResNet, paired by seed (a seed
+    draws the same images and order in every variant), in top-1 and in TNS with Δ_t = h; and
+    the rank correlation of TNS with top-1 over the variant means, with a seed-bootstrap
+    interval and a permutation p (read only when both exclude chance: with three seeds the
+    bootstrap alone is too narrow)."""
+    import numpy as np
+
+    from stepnet.stats import paired_t, spearman_of_means
+    from stepnet.studies import _exact_permutation_p, _verdict
+
+    by_group: dict[str, dict[int, dict[str, Any]]] = {}
+    for run in result["runs"]:
+        by_group.setdefault(run["group"], {})[run["seed"]] = run
+    base = by_group.get("none", {})
+    lines = ["#### Paper 1's claims on these runs", "",
+             "| claim | comparison (paired seeds) | seeds | mean difference | 95 % t interval "
+             "| reading |", "|---|---|---:|---:|---|---|"]
+    for claim, key, digits in (("the module improves top-1 (Tables 1, 4)", "accuracy", 2),
+                               ("the module's (better) network has a larger TNS, Δ_t = h (Fig. 2)",
+                                "tns_step", 4)):
+        for variant in (*TABLE1[1:], *TABLE4[1:4], TABLE4[5]):
+            runs = by_group.get(variant)
+            seeds = sorted(set(runs or {}) & set(base))
+            if not seeds:
+                continue
+            diff = paired_t([runs[s][key] for s in seeds], [base[s][key] for s in seeds])
+            interval = (f"[{diff['low']:+.{digits}f}, {diff['high']:+.{digits}f}]"
+                        if diff["low"] is not None else "–")
+            lines.append(f"| {claim} | {NAMES[variant]} − ResNet | {len(seeds)} | "
+                         f"{diff['mean']:+.{digits}f} | {interval} | "
+                         f"{_verdict(diff['low'], diff['high'], +1)} |")
+    groups = [g for g in by_group if by_group[g]]
+    seeds = sorted(set.intersection(*(set(by_group[g]) for g in groups)))
+    accuracy = np.array([[by_group[g][s]["accuracy"] for s in seeds] for g in groups])
+    lines.append("")
+    for key, label in (("tns", "Δ_t = 1"), ("tns_step", "Δ_t = h")):
+        tns = np.array([[by_group[g][s][key] for s in seeds] for g in groups])
+        rho = spearman_of_means(tns, accuracy)
+        p = _exact_permutation_p(tns.mean(1), accuracy.mean(1))
+        # three seeds make the bootstrap narrow: a reading needs the permutation test too
+        reading = _verdict(rho["low"], rho["high"], +1) if p is not None and p < 0.05 \
+            else "cannot tell"
+        lines.append(f"TNS ({label}) against top-1 over the {len(groups)} variant means "
+                     f"({len(seeds)} seeds each; the paper's Fig. 7: positive): Spearman ρ = "
+                     f"{rho['rho']:+.2f}, seed-bootstrap 95 % [{rho['low']:+.2f}, "
+                     f"{rho['high']:+.2f}], permutation p = {p:.2g}: {reading}.")
+    return lines
 
 
 def main() -> None:
