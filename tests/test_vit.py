@@ -229,3 +229,21 @@ def test_the_builders_table_of_the_docs_gives_each_models_parameter_count():
     for name, count, classes in rows:
         model = create_model(name, num_classes=int(classes))
         assert sum(p.numel() for p in model.parameters()) == int(count.replace(",", "")), name
+
+
+def test_the_placements_parameter_counts_of_the_docs_are_the_models():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "vit.md").read_text()
+    stated = ("`vit_cifar_tiny` has 311,338 (plain), 313,642 (`attn`, `mlp`: +6D per gated\n"
+              "residual), 315,946 (`both`) and 239,146 (`mixer`")
+    assert stated in doc
+
+    def count(**kwargs):
+        model = create_model("vit_cifar_tiny", num_classes=10, **kwargs)
+        return sum(p.numel() for p in model.parameters())
+
+    assert count() == 311_338
+    assert [count(attention="stepnet", step_branches=b) for b in ("attn", "mlp", "both",
+                                                                  "mixer")] == \
+        [313_642, 313_642, 315_946, 239_146]
