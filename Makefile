@@ -30,6 +30,7 @@ benchmark: $(STAMP)
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/train_throughput.py --workers 2 --cache-images
 	$(PY) benchmarks/stiffness_cost.py
+	$(PY) benchmarks/report.py --write
 
 # Everything that needs a CUDA device, in one short script (under 8 minutes on one GPU).
 gpu-check: $(STAMP)
