@@ -65,7 +65,7 @@ def overfit(data_dir: Path, attention: str = "none", **overrides: Any) -> dict[s
     ids = [int(t["image_id"]) for t in targets]
     metrics = coco_evaluate(str(coco_paths(data_dir, train=True)[1]),
                             to_coco_results(outputs, ids), ids)
-    return {"settings": settings, "attention": attention, "final_loss": float(loss),
+    return {"settings": settings, "attention": attention, "final_loss": float(loss.detach()),
             "metrics": {k: float(v) for k, v in metrics.items()}}
 
 
