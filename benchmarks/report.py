@@ -35,6 +35,23 @@ def _missing(names: list[str], command: str) -> str:
     return f"*No committed record yet ({files}): run `{command}`.*\n"
 
 
+Renderer = Callable[[Path], str]
+
+
+def from_results(*names: str, command: str) -> Callable[[Callable[..., str]], Renderer]:
+    """Make ``render(*loaded)`` a block renderer of a results folder: it gets the files
+    ``names`` loaded, or the block says they are not committed and names ``command``."""
+    def wrap(render: Callable[..., str]) -> Renderer:
+        def block(results: Path) -> str:
+            loaded = [_load(results, name) for name in names]
+            if any(result is None for result in loaded):
+                return _missing(list(names), command)
+            return render(*loaded)
+        block.__name__, block.__doc__ = render.__name__, render.__doc__
+        return block
+    return wrap
+
+
 def _rows(result: dict) -> dict[tuple[str, str], dict]:
     return {(row["setting"], row["variant"]): row for row in result["rows"]}
 
@@ -47,14 +64,12 @@ def _train_ratio(rows: dict, setting: str, variant: str) -> float:
                                                    rows[setting, variant]["train_seconds"]))
 
 
-def fuse_before_after(results: Path) -> str:
+@from_results("fuse_overhead_before.json", "fuse_overhead_after.json",
+              command="python benchmarks/overhead.py --settings resnet164-pre-b32 "
+                      "resnet164-post-b32 resnet50-b16 --variants none stepnet none/plain "
+                      "stepnet/plain --rounds 4")
+def fuse_before_after(before: dict, after: dict) -> str:
     """StepNet ÷ plain training throughput before and after the fast-path redesign."""
-    before, after = (_load(results, f"fuse_overhead_{w}.json") for w in ("before", "after"))
-    if before is None or after is None:
-        return _missing(["fuse_overhead_before.json", "fuse_overhead_after.json"],
-                        "python benchmarks/overhead.py --settings resnet164-pre-b32 "
-                        "resnet164-post-b32 resnet50-b16 --variants none stepnet none/plain "
-                        "stepnet/plain --rounds 4")
     old, new = _rows(before), _rows(after)
     lines = [f"{after['meta']['rounds']} rounds × {after['meta']['steps']} steps, "
              f"{after['meta']['threads']} threads, torch {after['meta']['torch']}.", "",
@@ -72,17 +87,16 @@ def fuse_before_after(results: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def operators_against_ctypes(results: Path) -> str:
+@from_results("ops_overhead_ctypes_1.json", "ops_overhead_ctypes_2.json",
+              "ops_overhead_operators_1.json", "ops_overhead_operators_2.json",
+              command="python benchmarks/overhead.py --settings resnet164-pre-b32 "
+                      "resnet164-post-b32 resnet50-b16 --variants none stepnet se "
+                      "--rounds 4 --no-recorder --output ...")
+def operators_against_ctypes(ctypes_1: dict, ctypes_2: dict, operators_1: dict,
+                             operators_2: dict) -> str:
     """Training throughput of the ctypes build and the torch.library operators, alternating."""
-    names = [f"ops_overhead_{build}_{run}.json" for build in ("ctypes", "operators")
-             for run in (1, 2)]
-    loaded = {name: _load(results, name) for name in names}
-    if any(value is None for value in loaded.values()):
-        return _missing(names, "python benchmarks/overhead.py --settings resnet164-pre-b32 "
-                               "resnet164-post-b32 resnet50-b16 --variants none stepnet se "
-                               "--rounds 4 --no-recorder --output ...")
-    runs = {build: [_rows(loaded[f"ops_overhead_{build}_{run}.json"]) for run in (1, 2)]
-            for build in ("ctypes", "operators")}
+    runs = {"ctypes": [_rows(ctypes_1), _rows(ctypes_2)],
+            "operators": [_rows(operators_1), _rows(operators_2)]}
     lines = ["| setting | variant | train im/s, ctypes (runs 1, 2) | operators (runs 1, 2) | "
              "÷ plain, ctypes | ÷ plain, operators | operators ÷ ctypes, means |",
              "|---|---|---:|---:|---:|---:|---:|"]
@@ -109,11 +123,10 @@ PEER_NAMES = {"stepnet:none": "ResNet-50", "stepnet:se": "SE-ResNet-50",
               "timm:resnet50-eca": "timm `resnet50`, ECA blocks"}
 
 
-def peers(results: Path, name: str = "peers_operators.json") -> str:
+@from_results("peers_operators.json",
+              command="python benchmarks/peers.py --batch 16 --size 224 --rounds 5")
+def peers(result: dict) -> str:
     """Training-step time of our ResNet-50s against the peers a user would pick instead."""
-    result = _load(results, name)
-    if result is None:
-        return _missing([name], "python benchmarks/peers.py --batch 16 --size 224 --rounds 5")
     settings = result["settings"]
     by_pair = {(row["ours"], row["peer"]): row for row in result["rows"]}
     lines = [f"`{settings['command']}`: batch {settings['batch']} at {settings['size']} px, "
@@ -173,28 +186,17 @@ def _overhead_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def attention_overhead(results: Path) -> str:
-    """Every step-size module on its backbones (the default settings of overhead.py)."""
-    result = _load(results, "overhead.json")
-    if result is None:
-        return _missing(["overhead.json"], "python benchmarks/overhead.py")
-    return _overhead_table(result)
+# every step-size module on its backbones (the default settings of overhead.py)
+attention_overhead = from_results("overhead.json",
+                                  command="python benchmarks/overhead.py")(_overhead_table)
+vit_overhead = from_results(
+    "overhead_vit.json", command="python benchmarks/overhead.py --settings vit_cifar-b64 "
+                                 "--output benchmarks/results/overhead_vit.json")(_overhead_table)
 
 
-def vit_overhead(results: Path) -> str:
-    result = _load(results, "overhead_vit.json")
-    if result is None:
-        return _missing(["overhead_vit.json"], "python benchmarks/overhead.py --settings "
-                        "vit_cifar-b64 --output benchmarks/results/overhead_vit.json")
-    return _overhead_table(result)
-
-
-def detection(results: Path) -> str:
+@from_results("detection_throughput.json", command="python benchmarks/detection_throughput.py")
+def detection(result: dict) -> str:
     """Faster R-CNN training steps with each step-size module in the backbone."""
-    result = _load(results, "detection_throughput.json")
-    if result is None:
-        return _missing(["detection_throughput.json"],
-                        "python benchmarks/detection_throughput.py")
     settings = result["settings"]
     lines = [f"`fasterrcnn_{settings['backbone']}_fpn`, batch {settings['batch_size']}, "
              f"{settings['min_size']} / {settings['max_size']} px, {settings['rounds']} rounds "
@@ -207,11 +209,9 @@ def detection(results: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stiffness_cost(results: Path) -> str:
+@from_results("stiffness_cost.json", command="python benchmarks/stiffness_cost.py")
+def stiffness_cost(result: dict) -> str:
     """The stiffness tools' cost and the matrix-free SI against the dense one."""
-    result = _load(results, "stiffness_cost.json")
-    if result is None:
-        return _missing(["stiffness_cost.json"], "python benchmarks/stiffness_cost.py")
     r, t, s, f = (result[k] for k in ("recorder", "exact_tns", "si_n4096", "si_n65536"))
     rows = [("recorder eval pass ÷ plain eval pass (ResNet-164 + StepNet, batch 64)",
              f"{r['ratio']:.3f}", "≤ 1.10"),
@@ -229,12 +229,10 @@ def stiffness_cost(results: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def engine_throughput(results: Path) -> str:
+@from_results("train_throughput.json",
+              command="python benchmarks/train_throughput.py --workers 2 --cache-images")
+def engine_throughput(result: dict) -> str:
     """The full training engine against a bare loop on pre-loaded tensors."""
-    result = _load(results, "train_throughput.json")
-    if result is None:
-        return _missing(["train_throughput.json"],
-                        "python benchmarks/train_throughput.py --workers 2 --cache-images")
     lines = [f"{result['model']} + {result['attention']}, batch {result['batch_size']}, "
              f"{result['steps']} steps a round, {result['threads']} threads.", "",
              "| data pipeline | bare im/s | engine im/s | engine ÷ bare |", "|---|---:|---:|---:|"]
@@ -247,11 +245,9 @@ def engine_throughput(results: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def lyapunov_cost(results: Path) -> str:
+@from_results("lyapunov_cost.json", command="python benchmarks/lyapunov_cost.py")
+def lyapunov_cost(result: dict) -> str:
     """Matrix-free Lyapunov exponents against the dense ones (docs/dynamics.md)."""
-    result = _load(results, "lyapunov_cost.json")
-    if result is None:
-        return _missing(["lyapunov_cost.json"], "python benchmarks/lyapunov_cost.py")
     return "\n".join([
         f"n = {result['unknowns']:,} unknowns, T = {result['steps']}, k = {result['k']}, "
         f"{result['threads']} threads.", "",
@@ -261,11 +257,9 @@ def lyapunov_cost(results: Path) -> str:
         f"{result['speedup']:.1f}× | {result['max_abs_difference']:.1e} |"]) + "\n"
 
 
-def relaxed_energy(results: Path) -> str:
+@from_results("relaxed_energy.json", command="python benchmarks/relaxed_energy.py")
+def relaxed_energy(result: dict) -> str:
     """Trajectories of the relaxed single-head flow along which the pair energy rises."""
-    result = _load(results, "relaxed_energy.json")
-    if result is None:
-        return _missing(["relaxed_energy.json"], "python benchmarks/relaxed_energy.py")
     lines = ["| `‖W_Q W_K^T‖₂` | dt | steps | raw asymmetric scores | symmetrised scores | "
              "trajectories |", "|---:|---:|---:|---:|---:|---:|"]
     for row in result["rows"]:
@@ -278,7 +272,7 @@ def relaxed_energy(results: Path) -> str:
 DYNAMICS = ROOT / "docs" / "dynamics.md"
 
 # block name -> (the page it sits in, its renderer)
-BLOCKS: dict[str, tuple[Path, Callable[[Path], str]]] = {
+BLOCKS: dict[str, tuple[Path, Renderer]] = {
     "bench-attention": (DOC, attention_overhead), "bench-fuse": (DOC, fuse_before_after),
     "bench-operators": (DOC, operators_against_ctypes), "bench-peers": (DOC, peers),
     "bench-fuse-equality": (DOC, fuse_equality), "bench-vit": (DOC, vit_overhead),
