@@ -2,23 +2,19 @@
 them gives the page as it is, and a changed figure or a missing file shows."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 from stepnet.studies import generated_block, replace_generated_block
+from tests.helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 
 
 def load_report():
-    spec = importlib.util.spec_from_file_location("benchmark_report",
-                                                  ROOT / "benchmarks" / "report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("report")
 
 
 def test_every_block_of_the_page_is_generated_from_the_committed_results():

@@ -18,6 +18,7 @@ from stepnet.attention import FrozenBatchNorm1d, list_attention
 from stepnet.cli.main import main
 from stepnet.data.coco import CocoBoxes, coco_paths
 from stepnet.engine.tasks.detection import coco_evaluate, to_coco_results
+from tests.helpers import load_benchmark
 
 COCO128 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "coco128"
 needs_coco128 = pytest.mark.skipif(not COCO128.is_dir(), reason="../shared/data/coco128 absent")
@@ -178,16 +179,6 @@ def test_detection_end_to_end_train_evaluate_picture_stiffness(tmp_path, capsys)
     shutil.rmtree(tmp_path / "pictures")
 
 
-def detection_check():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "detection_check", Path(__file__).resolve().parents[1] / "benchmarks" / "detection_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 @needs_coco128
 def test_overfits_a_few_real_images_to_a_high_ap50():
@@ -195,7 +186,7 @@ def test_overfits_a_few_real_images_to_a_high_ap50():
     losses, COCO result conversion, COCOeval -- by overfitting ResNet-18-FPN (from scratch,
     small images, smaller RPN / ROI samples for speed) on 4 coco128 train images and evaluating
     on those same images (benchmarks/detection_check.py, whose records say what it reaches)."""
-    result = detection_check().overfit(COCO128, "none")
+    result = load_benchmark("detection_check").overfit(COCO128, "none")
     assert result["metrics"]["AP50"] >= OVERFIT_AP50, result
 
 
@@ -205,7 +196,7 @@ OVERFIT_AP50 = 90.0   # a stated floor; the committed records hold the measured 
 def test_the_detection_check_block_is_generated_from_its_records():
     from stepnet.studies import generated_block
 
-    check = detection_check()
+    check = load_benchmark("detection_check")
     records = check.load_records()
     assert generated_block(Path(__file__).resolve().parents[1] / "docs" / "detection.md",
                            "detection-check") == check.markdown(records)

@@ -12,7 +12,7 @@ import torch
 
 from stepnet.engine import Trainer, resolve_config
 from tests.ddp_worker import SETTINGS
-from tests.helpers import is_running
+from tests.helpers import is_running, load_benchmark
 
 # Stated tolerance: both runs see the same samples in the same global batches, but BatchNorm
 # normalises each process's half batch separately (SyncBatchNorm is CUDA-only here) and the
@@ -73,15 +73,10 @@ def test_torchrun_two_processes_match_one(tmp_path):
 def test_the_tolerance_covers_the_measured_differences():
     """The committed two-process-against-one record (benchmarks/ddp_agreement.py) was measured
     at this test's settings, stays inside its tolerance, and is what docs/training.md says."""
-    import importlib.util
-
     from stepnet.studies import generated_block
 
     root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("ddp_agreement",
-                                                  root / "benchmarks" / "ddp_agreement.py")
-    agreement = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(agreement)
+    agreement = load_benchmark("ddp_agreement")
     record = json.loads((root / "benchmarks" / "results" / "ddp_agreement.json").read_text())
     assert {**record["meta"]["settings"], "epochs": record["meta"]["epochs"]} == SETTINGS
     assert len(record["runs"]) >= 5

@@ -16,6 +16,7 @@ from stepnet.engine.records import RECORD_FORMAT, pack_bits, unpack_bits
 from stepnet.stats import holm, mcnemar_exact, paired_bootstrap, paired_t, spearman_of_means
 from stepnet.studies import (cifar10_study_markdown, compare_arms, generated_block,
                              load_study_records, replace_generated_block)
+from tests.helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 A = [93.12, 93.40, 92.86, 93.58]
@@ -215,15 +216,6 @@ def test_the_paper1_cpu_tables_are_generated_from_the_committed_comparison():
     group = next(g for g in result["groups"] if g["group"] == "se")
     assert group["accuracy"] == pytest.approx(statistics.mean(r["accuracy"] for r in runs))
     assert group["tns"] == pytest.approx(statistics.mean(r["tns"] for r in runs))
-
-
-def load_benchmark(name):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_vit_placement_is_chosen_on_validation_and_confirmed_on_fresh_seeds():
